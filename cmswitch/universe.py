@@ -1,0 +1,68 @@
+"""xDSL plugin entry point: makes the `cim` and `metaop` dialects, CMSwitch's passes and
+the `cmsasm` target visible to `xdsl-opt` and `cmswitch-opt`.  Everything is registered
+lazily (name -> function that imports), so startup stays cheap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from xdsl.ir import Dialect
+from xdsl.passes import ModulePass
+from xdsl.universe import Universe
+
+
+def _cim() -> Dialect:
+    from cmswitch.dialects.cim import CIM
+
+    return CIM
+
+
+def _metaop() -> Dialect:
+    from cmswitch.dialects.metaop import METAOP
+
+    return METAOP
+
+
+def _partition() -> type[ModulePass]:
+    from cmswitch.transforms.cim_partition import CimPartitionPass
+
+    return CimPartitionPass
+
+
+def _segment() -> type[ModulePass]:
+    from cmswitch.transforms.cim_segment import CimSegmentPass
+
+    return CimSegmentPass
+
+
+def _allocate() -> type[ModulePass]:
+    from cmswitch.transforms.cim_allocate import CimAllocatePass
+
+    return CimAllocatePass
+
+
+def _to_metaop() -> type[ModulePass]:
+    from cmswitch.transforms.cim_to_metaop import CimToMetaopPass
+
+    return CimToMetaopPass
+
+
+def _cmsasm_target():
+    from cmswitch.asm.printer import CmsasmTarget
+
+    return CmsasmTarget
+
+
+ALL_DIALECTS: dict[str, Callable[[], Dialect]] = {"cim": _cim, "metaop": _metaop}
+ALL_PASSES: dict[str, Callable[[], type[ModulePass]]] = {
+    "cim-partition": _partition,
+    "cim-segment": _segment,
+    "cim-allocate": _allocate,
+    "cim-to-metaop": _to_metaop,
+}
+
+CMSWITCH_UNIVERSE = Universe(
+    all_dialects=ALL_DIALECTS,
+    all_passes=ALL_PASSES,
+    all_targets={"cmsasm": _cmsasm_target},
+)

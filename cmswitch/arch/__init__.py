@@ -1,1 +1,116 @@
-"""CMSwitch: arch."""
+"""Dual-mode hardware abstraction (DESIGN.md §1).
+
+The chip is a set of identical arrays; each is in compute mode (holds weights, performs
+MVMs) or memory mode (stores activations), and switching costs `switch_cycles`.  A
+description is a YAML/JSON document validated by pydantic; named presets ship in
+`presets/` with the source of every number.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, NonNegativeInt, ValidationError
+
+from cmswitch.errors import CMSwitchError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_ARCH = "dynaplasia"
+
+
+class Arch(BaseModel):
+    """A dual-mode CIM chip.  Sizes in bytes or bits as named, times in cycles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    arrays: PositiveInt                 #: number of dual-mode arrays
+    rows: PositiveInt                   #: cells per array column (weight rows, K direction)
+    cols: PositiveInt                   #: cells per array row
+    cell_bits: PositiveInt              #: bits stored per cell
+    weight_bits: PositiveInt            #: weight precision, bits
+    act_bits: PositiveInt               #: activation precision, bits
+    mvm_cycles: PositiveInt             #: cycles for one input vector through one array
+    internal_bw_bits: PositiveInt       #: bits/cycle a memory-mode array reads or writes
+    external_bw_bytes: PositiveFloat    #: bytes/cycle between chip and DRAM
+    global_buffer_bytes: PositiveInt    #: fixed (not switchable) on-chip buffer, bytes
+    global_buffer_bw_bytes: PositiveFloat  #: bytes/cycle of the global buffer
+    switch_cycles: NonNegativeInt       #: latency of one CM.switch, cycles
+    weight_write_bw_bytes: PositiveFloat   #: bytes/cycle to program weights into arrays
+    vector_ops_per_cycle: PositiveFloat    #: digital-unit elementary ops per cycle
+    clock_mhz: PositiveFloat            #: clock, for reporting seconds
+
+    @property
+    def weights_per_row(self) -> int:
+        """Weights one array row holds: ``cols*cell_bits // weight_bits`` (40 at default)."""
+        return self.cols * self.cell_bits // self.weight_bits
+
+    @property
+    def array_bytes(self) -> int:
+        """Bytes one memory-mode array stores: ``rows*cols*cell_bits/8`` (12,800 at default)."""
+        return self.rows * self.cols * self.cell_bits // 8
+
+    @property
+    def act_bytes(self) -> float:
+        """Bytes per activation element: ``act_bits/8``."""
+        return self.act_bits / 8
+
+    def header_fields(self) -> dict[str, Any]:
+        """All fields, in declaration order, for the `.arch` line of a flow."""
+        return self.model_dump()
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets, sorted."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _validate(data: Any, origin: str) -> Arch:
+    if not isinstance(data, dict):
+        raise CMSwitchError(f"{origin}: a hardware description must be a mapping of fields")
+    try:
+        arch = Arch.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        raise CMSwitchError(f"{origin}: field '{field}': {err['msg']}") from None
+    if arch.weights_per_row == 0:
+        raise CMSwitchError(
+            f"{origin}: field 'weight_bits': {arch.weight_bits}-bit weights do not fit "
+            f"in a row of {arch.cols} {arch.cell_bits}-bit cells"
+        )
+    return arch
+
+
+@cache
+def load_arch(spec: str | None = None) -> Arch:
+    """Load a preset by name (``dynaplasia``, ``prime``) or a YAML/JSON file path.
+
+    ``None`` gives the default preset.  Raises CMSwitchError (one line naming the file
+    and field) for an unknown preset, unreadable file, unknown key, missing field, or a
+    zero/negative size.
+    """
+    spec = spec or DEFAULT_ARCH
+    preset = PRESET_DIR / f"{spec}.yaml"
+    path = preset if preset.is_file() else Path(spec)
+    if not path.is_file():
+        raise CMSwitchError(
+            f"unknown hardware '{spec}': not a preset ({', '.join(preset_names())}) "
+            "nor a file"
+        )
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise CMSwitchError(f"{path}: cannot read hardware description: "
+                            f"{str(e).splitlines()[0]}") from None
+    return _validate(data, str(path))
+
+
+def arch_from_dict(data: dict[str, Any], origin: str = "hardware description") -> Arch:
+    """Validate a mapping (e.g. a module attribute or a flow header) as an Arch."""
+    return _validate(data, origin)

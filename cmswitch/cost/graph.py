@@ -1,0 +1,182 @@
+"""The flattened operator graph the optimizer works on (DESIGN.md §4).
+
+`build_graph` walks a `func.func` of `cim` ops in program order (a topological order;
+residual branches and attention are DAGs, not chains), looking through `cim.segment`
+regions, and records every operator's cost and every tensor's producer, consumers and
+size.  `segment_problem` cuts out one candidate segment as the hashable input of the
+segment MIP (`cmswitch.solver.mip`); identical segments give equal problems, which is
+what the solve cache keys on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from xdsl.dialects.func import FuncOp
+from xdsl.ir import Operation, SSAValue
+
+from cmswitch.arch import Arch
+from cmswitch.cost.model import OpCost, op_cost, tensor_bytes
+from cmswitch.dialects.cim import Conv2dOp, SegmentOp, YieldOp, tensor_shape
+from cmswitch.errors import CMSwitchError
+
+
+@dataclass
+class Tensor:
+    """One activation tensor: `bytes` on chip, producing op index (None for a graph
+    input), consuming op indices, and whether the function returns it."""
+
+    name: str
+    bytes: int
+    producer: int | None
+    consumers: list[int] = field(default_factory=list)
+    is_output: bool = False
+
+
+@dataclass
+class GraphOp:
+    """One operator: the IR op, its cost, and its input/output tensor ids."""
+
+    index: int
+    op: Operation
+    cost: OpCost
+    inputs: list[int]
+    outputs: list[int]
+
+    @property
+    def name(self) -> str:
+        return self.cost.name
+
+
+@dataclass
+class Graph:
+    """Operators in program order and the tensors between them."""
+
+    ops: list[GraphOp]
+    tensors: list[Tensor]
+    value_ids: dict[SSAValue, int]
+
+    def working_set(self, tensor: int, consumer: int) -> int:
+        """On-chip bytes a streaming consumer needs of a tensor: a convolution's line
+        buffer ``(dil*(kh-1)+1 + stride-1) rows x W x C`` (§9.2); any other consumer
+        the whole tensor."""
+        op = self.ops[consumer].op
+        t = self.tensors[tensor]
+        if not isinstance(op, Conv2dOp):
+            return t.bytes
+        n, c, h, w = tensor_shape(op.input)
+        kh = op.kernel.get_values()[0]
+        rows = op.dilations.get_values()[0] * (kh - 1) + 1 + op.strides.get_values()[0] - 1
+        return min(t.bytes, -(-t.bytes * min(rows, h) // h))
+
+
+def _op_name(op: Operation, index: int, used: set[str]) -> str:
+    hint = op.results[0].name_hint if op.results else None
+    name = hint or f"op{index}"
+    if name in used:
+        name = f"{name}_{index}"
+    used.add(name)
+    return name
+
+
+def flatten_ops(func: FuncOp) -> list[Operation]:
+    """The `cim` operators of a function in program order, looking through segments."""
+    ops: list[Operation] = []
+    for op in func.body.block.ops:
+        if isinstance(op, SegmentOp):
+            ops.extend(o for o in op.body.block.ops if not isinstance(o, YieldOp))
+        elif op.dialect_name() == "cim":
+            ops.append(op)
+    return ops
+
+
+def build_graph(func: FuncOp, arch: Arch) -> Graph:
+    """Flatten `func` into a Graph.  Raises CMSwitchError for a non-`cim` operator
+    other than `func.return`."""
+    for op in func.body.block.ops:
+        if op.dialect_name() not in ("cim", "func"):
+            raise CMSwitchError(f"unexpected operation '{op.name}' in @{func.sym_name.data}")
+    tensors: list[Tensor] = []
+    ids: dict[SSAValue, int] = {}
+
+    def new_tensor(v: SSAValue, producer: int | None) -> int:
+        ids[v] = len(tensors)
+        tensors.append(Tensor(v.name_hint or f"t{len(tensors)}", tensor_bytes(v, arch), producer))
+        return ids[v]
+
+    for arg in func.body.block.args:
+        new_tensor(arg, None)
+    ops: list[GraphOp] = []
+    used: set[str] = set()
+    for index, op in enumerate(flatten_ops(func)):
+        ins = [ids[v] for v in op.operands]
+        outs = [new_tensor(r, index) for r in op.results]
+        for t in ins:
+            tensors[t].consumers.append(index)
+        ops.append(GraphOp(index, op, op_cost(op, _op_name(op, index, used), arch), ins, outs))
+    _alias_segment_results(func, ids)
+    ret = func.body.block.last_op
+    for v in ret.operands if ret is not None else ():
+        tensors[ids[v]].is_output = True
+    return Graph(ops, tensors, ids)
+
+
+def _alias_segment_results(func: FuncOp, ids: dict[SSAValue, int]) -> None:
+    """A segment's results are the values its `cim.yield` returns: same tensors."""
+    for op in func.body.block.ops:
+        if not isinstance(op, SegmentOp):
+            continue
+        yielded = op.body.block.last_op
+        assert isinstance(yielded, YieldOp)
+        for res, val in zip(op.outs, yielded.values, strict=True):
+            ids[res] = ids[val]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A tensor produced and consumed inside one segment: `bytes`, and `window` bytes
+    it occupies on chip while streaming."""
+
+    bytes: int
+    window: int
+
+
+@dataclass(frozen=True)
+class SegmentProblem:
+    """Input of the segment MIP; hashable, names stripped, so identical segments
+    (repeated transformer blocks) share one solve.
+
+    ops: cost records in program order; live_in / live_out: bytes that must cross the
+    chip boundary (read before, written after); edges: internal tensors.
+    """
+
+    ops: tuple[OpCost, ...]
+    live_in: int
+    live_out: int
+    edges: tuple[Edge, ...]
+
+
+def segment_problem(graph: Graph, first: int, last: int) -> SegmentProblem:
+    """The MIP input for operators ``first..last`` (inclusive) of `graph`."""
+    inside = range(first, last + 1)
+    live_in: set[int] = set()
+    live_out: set[int] = set()
+    edges: list[Edge] = []
+    for i in inside:
+        for t in graph.ops[i].inputs:
+            if graph.tensors[t].producer is None or graph.tensors[t].producer < first:
+                live_in.add(t)
+        for t in graph.ops[i].outputs:
+            tensor = graph.tensors[t]
+            if tensor.is_output or any(c > last for c in tensor.consumers):
+                live_out.add(t)
+            local = [c for c in tensor.consumers if c <= last]
+            if local:
+                window = max(graph.working_set(t, c) for c in local)
+                edges.append(Edge(tensor.bytes, window))
+    return SegmentProblem(
+        ops=tuple(replace(graph.ops[i].cost, name="") for i in inside),
+        live_in=sum(graph.tensors[t].bytes for t in sorted(live_in)),
+        live_out=sum(graph.tensors[t].bytes for t in sorted(live_out)),
+        edges=tuple(edges),
+    )

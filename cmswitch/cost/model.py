@@ -1,0 +1,157 @@
+"""The optimizer's cost model: what CMSwitch believes an operator costs (DESIGN.md §3, §9).
+
+This module turns `cim` operators into numbers for the segment MIP.  The simulator
+(`cmswitch.sim`) never imports it: it times the emitted flow from the hardware
+description alone, so the gap between the two measures this model's error.
+
+Units: cycles, bytes, arrays.  ``M`` = input vectors, ``K`` x ``N`` = im2col weight
+matrix of one group, ``g`` = groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, prod
+
+from xdsl.ir import Operation, SSAValue
+
+from cmswitch.arch import Arch
+from cmswitch.dialects.cim import (
+    VECTOR_KINDS,
+    Conv2dOp,
+    DynMatmulOp,
+    MatmulOp,
+    VectorOp,
+    tensor_shape,
+)
+
+#: Digital-unit operations per output element, by vector kind (our estimate: a
+#: multiply-add or compare counts 1; exp/div-heavy kernels count more).
+#: Pooling and reductions are priced per *input* element instead (see `vector_ops`).
+OPS_PER_ELEMENT: dict[str, int] = {
+    "softmax": 5, "layernorm": 8, "gelu": 8, "silu": 4, "sigmoid": 4, "tanh": 4,
+    "erf": 4, "exp": 2, "pow": 2, "sqrt": 2, "reciprocal": 2, "div": 2,
+    "cos": 4, "sin": 4,
+}
+#: Movement kinds that physically copy every element (one digital-unit op each);
+#: the other movement kinds (reshape, squeeze, ...) only re-address data: free.
+COPYING_MOVES = frozenset({"transpose", "concat", "split", "gather", "slice", "expand"})
+#: Kinds priced per input element (each input element is read and combined once).
+PER_INPUT = frozenset({"maxpool", "avgpool", "global_avgpool", "reduce_mean",
+                       "reduce_sum", "reduce_max"})
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """The optimizer's view of one operator.
+
+    kind:   "weight" (weights stationary in arrays), "dynamic" (run-time operand
+            written into arrays), or "vector" (digital unit / data movement).
+    arrays: arrays per weight copy, ``a = ceil(g/gpa) * ceil(K/rows) * ceil(N/wpr)``
+            with ``gpa`` groups packed block-diagonally per array (0 for vector ops).
+    compute: cycles for one copy to process all vectors, ``M * mvm_cycles`` (times the
+            number of instances for dynamic matmuls, which run one instance at a time
+            per copy).
+    feed:   on-chip feed traffic, bytes: ``g * M * (K + N) * act_bits/8`` (§9.2).
+    weight_bytes: bytes of one weight copy, ``g*K*N*weight_bits/8`` (for dynamic
+            matmuls: the run-time operand, written at ``weight_write_bw_bytes``).
+    vector_ops: digital-unit elementary operations.
+    max_copies: the largest useful number of weight copies (see `useful_copies`).
+    """
+
+    name: str
+    kind: str
+    m: int = 0
+    k: int = 0
+    n: int = 0
+    groups: int = 1
+    tiles: tuple[int, int] = (0, 0)
+    arrays: int = 0
+    compute: int = 0
+    feed: int = 0
+    weight_bytes: int = 0
+    vector_ops: int = 0
+    max_copies: int = 1
+
+
+def tensor_bytes(value: SSAValue, arch: Arch) -> int:
+    """Bytes of an activation tensor on chip: elements * act_bits/8 (rounded up)."""
+    return ceil(prod(tensor_shape(value)) * arch.act_bits / 8)
+
+
+def tiles_for(k: int, n: int, arch: Arch) -> tuple[int, int]:
+    """Array tiles of one ``K x N`` weight block: ``(ceil(K/rows), ceil(N/wpr))``,
+    ``wpr = cols*cell_bits/weight_bits`` weights per array row (DESIGN.md §1, §3)."""
+    return ceil(k / arch.rows), ceil(n / arch.weights_per_row)
+
+
+def groups_per_array(k: int, n: int, groups: int, arch: Arch) -> int:
+    """Groups of a grouped/depthwise conv packed block-diagonally into one array:
+    ``min(rows // K, wpr // N)`` when one group's block fits an array, else 1 (§9.5)."""
+    if groups == 1 or k > arch.rows or n > arch.weights_per_row:
+        return 1
+    return max(1, min(arch.rows // k, arch.weights_per_row // n, groups))
+
+
+def useful_copies(compute: int, weight_bytes: int, arrays: int, arch: Arch) -> int:
+    """Largest copy count ``d`` whose last copy saves at least as much compute as it
+    costs to program: ``compute*(1/(d-1) - 1/d) >= weight_bytes/weight_write_bw``,
+    capped by the chip (``d*arrays <= arch.arrays``).  A copy that costs more to load
+    than it saves is never worth it (§9.1: weight loading dominates at batch 1)."""
+    cap = max(1, arch.arrays // max(arrays, 1))
+    load = weight_bytes / arch.weight_write_bw_bytes
+    d = 1
+    while d < cap and compute * (1 / d - 1 / (d + 1)) >= load:
+        d += 1
+    return d
+
+
+def _weight_op_cost(name: str, m: int, k: int, n: int, groups: int, arch: Arch,
+                    instances: int = 1, kind: str = "weight") -> OpCost:
+    gpa = groups_per_array(k, n, groups, arch)
+    tk, tn = tiles_for(k, n, arch)
+    arrays = ceil(groups / gpa) * tk * tn
+    compute = instances * m * arch.mvm_cycles
+    wbytes = ceil(instances * groups * k * n * arch.weight_bits / 8)
+    feed = ceil(instances * groups * m * (k + n) * arch.act_bits / 8)
+    if kind == "dynamic":
+        # Copies split the instances (batch x heads); each operand is written once.
+        copies = max(1, min(instances, arch.arrays // max(arrays, 1)))
+    else:
+        copies = useful_copies(compute, wbytes, arrays, arch)
+    return OpCost(
+        name=name, kind=kind, m=m, k=k, n=n, groups=groups, tiles=(tk, tn),
+        arrays=arrays, compute=compute, feed=feed, weight_bytes=wbytes,
+        max_copies=copies,
+    )
+
+
+def vector_ops(op: VectorOp) -> int:
+    """Digital-unit operations of a vector op: output elements x `OPS_PER_ELEMENT`,
+    input elements for pooling/reductions, output elements for copying moves, 0 for
+    re-addressing moves (reshape, squeeze, ...)."""
+    kind = op.kind.data
+    out_elems = sum(prod(tensor_shape(r)) for r in op.outputs)
+    if VECTOR_KINDS[kind] == "movement":
+        return out_elems if kind in COPYING_MOVES else 0
+    if kind in PER_INPUT:
+        return sum(prod(tensor_shape(x)) for x in op.inputs)
+    return out_elems * OPS_PER_ELEMENT.get(kind, 1)
+
+
+def op_cost(op: Operation, name: str, arch: Arch) -> OpCost:
+    """The cost record of one `cim` operator.  Raises ValueError for other ops."""
+    if isinstance(op, Conv2dOp):
+        m, k, n = op.im2col_dims()
+        return _weight_op_cost(name, m, k, n, op.group_count, arch)
+    if isinstance(op, MatmulOp):
+        m, k, n = op.im2col_dims()
+        return _weight_op_cost(name, m, k, n, 1, arch)
+    if isinstance(op, DynMatmulOp):
+        out = tensor_shape(op.output)
+        a, b = tensor_shape(op.lhs), tensor_shape(op.rhs)
+        return _weight_op_cost(name, a[-2], a[-1], b[-1], 1, arch,
+                               instances=prod(out[:-2]), kind="dynamic")
+    if isinstance(op, VectorOp):
+        return OpCost(name=name, kind="vector", vector_ops=vector_ops(op))
+    raise ValueError(f"no cost model for operation '{op.name}'")

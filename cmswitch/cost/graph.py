@@ -10,6 +10,8 @@ what the solve cache keys on.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field, replace
 
 from xdsl.dialects.func import FuncOp
@@ -70,9 +72,12 @@ class Graph:
         return min(t.bytes, -(-t.bytes * min(rows, h) // h))
 
 
+_SAFE = re.compile(r"[^A-Za-z0-9_.:/$-]")
+
+
 def _op_name(op: Operation, index: int, used: set[str]) -> str:
     hint = op.results[0].name_hint if op.results else None
-    name = hint or f"op{index}"
+    name = _SAFE.sub("_", hint or f"op{index}")
     if name in used:
         name = f"{name}_{index}"
     used.add(name)
@@ -99,37 +104,40 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
     tensors: list[Tensor] = []
     ids: dict[SSAValue, int] = {}
 
+    names: set[str] = set()
+
     def new_tensor(v: SSAValue, producer: int | None) -> int:
         ids[v] = len(tensors)
-        tensors.append(Tensor(v.name_hint or f"t{len(tensors)}", tensor_bytes(v, arch), producer))
+        name = _SAFE.sub("_", v.name_hint or f"t{len(tensors)}")
+        if name in names:
+            name = f"{name}_{len(tensors)}"
+        names.add(name)
+        tensors.append(Tensor(name, tensor_bytes(v, arch), producer))
         return ids[v]
 
     for arg in func.body.block.args:
         new_tensor(arg, None)
     ops: list[GraphOp] = []
     used: set[str] = set()
-    for index, op in enumerate(flatten_ops(func)):
-        ins = [ids[v] for v in op.operands]
-        outs = [new_tensor(r, index) for r in op.results]
-        for t in ins:
-            tensors[t].consumers.append(index)
-        ops.append(GraphOp(index, op, op_cost(op, _op_name(op, index, used), arch), ins, outs))
-    _alias_segment_results(func, ids)
+    for top in func.body.block.ops:
+        inner = list(top.body.block.ops) if isinstance(top, SegmentOp) else [top]
+        for op in inner:
+            if isinstance(op, YieldOp) or op.dialect_name() != "cim":
+                continue
+            index = len(ops)
+            ins = [ids[v] for v in op.operands]
+            outs = [new_tensor(r, index) for r in op.results]
+            for t in ins:
+                tensors[t].consumers.append(index)
+            ops.append(GraphOp(index, op, op_cost(op, _op_name(op, index, used), arch), ins, outs))
+        if isinstance(top, SegmentOp):
+            yielded = top.body.block.last_op
+            for res, val in zip(top.outs, yielded.operands, strict=True):
+                ids[res] = ids[val]
     ret = func.body.block.last_op
     for v in ret.operands if ret is not None else ():
         tensors[ids[v]].is_output = True
     return Graph(ops, tensors, ids)
-
-
-def _alias_segment_results(func: FuncOp, ids: dict[SSAValue, int]) -> None:
-    """A segment's results are the values its `cim.yield` returns: same tensors."""
-    for op in func.body.block.ops:
-        if not isinstance(op, SegmentOp):
-            continue
-        yielded = op.body.block.last_op
-        assert isinstance(yielded, YieldOp)
-        for res, val in zip(op.outs, yielded.values, strict=True):
-            ids[res] = ids[val]
 
 
 @dataclass(frozen=True)

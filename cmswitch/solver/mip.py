@@ -213,3 +213,29 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     return Allocation(copies, memory, kept, latency, load, fill, load + latency + fill,
                       "optimal" if status == "optimal" else status)
 
+
+
+@dataclass
+class SolveStats:
+    """Counters of the segment-MIP cache: `solves` actually run, `hits` served."""
+
+    solves: int = 0
+    hits: int = 0
+
+
+STATS = SolveStats()
+_CACHE: dict[tuple, Allocation] = {}
+
+
+def solve_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
+                 time_limit: float | None = None) -> Allocation:
+    """`solve_segment` behind a cache keyed by the problem's structure, the hardware
+    and the solver, so identical segments (repeated blocks) are solved once."""
+    key = (problem, arch, solver)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        STATS.hits += 1
+        return hit
+    STATS.solves += 1
+    _CACHE[key] = solve_segment(problem, arch, solver, time_limit)
+    return _CACHE[key]

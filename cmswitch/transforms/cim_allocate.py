@@ -1,0 +1,95 @@
+"""`cim-allocate`: solve one MIP per segment and write the allocation (DESIGN.md §4).
+
+For every `cim.segment` (from `cim-segment`) the segment MIP
+(`cmswitch.solver.mip`) gives weight copies ``d_i`` and memory-mode arrays ``m_i`` per
+matrix operator and which internal tensors stay on chip.  Concrete addresses follow:
+compute arrays are assigned from array 0 upward and memory-mode arrays from the top
+down, in operator order, so consecutive segments keep most arrays in the same mode
+and only the boundary between the two regions switches.
+
+Attributes written — on each matrix op: ``copies``, ``arrays = array<i64: lo, hi>``
+(compute), ``memory = array<i64: lo, hi>`` (when ``m_i > 0``), ``spill`` (indices of
+outputs sent to DRAM); on each segment: ``compute_arrays``, ``memory_arrays``,
+``predicted_cycles``, ``load_cycles``, ``latency_cycles`` and ``solver_status``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, i64
+from xdsl.passes import ModulePass
+
+from cmswitch.arch import Arch
+from cmswitch.cost.graph import Graph, build_graph, segment_problem
+from cmswitch.dialects.cim import SegmentOp, YieldOp, array_prop
+from cmswitch.errors import CMSwitchError
+from cmswitch.solver.mip import Allocation, solve_cached
+from cmswitch.transforms.common import main_func, resolve_arch
+
+
+def segment_ranges(graph: Graph, segments: list[SegmentOp]) -> list[tuple[int, int]]:
+    """``(first, last)`` operator indices of each segment in the flattened graph."""
+    index = {o.op: o.index for o in graph.ops}
+    ranges = []
+    for seg in segments:
+        members = [index[o] for o in seg.body.block.ops if not isinstance(o, YieldOp)]
+        if not members:
+            raise CMSwitchError(f"cim.segment {seg.id.value.data} is empty")
+        ranges.append((min(members), max(members)))
+    return ranges
+
+
+def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
+                     alloc: Allocation, arch: Arch) -> None:
+    """Annotate a segment and its matrix ops with `alloc` and concrete array ranges."""
+    low, high = 0, arch.arrays
+    kept = iter(alloc.kept)
+    for local, gop in enumerate(graph.ops[first:last + 1]):
+        spill = []
+        for pos, t in enumerate(gop.outputs):
+            if any(c <= last for c in graph.tensors[t].consumers) and not next(kept):
+                spill.append(pos)
+        if spill:
+            gop.op.attributes["spill"] = array_prop(spill)
+        if not gop.cost.arrays:
+            continue
+        d, m = alloc.copies[local], alloc.memory[local]
+        gop.op.attributes["copies"] = IntegerAttr(d, i64)
+        gop.op.attributes["arrays"] = array_prop([low, low + d * gop.cost.arrays])
+        low += d * gop.cost.arrays
+        if m:
+            gop.op.attributes["memory"] = array_prop([high - m, high])
+            high -= m
+    assert low <= high, "MIP exceeded the array budget"
+    attrs = seg.attributes
+    attrs["compute_arrays"] = IntegerAttr(low, i64)
+    attrs["memory_arrays"] = IntegerAttr(arch.arrays - high, i64)
+    attrs["predicted_cycles"] = IntegerAttr(round(alloc.cycles), i64)
+    attrs["load_cycles"] = IntegerAttr(round(alloc.load), i64)
+    attrs["latency_cycles"] = IntegerAttr(round(alloc.latency), i64)
+    attrs["solver_status"] = StringAttr(alloc.status)
+
+
+@dataclass(frozen=True)
+class CimAllocatePass(ModulePass):
+    """Solve the array-allocation MIP of every segment and assign array addresses."""
+
+    name = "cim-allocate"
+
+    arch: str | None = None
+    solver: str = "glpk"
+    time_limit: float = 0.0
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        arch = resolve_arch(op, self.arch)
+        func = main_func(op)
+        segments = [o for o in func.body.block.ops if isinstance(o, SegmentOp)]
+        if not segments:
+            raise CMSwitchError("cim-allocate: no cim.segment ops; run cim-segment first")
+        graph = build_graph(func, arch)
+        for seg, (first, last) in zip(segments, segment_ranges(graph, segments)):
+            problem = segment_problem(graph, first, last)
+            alloc = solve_cached(problem, arch, self.solver, self.time_limit or None)
+            write_allocation(graph, seg, first, last, alloc, arch)

@@ -1,0 +1,160 @@
+"""`cim-partition`: split operators whose single weight copy needs more arrays than the
+chip into sub-operators that fit (DESIGN.md §4, §9.4).
+
+An ``K x N`` weight with ``tk x tn`` array tiles (``tk = ceil(K/rows)``,
+``tn = ceil(N/wpr)``) and ``tk*tn > arrays`` is cut into pieces of at most
+``max-arrays`` arrays: ``kt = min(tk, max-arrays)`` row tiles by
+``max(1, max-arrays // kt)`` column tiles.  Along K the input is sliced
+(`cim.vector "slice"`) and the partial sums are added by the digital unit
+(`cim.vector "psum_add"`); along N the outputs are concatenated (`cim.vector
+"concat"`).  Convolutions are cut along K at whole input channels (multiples of
+``kh*kw`` im2col rows).  The pieces' work adds up to the whole: sum of ``K x N`` blocks
+= ``K x N``, each with the same ``M``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, TensorType, i64
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import Rewriter
+
+from cmswitch.arch import Arch
+from cmswitch.cost.model import tiles_for
+from cmswitch.dialects.cim import Conv2dOp, MatmulOp, VectorOp, tensor_shape
+from cmswitch.errors import CMSwitchError
+from cmswitch.transforms.common import main_func, resolve_arch
+
+
+def _ranges(total: int, step: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + step, total)) for lo in range(0, total, step)]
+
+
+def _with_dim(value: SSAValue, axis: int, size: int) -> TensorType:
+    shape = list(tensor_shape(value))
+    shape[axis] = size
+    return TensorType(value.type.element_type, shape)
+
+
+def _named(op: Operation, name: str) -> Operation:
+    for r in op.results:
+        r.name_hint = name
+    return op
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to cut one operator: K ranges in input elements along `axis` (channels for
+    a conv, features for a matmul), the im2col rows per element `per`, N ranges."""
+
+    axis: int
+    per: int
+    k_ranges: list[tuple[int, int]]
+    n_ranges: list[tuple[int, int]]
+
+
+def plan_split(k_elems: int, per: int, n: int, arch: Arch, max_arrays: int) -> tuple[list, list]:
+    """K ranges (in units of `per` im2col rows) and N ranges so that each piece needs
+    at most `max_arrays` arrays.  Raises CMSwitchError if one unit of K cannot fit."""
+    tk, _ = tiles_for(k_elems * per, n, arch)
+    kt = min(tk, max_arrays)
+    nt = max(1, max_arrays // kt)
+    k_step = max(1, kt * arch.rows // per)
+    if per > kt * arch.rows:
+        raise CMSwitchError(f"one input channel ({per} im2col rows) exceeds {max_arrays} arrays")
+    return _ranges(k_elems, k_step), _ranges(n, nt * arch.weights_per_row)
+
+
+def _base(op: Operation) -> str:
+    return op.results[0].name_hint or "op"
+
+
+def _split(op: Conv2dOp | MatmulOp, plan: _Plan) -> None:
+    x = op.input
+    out = op.output
+    axis_out = 1 if isinstance(op, Conv2dOp) else len(tensor_shape(out)) - 1
+    name = _base(op)
+    new_ops: list[Operation] = []
+    slices: list[SSAValue] = []
+    for ki, (k0, k1) in enumerate(plan.k_ranges):
+        if len(plan.k_ranges) == 1:
+            slices.append(x)
+            continue
+        sl = VectorOp("slice", [x], [_with_dim(x, plan.axis, k1 - k0)], attributes={
+            "axis": IntegerAttr(plan.axis, i64), "start": IntegerAttr(k0, i64),
+            "end": IntegerAttr(k1, i64)})
+        new_ops.append(_named(sl, f"{name}.in{ki}"))
+        slices.append(sl.outputs[0])
+    columns: list[SSAValue] = []
+    for ni, (n0, n1) in enumerate(plan.n_ranges):
+        partials: list[SSAValue] = []
+        for ki, ((k0, k1), xs) in enumerate(zip(plan.k_ranges, slices)):
+            piece = _piece(op, xs, _with_dim(out, axis_out, n1 - n0),
+                           [k0 * plan.per, k1 * plan.per, n0, n1])
+            new_ops.append(_named(piece, f"{name}.k{ki}n{ni}"))
+            partials.append(piece.results[0])
+        if len(partials) > 1:
+            add = VectorOp("psum_add", partials, [partials[0].type])
+            new_ops.append(_named(add, f"{name}.n{ni}"))
+            partials = [add.outputs[0]]
+        columns.append(partials[0])
+    if len(columns) > 1:
+        cat = VectorOp("concat", columns, [out.type],
+                       attributes={"axis": IntegerAttr(axis_out, i64)})
+        new_ops.append(_named(cat, name))
+        columns = [cat.outputs[0]]
+    Rewriter.replace_op(op, new_ops, columns)
+
+
+def _piece(op: Conv2dOp | MatmulOp, x: SSAValue, typ: TensorType, ws: list[int]) -> Operation:
+    parent = op.weight_slice.get_values() if op.weight_slice is not None else None
+    if parent is not None:
+        ws = [parent[0] + ws[0], parent[0] + ws[1], parent[2] + ws[2], parent[2] + ws[3]]
+    if isinstance(op, MatmulOp):
+        return MatmulOp(x, typ, op.weight.data, ws, attributes=dict(op.attributes))
+    return Conv2dOp(x, typ, op.weight.data, op.kernel.get_values(), op.strides.get_values(),
+                    op.pads.get_values(), op.dilations.get_values(), 1, ws)
+
+
+def _plan_for(op: Conv2dOp | MatmulOp, arch: Arch, max_arrays: int) -> _Plan | None:
+    _, k, n = op.im2col_dims()
+    tk, tn = tiles_for(k, n, arch)
+    if tk * tn <= arch.arrays:
+        return None
+    if isinstance(op, MatmulOp):
+        ks, ns = plan_split(k, 1, n, arch, max_arrays)
+        return _Plan(len(tensor_shape(op.input)) - 1, 1, ks, ns)
+    if op.group_count != 1:
+        raise CMSwitchError(f"grouped convolution '{_base(op)}' needs {tk * tn} arrays per "
+                            f"group, more than the chip's {arch.arrays}")
+    kh, kw = op.kernel.get_values()
+    ks, ns = plan_split(tensor_shape(op.input)[1], kh * kw, n, arch, max_arrays)
+    return _Plan(1, kh * kw, ks, ns)
+
+
+@dataclass(frozen=True)
+class CimPartitionPass(ModulePass):
+    """Split operators larger than the chip into pieces of at most `max_arrays`
+    arrays (0: half the chip's arrays, leaving room for memory-mode arrays)."""
+
+    name = "cim-partition"
+
+    arch: str | None = None
+    max_arrays: int = 0
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        arch = resolve_arch(op, self.arch)
+        limit = self.max_arrays or max(1, arch.arrays // 2)
+        if limit > arch.arrays:
+            raise CMSwitchError(f"cim-partition: max-arrays={limit} exceeds the chip's {arch.arrays} arrays")
+        func = main_func(op)
+        for inner in list(func.walk()):
+            if not isinstance(inner, (Conv2dOp, MatmulOp)):
+                continue
+            plan = _plan_for(inner, arch, limit)
+            if plan is not None:
+                _split(inner, plan)

@@ -129,10 +129,12 @@ class LoadWeightOp(IRDLOperation):
 @irdl_op_definition
 class WriteOperandOp(IRDLOperation):
     """``CIM.write_operand``: a dynamic matmul writes its run-time operand (``input``,
-    a tensor reference) into compute arrays, placed like `metaop.load_weight`.
+    a tensor reference; ``bytes`` in all, in ``instances`` independent parts such as
+    batch x heads) into compute arrays, placed like `metaop.load_weight`; the copies
+    take the parts in turn.
 
     Example:
-    ``metaop.write_operand "scores" [0, 12] {input = "k_t@gb", tiles = array<i64: 1, 4>, copies = 3 : i64, bytes = 98304 : i64}``
+    ``metaop.write_operand "scores" [0, 12] {input = "k_t@gb", tiles = array<i64: 1, 4>, copies = 3 : i64, bytes = 98304 : i64, instances = 12 : i64}``
     """
 
     name = "metaop.write_operand"
@@ -142,14 +144,16 @@ class WriteOperandOp(IRDLOperation):
     tiles = prop_def(DenseArrayBase[I64])
     copies = prop_def(IntegerAttr[I64])
     bytes = prop_def(IntegerAttr[I64])
+    instances = prop_def(IntegerAttr[I64])
     irdl_options = (ParsePropInAttrDict(),)
     assembly_format = "$op $arrays attr-dict"
 
     def __init__(self, op: str, lo: int, hi: int, src: str, tiles: Sequence[int],
-                 copies: int, nbytes: int):
+                 copies: int, nbytes: int, instances: int = 1):
         super().__init__(properties={
             "op": StringAttr(op), "arrays": array_prop([lo, hi]), "input": StringAttr(src),
             "tiles": array_prop(tiles), "copies": int_prop(copies), "bytes": int_prop(nbytes),
+            "instances": int_prop(instances),
         })
 
     def verify_(self) -> None:
@@ -158,6 +162,7 @@ class WriteOperandOp(IRDLOperation):
         tiles = self.tiles.get_values()
         copies = _positive("copies", self.copies)
         _positive("bytes", self.bytes)
+        _positive("instances", self.instances)
         if len(tiles) != 2 or hi - lo != tiles[0] * tiles[1] * copies:
             raise VerifyException(f"{hi - lo} arrays cannot hold {copies} copies of tiles {list(tiles)}")
 
@@ -242,22 +247,28 @@ class VecOp(IRDLOperation):
 
 
 class _TransferOp(IRDLOperation):
-    """Shared shape of MEM.load / MEM.store / MEM.move: ``source`` is a tensor
-    reference, ``dest`` a location, ``bytes`` moved."""
+    """Shared shape of MEM.load / MEM.store / MEM.move: ``tensor`` moves from location
+    ``source`` to location ``dest``, ``bytes`` moved, optional streaming ``window``
+    (bytes the destination holds at a time)."""
 
     tensor = prop_def(StringAttr)
     source = prop_def(StringAttr)
     dest = prop_def(StringAttr)
     bytes = prop_def(IntegerAttr[I64])
+    window = opt_prop_def(IntegerAttr[I64])
     irdl_options = (ParsePropInAttrDict(),)
     assembly_format = "$tensor $source $dest attr-dict"
     ALLOWED: ClassVar[tuple[str | None, str | None]] = (None, None)
 
-    def __init__(self, tensor: str, source: str, dest: str, nbytes: int):
-        super().__init__(properties={
+    def __init__(self, tensor: str, source: str, dest: str, nbytes: int,
+                 window: int | None = None):
+        props: dict[str, Attribute] = {
             "tensor": StringAttr(tensor), "source": StringAttr(source),
             "dest": StringAttr(dest), "bytes": int_prop(nbytes),
-        })
+        }
+        if window is not None:
+            props["window"] = int_prop(window)
+        super().__init__(properties=props)
 
     def verify_(self) -> None:
         check_location(self.source.data)

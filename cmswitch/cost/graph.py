@@ -14,6 +14,7 @@ import re
 
 from dataclasses import dataclass, field, replace
 
+from xdsl.dialects.builtin import StringAttr
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import Operation, SSAValue
 
@@ -76,7 +77,17 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.:/$-]")
 
 
 def _op_name(op: Operation, index: int, used: set[str]) -> str:
+    """A readable unique name: a weight op is named after its weight (``conv1.weight``
+    -> ``conv1``; a partitioned piece adds ``.k<row>.n<col>`` of its slice), any other
+    op after its first result."""
     hint = op.results[0].name_hint if op.results else None
+    weight = op.properties.get("weight")
+    if isinstance(weight, StringAttr):
+        hint = weight.data.removesuffix(".weight")
+        ws = op.properties.get("weight_slice")
+        if ws is not None:
+            k0, _, n0, _ = ws.get_values()
+            hint += f".k{k0}.n{n0}"
     name = _SAFE.sub("_", hint or f"op{index}")
     if name in used:
         name = f"{name}_{index}"

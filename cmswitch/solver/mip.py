@@ -37,6 +37,8 @@ from cmswitch.cost.graph import SegmentProblem
 from cmswitch.errors import CMSwitchError
 
 SOLVERS = ("glpk", "highs")
+DEFAULT_TIME_LIMIT = 60.0
+"""Seconds per MIP solve when none is given: a safety net, reported when hit."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     return max(bounds)
 
 
-def _build(problem: SegmentProblem, arch: Arch):
+def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
+    """The Pyomo model.  With `t_fixed` (stage 2) the throughput is a constant, so
+    ``y_e T`` is linear and the bilinear ``z_e`` variables are not needed."""
     import pyomo.environ as pyo
 
     ops, edges = problem.ops, problem.edges
@@ -100,11 +104,17 @@ def _build(problem: SegmentProblem, arch: Arch):
     mat = [i for i, op in enumerate(ops) if op.arrays]
     m = pyo.ConcreteModel()
     m.T = pyo.Var(bounds=(0, 1))
+    if t_fixed is not None:
+        m.T.fix(t_fixed)
     m.d = pyo.Var(mat, domain=pyo.Integers, bounds=lambda _, i: (1, ops[i].max_copies))
     m.m = pyo.Var(mat, domain=pyo.Integers, bounds=(0, arch.arrays))
     m.g = pyo.Var(mat, bounds=(0, arch.global_buffer_bw_bytes))
     m.y = pyo.Var(range(len(edges)), domain=pyo.Binary)
-    m.z = pyo.Var(range(len(edges)), bounds=(0, 1))
+    if t_fixed is None:
+        m.z = pyo.Var(range(len(edges)), bounds=(0, 1))
+        z = m.z
+    else:
+        z = {e: t_fixed * m.y[e] for e in range(len(edges))}
     ib = arch.internal_bw_bits / 8
     m.c = pyo.ConstraintList()
     for i in mat:
@@ -112,13 +122,13 @@ def _build(problem: SegmentProblem, arch: Arch):
         m.c.add(ops[i].feed / scale * m.T <= ib * m.m[i] + m.g[i])
     if mat:
         m.c.add(sum(m.g[i] for i in mat) <= arch.global_buffer_bw_bytes)
-    for e in range(len(edges)):
+    for e in range(len(edges) if t_fixed is None else 0):
         m.c.add(m.z[e] <= m.T)
         m.c.add(m.z[e] <= m.y[e])
         m.c.add(m.z[e] >= m.T - (1 - m.y[e]))
     spill = sum(2 * edge.bytes for edge in edges)
     ext = (problem.live_in + problem.live_out + spill) / scale * m.T
-    ext -= sum(2 * edge.bytes / scale * m.z[e] for e, edge in enumerate(edges))
+    ext -= sum(2 * edge.bytes / scale * z[e] for e, edge in enumerate(edges))
     m.c.add(ext <= arch.external_bw_bytes)
     writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic")
     if writes:
@@ -129,12 +139,23 @@ def _build(problem: SegmentProblem, arch: Arch):
     if edges:
         m.c.add(sum(edge.window * m.y[e] for e, edge in enumerate(edges))
                 <= arch.global_buffer_bytes + arch.array_bytes * sum(m.m[i] for i in mat))
-    m.c.add(sum(ops[i].arrays * m.d[i] + m.m[i] for i in mat) <= arch.arrays)
+    if mat:
+        m.c.add(sum(ops[i].arrays * m.d[i] + m.m[i] for i in mat) <= arch.arrays)
     return m, mat, scale
 
 
 def _run(model, solver: str, time_limit: float | None) -> str:
-    """Solve; returns the termination condition as text."""
+    """Solve; returns the termination condition as text.  Raises CMSwitchError if
+    the solver is missing or fails."""
+    try:
+        return _run_solver(model, solver, time_limit)
+    except CMSwitchError:
+        raise
+    except Exception as e:  # solver plugins raise many types; report them as one
+        raise CMSwitchError(f"MIP solver '{solver}' failed: {str(e).splitlines()[0]}") from None
+
+
+def _run_solver(model, solver: str, time_limit: float | None) -> str:
     import pyomo.environ as pyo
 
     if solver == "highs":
@@ -143,8 +164,7 @@ def _run(model, solver: str, time_limit: float | None) -> str:
         opt = Highs()
         opt.config.mip_gap = 0.0
         opt.config.load_solution = False
-        if time_limit:
-            opt.config.time_limit = time_limit
+        opt.config.time_limit = time_limit or DEFAULT_TIME_LIMIT
         res = opt.solve(model)
         tc = str(res.termination_condition).split(".")[-1]
         if res.best_feasible_objective is not None:
@@ -158,8 +178,11 @@ def _run(model, solver: str, time_limit: float | None) -> str:
         )
     opt = pyo.SolverFactory("glpk", executable=exe)
     opt.options["mipgap"] = 0
-    if time_limit:
-        opt.options["tmlim"] = max(1, int(time_limit))
+    # Gomory and MIR cuts: 100x fewer B&B nodes on these models.  (Not --cuts: its
+    # cover cuts crash GLPK 5.0 when presolve leaves no columns.)
+    opt.options["gomory"] = None
+    opt.options["mir"] = None
+    opt.options["tmlim"] = max(1, int(time_limit or DEFAULT_TIME_LIMIT))
     res = opt.solve(model, load_solutions=False)
     tc = str(res.solver.termination_condition)
     if len(res.solution) > 0:
@@ -189,29 +212,38 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     if model.T.value is None:
         raise CMSwitchError(f"segment MIP found no feasible allocation ({status})")
     t_best = max(pyo.value(model.T), 1e-12)
-    model.obj.deactivate()
-    model.fix_t = pyo.Constraint(expr=model.T >= t_best * (1 - 1e-7))
-    n = max(len(problem.ops), 1)
-    load_w = {i: problem.ops[i].weight_bytes / arch.weight_write_bw_bytes
-              if problem.ops[i].kind == "weight" else 0.0 for i in mat}
-    model.tie = pyo.Objective(
-        expr=sum((load_w[i] + 1e-3 * (i + 1) / n) * model.d[i]
-                 + (1 + 1e-3 * (i + 1) / n) * model.m[i] for i in mat)
-        + sum(1e-4 * (e + 1) / (len(problem.edges) + 1) * (1 - model.y[e])
-              for e in range(len(problem.edges))),
-        sense=pyo.minimize,
-    )
-    status2 = _run(model, solver, time_limit)
-    if status2 != "optimal":
-        status = f"{status}; tie-break {status2}"
+    if mat:
+        model, status = _stage2(problem, arch, solver, time_limit, t_best, status)
     copies = tuple(round(model.d[i].value) if i in mat else 0 for i in range(len(problem.ops)))
     memory = tuple(round(model.m[i].value) if i in mat else 0 for i in range(len(problem.ops)))
     kept = tuple(bool(round(model.y[e].value)) for e in range(len(problem.edges)))
-    latency = scale / t_best
+    latency = scale / (t_best * (1 - 1e-6))
     load = load_cycles(problem, copies, arch)
     fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
     return Allocation(copies, memory, kept, latency, load, fill, load + latency + fill,
                       "optimal" if status == "optimal" else status)
+
+
+def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float | None,
+            t_best: float, status: str):
+    """Re-solve with the throughput fixed at its optimum for the tie-break objective."""
+    import pyomo.environ as pyo
+
+    model, mat, _ = _build(problem, arch, t_fixed=t_best * (1 - 1e-6))
+    # Stage 2: the fewest weight-load cycles, then the fewest memory arrays.  Integer
+    # coefficients only: epsilon tie-break weights made GLPK's branch and bound crawl.
+    model.tie = pyo.Objective(
+        expr=sum(max(1, round(problem.ops[i].weight_bytes / arch.weight_write_bw_bytes))
+                 * model.d[i] if problem.ops[i].kind == "weight" else 0 for i in mat)
+        + sum(model.m[i] for i in mat),
+        sense=pyo.minimize,
+    )
+    status2 = _run(model, solver, time_limit)
+    if model.d[mat[0]].value is None:
+        raise CMSwitchError(f"segment MIP tie-break found no solution ({status2})")
+    if status2 != "optimal":
+        status = f"{status}; tie-break {status2}"
+    return model, status
 
 
 

@@ -1,0 +1,185 @@
+"""Python API: `compile` a model into a `Plan` (DESIGN.md §8).  The CLIs are thin
+layers over it."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.parser import Parser
+
+from cmswitch.arch import Arch, load_arch
+from cmswitch.cost.graph import Graph, build_graph
+from cmswitch.dialects.cim import SegmentOp
+from cmswitch.errors import CMSwitchError
+from cmswitch.transforms.common import ARCH_ATTR, main_func
+
+STRATEGIES = ("cmswitch",)
+
+
+@dataclass
+class Plan:
+    """A compiled model: its segments with their allocation, the optimizer's predicted
+    cycles, the lower bound, and the `.cmsasm` flow."""
+
+    model: str
+    arch: Arch
+    strategy: str
+    segments: list[dict[str, Any]]
+    operators: list[dict[str, Any]]
+    predicted_cycles: int
+    lower_bound_cycles: int
+    compile_seconds: float
+    flow: str
+    mip: dict[str, int] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report of `cmswitch compile` (cycles are integers)."""
+        return {
+            "model": self.model, "arch": self.arch.name, "strategy": self.strategy,
+            "predicted_cycles": self.predicted_cycles,
+            "lower_bound_cycles": self.lower_bound_cycles,
+            "compile_seconds": round(self.compile_seconds, 3),
+            "units": {"cycles": "clock cycles", "bytes": "bytes", "arrays": "arrays"},
+            "mip": self.mip, "segments": self.segments, "operators": self.operators,
+        }
+
+    def simulate(self) -> dict[str, Any]:
+        """Run the flow in the independent simulator; returns its report."""
+        from cmswitch.sim.simulator import simulate
+
+        return simulate(self.flow)
+
+
+def _all_dialects(ctx: Context) -> None:
+    from xdsl.dialects.builtin import Builtin
+    from xdsl.dialects.func import Func
+
+    from cmswitch.dialects.cim import CIM
+    from cmswitch.dialects.metaop import METAOP
+
+    for d in (Builtin, Func, CIM, METAOP):
+        ctx.load_dialect(d)
+
+
+def load_module(model: str | Path, dims: dict[str, int] | None = None) -> ModuleOp:
+    """Import an `.onnx` file or parse an `.mlir` file into a `cim` module.
+    Raises CMSwitchError for a missing/unreadable/invalid file."""
+    path = Path(model)
+    if not path.is_file():
+        raise CMSwitchError(f"{model}: no such model file")
+    if path.suffix == ".onnx":
+        from cmswitch.frontend.onnx_importer import import_onnx
+
+        return import_onnx(path, dims=dims, name=path.stem)
+    if path.suffix != ".mlir":
+        raise CMSwitchError(f"{model}: expected an .onnx or .mlir model")
+    from xdsl.utils.exceptions import ParseError, VerifyException
+
+    ctx = Context()
+    _all_dialects(ctx)
+    try:
+        module = Parser(ctx, path.read_text(), str(path)).parse_module()
+        module.verify()
+    except (ParseError, VerifyException) as e:
+        raise CMSwitchError(" ".join(str(e).split())) from None
+    if "cim.model" not in module.attributes:
+        module.attributes["cim.model"] = StringAttr(path.stem)
+    return module
+
+
+def lower_bound(graph: Graph, arch: Arch) -> int:
+    """Cycles no schedule can beat: the compute bound (array-cycles of all MVM work,
+    ``sum_i a_i * M_i * mvm_cycles``, over all arrays) or the bandwidth bound (weights,
+    model inputs and outputs must cross the chip boundary at ``external_bw_bytes``),
+    whichever is larger."""
+    work = sum(o.cost.arrays * o.cost.compute for o in graph.ops if o.cost.arrays)
+    boundary = sum(o.cost.weight_bytes for o in graph.ops if o.cost.kind == "weight")
+    boundary += sum(t.bytes for t in graph.tensors if t.producer is None or t.is_output)
+    return round(max(work / arch.arrays, boundary / arch.external_bw_bytes))
+
+
+def _segment_rows(graph: Graph, func) -> tuple[list[dict], list[dict]]:
+    index = {o.op: o for o in graph.ops}
+    segments, operators = [], []
+    for seg in (o for o in func.body.block.ops if isinstance(o, SegmentOp)):
+        members = [index[o] for o in seg.body.block.ops if o in index]
+        attrs = seg.attributes
+        seg_id = seg.id.value.data
+        segments.append({
+            "id": seg_id,
+            "operators": [g.name for g in members],
+            "compute_arrays": attrs["compute_arrays"].value.data,
+            "memory_arrays": attrs["memory_arrays"].value.data,
+            "weight_copies": {g.name: g.op.attributes["copies"].value.data
+                              for g in members if "copies" in g.op.attributes},
+            "predicted_cycles": attrs["predicted_cycles"].value.data,
+            "load_cycles": attrs["load_cycles"].value.data,
+            "latency_cycles": attrs["latency_cycles"].value.data,
+            "solver_status": attrs["solver_status"].data,
+        })
+        for g in members:
+            row = {"name": g.name, "segment": seg_id, "kind": g.cost.kind}
+            if g.cost.arrays:
+                mem = g.op.attributes.get("memory")
+                row.update({
+                    "m": g.cost.m, "k": g.cost.k, "n": g.cost.n, "groups": g.cost.groups,
+                    "arrays_per_copy": g.cost.arrays,
+                    "copies": g.op.attributes["copies"].value.data,
+                    "memory_arrays": (lambda v: v[1] - v[0])(mem.get_values()) if mem else 0,
+                    "compute_cycles_one_copy": g.cost.compute,
+                    "feed_bytes": g.cost.feed, "weight_bytes": g.cost.weight_bytes,
+                })
+            else:
+                row["vector_ops"] = g.cost.vector_ops
+            operators.append(row)
+    return segments, operators
+
+
+def compile(model: str | Path | ModuleOp, arch: str | None = None,
+            strategy: str = "cmswitch", solver: str = "glpk",
+            dims: dict[str, int] | None = None, time_limit: float | None = None) -> Plan:
+    """Compile a model (path to `.onnx`/`.mlir`, or a `cim` module) for a hardware
+    preset or file: cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
+    Raises CMSwitchError for bad input, unknown strategy or hardware."""
+    from cmswitch.asm.printer import print_flow
+    from cmswitch.solver.mip import STATS
+    from cmswitch.transforms.cim_allocate import CimAllocatePass
+    from cmswitch.transforms.cim_partition import CimPartitionPass
+    from cmswitch.transforms.cim_segment import CimSegmentPass
+    from cmswitch.transforms.cim_to_metaop import CimToMetaopPass
+
+    if strategy not in STRATEGIES:
+        raise CMSwitchError(f"unknown strategy '{strategy}' (available: {', '.join(STRATEGIES)})")
+    start = time.perf_counter()
+    solves, hits = STATS.solves, STATS.hits
+    module = model if isinstance(model, ModuleOp) else load_module(model, dims)
+    hw = load_arch(arch)
+    if arch:
+        module.attributes[ARCH_ATTR] = StringAttr(arch)
+    ctx = Context()
+    _all_dialects(ctx)
+    CimPartitionPass().apply(ctx, module)
+    CimSegmentPass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
+    CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
+    func = main_func(module)
+    graph = build_graph(func, hw)
+    segments, operators = _segment_rows(graph, func)
+    bound = lower_bound(graph, hw)
+    predicted = sum(s["predicted_cycles"] for s in segments)
+    CimToMetaopPass().apply(ctx, module)
+    text = io.StringIO()
+    print_flow(module, text)
+    name = module.attributes.get("cim.model")
+    return Plan(
+        model=name.data if isinstance(name, StringAttr) else "model", arch=hw,
+        strategy=strategy, segments=segments, operators=operators,
+        predicted_cycles=predicted, lower_bound_cycles=bound,
+        compile_seconds=time.perf_counter() - start, flow=text.getvalue(),
+        mip={"solves": STATS.solves - solves, "cache_hits": STATS.hits - hits},
+    )

@@ -1,0 +1,773 @@
+"""ONNX importer: an ONNX model becomes a `builtin.module` holding one `func.func @main`
+written in the `cim` dialect.
+
+Pipeline (each step raises `CMSwitchError` with a one-line message on bad input):
+
+1. decode the protobuf (`onnx.ModelProto`); external weight data is never loaded, so
+   weight-stripped models import fine;
+2. inline model-local functions, bind symbolic input dims from ``dims``;
+3. classify every node: a node whose inputs are all constants (initializers, `Constant`
+   outputs, values computed only from constants, or `Shape`/`Size` of a statically
+   shaped tensor) is *constant-folded*: nothing is emitted and its outputs are
+   constants too.  Any other node must have a mapping, else "unsupported ONNX
+   operator";
+4. `onnx.shape_inference.infer_shapes(strict_mode=True, data_prop=True)` gives every
+   intermediate shape; every emitted value must end up fully static and non-empty;
+5. emit, in graph order: Conv -> `cim.conv2d`, Gemm/MatMul against a constant ->
+   `cim.matmul`, MatMul of two activations -> `cim.dyn_matmul`, everything else ->
+   `cim.vector` of a kind from `VECTOR_KINDS` (operands: the activation inputs only).
+
+Operator semantics follow the ONNX operator specification
+(https://onnx.ai/onnx/operators/): Conv (pads ``[x1_begin, x2_begin, x1_end, x2_end]``,
+``auto_pad``), Gemm (``transA``/``transB``, optional ``C``), MatMul (numpy.matmul
+semantics, broadcasting leading dims, 1-D operands promoted).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+
+import onnx
+import onnx.inliner
+import onnx.shape_inference
+from onnx import AttributeProto, TensorProto, numpy_helper
+
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    BFloat16Type,
+    DenseArrayBase,
+    Float16Type,
+    Float32Type,
+    Float64Type,
+    FloatAttr,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    Signedness,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+    f32,
+    i64,
+)
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
+from xdsl.utils.exceptions import VerifyException
+
+from cmswitch.dialects.cim import (
+    Conv2dOp,
+    DynMatmulOp,
+    MatmulOp,
+    VectorOp,
+    array_prop,
+    conv_output_size,
+)
+from cmswitch.errors import CMSwitchError
+
+__all__ = ["import_onnx", "load_model", "VECTOR_OP_KINDS"]
+
+#: ONNX operator (default domain) -> `cim.vector` kind.
+VECTOR_OP_KINDS: dict[str, str] = {
+    # elementwise arithmetic
+    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Neg": "neg", "Pow": "pow",
+    "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Exp": "exp", "Erf": "erf",
+    "Max": "max", "Min": "min",
+    # activations
+    "Relu": "relu", "Clip": "clip", "Gelu": "gelu", "Tanh": "tanh", "Sigmoid": "sigmoid",
+    "Cos": "cos", "Sin": "sin",
+    # logic and comparison
+    "Where": "where", "IsNaN": "isnan", "Not": "not", "Equal": "equal", "Less": "less",
+    "Greater": "greater", "And": "and", "Or": "or", "Cast": "cast", "CastLike": "cast",
+    # normalization, reductions, pooling
+    "Softmax": "softmax", "LayerNormalization": "layernorm",
+    "ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
+    "MaxPool": "maxpool", "AveragePool": "avgpool",
+    "GlobalAveragePool": "global_avgpool", "GlobalMaxPool": "reduce_max",
+    # data movement
+    "Reshape": "reshape", "Transpose": "transpose", "Concat": "concat", "Split": "split",
+    "Slice": "slice", "Gather": "gather", "GatherElements": "gather",
+    "GatherND": "gather", "Expand": "expand", "Squeeze": "squeeze",
+    "Unsqueeze": "unsqueeze", "Flatten": "flatten", "Identity": "identity",
+    "Dropout": "identity", "Range": "range",
+}
+
+#: Operators with a dedicated lowering (weight or dynamic matrix ops).
+MATRIX_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+
+#: Operators whose output is a compile-time constant whenever shapes are static.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+
+#: Operators never folded nor mapped: they carry subgraphs.
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+#: Constant inputs worth recording on a `cim.vector` as attributes (input index ->
+#: attribute name), read when the data is small and stored in the model.
+CONST_INPUT_ATTRS: dict[str, dict[int, str]] = {
+    "Reshape": {1: "shape"}, "Expand": {1: "shape"},
+    "Squeeze": {1: "axes"}, "Unsqueeze": {1: "axes"},
+    "ReduceMean": {1: "axes"}, "ReduceSum": {1: "axes"}, "ReduceMax": {1: "axes"},
+    "Slice": {1: "starts", 2: "ends", 3: "axes", 4: "steps"},
+    "Split": {1: "split"}, "Clip": {1: "min", 2: "max"}, "Pow": {1: "exponent"},
+}
+
+_MAX_CONST_ATTR_ELEMS = 64
+
+#: ONNX TensorProto element type -> xDSL element type.
+_ELEM_TYPES: dict[int, Attribute] = {
+    TensorProto.FLOAT: Float32Type(),
+    TensorProto.FLOAT16: Float16Type(),
+    TensorProto.BFLOAT16: BFloat16Type(),
+    TensorProto.DOUBLE: Float64Type(),
+    TensorProto.BOOL: IntegerType(1),
+    TensorProto.INT8: IntegerType(8),
+    TensorProto.INT16: IntegerType(16),
+    TensorProto.INT32: IntegerType(32),
+    TensorProto.INT64: IntegerType(64),
+    TensorProto.UINT8: IntegerType(8, Signedness.UNSIGNED),
+    TensorProto.UINT16: IntegerType(16, Signedness.UNSIGNED),
+    TensorProto.UINT32: IntegerType(32, Signedness.UNSIGNED),
+    TensorProto.UINT64: IntegerType(64, Signedness.UNSIGNED),
+}
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sanitize_name(name: str) -> str:
+    """An xDSL-valid SSA name hint for an ONNX tensor name: characters outside
+    ``[A-Za-z0-9_.$-]`` become ``_``; a leading digit (or an empty name) gets a ``v``
+    prefix."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c in "_.$-") else "_" for c in name)
+    if not out or out[0].isdigit():
+        out = "v" + out
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    """First non-empty line of an exception message (ONNX errors span many lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    """The node's name, or ``<OpType #index>`` for anonymous nodes."""
+    return node.name or f"<{node.op_type} #{index}>"
+
+
+@dataclass
+class _Ctx:
+    """Import state.
+
+    consts:  constant tensor name -> the tensor it derives from (an initializer name,
+             a `Constant` node output, or its own name), used as a weight name.
+    sizes:   constant tensor name -> element count (0 if unknown), to pick the
+             dominant origin of a folded value.
+    data:    small constant tensors whose data is stored in the model (initializers,
+             `Constant` nodes): name -> TensorProto.
+    types:   tensor name -> inferred `onnx.TypeProto` (after shape inference).
+    values:  activation name -> SSA value.
+    """
+
+    label: str
+    consts: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    data: dict[str, TensorProto] = field(default_factory=dict)
+    types: dict[str, onnx.TypeProto] = field(default_factory=dict)
+    values: dict[str, SSAValue] = field(default_factory=dict)
+    ops: list[Operation] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_model(source: str | bytes | os.PathLike, label: str) -> onnx.ModelProto:
+    """Decode the model; raises CMSwitchError if it cannot be read, is not ONNX, or is
+    truncated (no graph, no outputs)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(os.fspath(source)).read_bytes()
+        except OSError as exc:
+            raise CMSwitchError(f"{label}: cannot read model file: {exc.strerror}") from None
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError (or others) on garbage
+        raise CMSwitchError(
+            f"{label}: not an ONNX model or truncated ({_one_line(exc)})"
+        ) from None
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise CMSwitchError(f"{label}: not an ONNX model or truncated (no graph)")
+    if not model.graph.output or not model.graph.node:
+        raise CMSwitchError(
+            f"{label}: not an ONNX model or truncated (graph has no nodes or outputs)"
+        )
+    return model
+
+
+def _bind_dims(model: onnx.ModelProto, dims: dict[str, int], label: str) -> None:
+    """Replace symbolic dims by their bound values in inputs, outputs and value_info.
+    Raises CMSwitchError for a non-initializer input whose dim is unbound or unknown."""
+    for key, value in dims.items():
+        if not isinstance(value, int) or value <= 0:
+            raise CMSwitchError(f"{label}: dim '{key}' must be a positive integer, got {value!r}")
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in dims:
+                dim.dim_value = dims[dim.dim_param]
+    for vi in graph.input:
+        if vi.name in inits:
+            continue
+        if not vi.type.HasField("tensor_type"):
+            raise CMSwitchError(f"{label}: input '{vi.name}' is not a tensor")
+        if not vi.type.tensor_type.HasField("shape"):
+            raise CMSwitchError(f"{label}: input '{vi.name}' has an unknown rank")
+        for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                continue
+            what = f"symbolic dim '{dim.dim_param}'" if dim.dim_param else "an unknown dim"
+            raise CMSwitchError(
+                f"{label}: input '{vi.name}' has {what} at axis {axis}; bind it with "
+                f"dims={{'{dim.dim_param or 'name'}': value}}"
+            )
+
+
+def _infer(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Run ONNX shape inference in strict mode with data propagation."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise CMSwitchError(f"{label}: shape inference failed: {_one_line(exc)}") from None
+
+
+# --------------------------------------------------------------------------- classify
+
+
+def _is_default_domain(node: onnx.NodeProto) -> bool:
+    return node.domain in _DEFAULT_DOMAINS
+
+
+def _classify(graph: onnx.GraphProto, ctx: _Ctx) -> list[bool]:
+    """For each node, whether it is constant-folded.  Fills ``ctx.consts``/``sizes``/
+    ``data`` for constants.  Raises CMSwitchError for an unsupported operator, an
+    input used before it is defined, or a constant graph output."""
+    for init in graph.initializer:
+        ctx.consts[init.name] = init.name
+        ctx.sizes[init.name] = prod(init.dims)
+        ctx.data[init.name] = init
+    inits = set(ctx.consts)
+    defined = set(ctx.consts) | {vi.name for vi in graph.input if vi.name not in inits}
+    folded: list[bool] = []
+    for index, node in enumerate(graph.node):
+        label = _node_label(node, index)
+        for name in node.input:
+            if name and name not in defined:
+                raise CMSwitchError(
+                    f"{ctx.label}: node '{label}' uses '{name}' before it is defined"
+                )
+        is_const = _node_is_constant(node, ctx)
+        if not is_const:
+            _check_supported(node, label)
+        if is_const:
+            _record_constant(node, ctx)
+        folded.append(is_const)
+        defined.update(o for o in node.output if o)
+    for out in graph.output:
+        if out.name not in defined:
+            raise CMSwitchError(
+                f"{ctx.label}: graph output '{out.name}' is not produced by any node"
+            )
+        if out.name in ctx.consts:
+            raise CMSwitchError(
+                f"{ctx.label}: graph output '{out.name}' is a constant; nothing to compute"
+            )
+    return folded
+
+
+def _node_is_constant(node: onnx.NodeProto, ctx: _Ctx) -> bool:
+    """All inputs constant (vacuously for `Constant`), or a `Shape`/`Size` node."""
+    if node.op_type in CONTROL_FLOW_OPS or not _is_default_domain(node):
+        return False
+    if node.op_type in SHAPE_OPS:
+        return True
+    return all(name in ctx.consts for name in node.input if name)
+
+
+def _check_supported(node: onnx.NodeProto, label: str) -> None:
+    """Raise CMSwitchError unless the (non-constant) node has a mapping."""
+    known = node.op_type in MATRIX_OPS or node.op_type in VECTOR_OP_KINDS
+    if _is_default_domain(node) and known:
+        return
+    op = node.op_type if _is_default_domain(node) else f"{node.domain}.{node.op_type}"
+    raise CMSwitchError(f"unsupported ONNX operator '{op}' at node '{label}'")
+
+
+def _record_constant(node: onnx.NodeProto, ctx: _Ctx) -> None:
+    """Mark the outputs of a folded node as constants derived from the largest constant
+    input (ties: the first); `Constant` nodes are their own origin."""
+    origin, size = "", -1
+    for name in node.input:
+        if name and name in ctx.consts and ctx.sizes[name] > size:
+            origin, size = ctx.consts[name], ctx.sizes[name]
+    if node.op_type == "Constant":
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if value is not None and node.output:
+            ctx.data[node.output[0]] = value
+    for out in node.output:
+        if not out:
+            continue
+        ctx.consts[out] = origin or out
+        ctx.sizes[out] = max(size, 0)
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _collect_types(model: onnx.ModelProto, ctx: _Ctx) -> None:
+    """Tensor name -> inferred TypeProto, from inputs, value_info and outputs."""
+    graph = model.graph
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        ctx.types[vi.name] = vi.type
+
+
+def _static_shape(ctx: _Ctx, name: str, where: str) -> tuple[int, ...]:
+    """Fully static shape of tensor ``name`` (inferred, or an initializer's dims).
+    Raises CMSwitchError if unknown, symbolic, or zero-size."""
+    init = ctx.data.get(name)
+    if init is not None and name not in ctx.types:
+        return tuple(init.dims)
+    typ = ctx.types.get(name)
+    tt = typ.tensor_type if typ is not None and typ.HasField("tensor_type") else None
+    if tt is None or not tt.HasField("shape"):
+        raise CMSwitchError(
+            f"{ctx.label}: cannot determine the shape of tensor '{name}' ({where})"
+        )
+    dims: list[int] = []
+    for dim in tt.shape.dim:
+        if not dim.HasField("dim_value"):
+            raise CMSwitchError(
+                f"{ctx.label}: cannot determine the shape of tensor '{name}' ({where}): "
+                f"dim {len(dims)} is {dim.dim_param or 'unknown'}"
+            )
+        dims.append(dim.dim_value)
+    if 0 in dims:
+        raise CMSwitchError(
+            f"{ctx.label}: tensor '{name}' ({where}) has zero size, shape {dims}"
+        )
+    return tuple(dims)
+
+
+def _tensor_type(ctx: _Ctx, name: str, where: str) -> TensorType:
+    """`TensorType` of an activation tensor; raises CMSwitchError for unknown shapes,
+    zero-size tensors and element types without an xDSL counterpart."""
+    shape = _static_shape(ctx, name, where)
+    typ = ctx.types[name]
+    elem = _ELEM_TYPES.get(typ.tensor_type.elem_type)
+    if elem is None:
+        elem_name = TensorProto.DataType.Name(typ.tensor_type.elem_type)
+        raise CMSwitchError(
+            f"{ctx.label}: tensor '{name}' ({where}) has unsupported element type {elem_name}"
+        )
+    return TensorType(elem, shape)
+
+
+def _name(value: SSAValue, onnx_name: str) -> SSAValue:
+    value.name_hint = sanitize_name(onnx_name)
+    return value
+
+
+# --------------------------------------------------------------------------- attributes
+
+
+def _attr_value(attr: AttributeProto) -> Attribute | None:
+    """Informative xDSL attribute for a simple ONNX attribute (None: not recorded)."""
+    kind = attr.type
+    if kind == AttributeProto.INT:
+        return IntegerAttr(attr.i, i64)
+    if kind == AttributeProto.INTS:
+        return array_prop(list(attr.ints))
+    if kind == AttributeProto.FLOAT:
+        return FloatAttr(attr.f, f32)
+    if kind == AttributeProto.FLOATS:
+        return DenseArrayBase.from_list(f32, list(attr.floats))
+    if kind == AttributeProto.STRING:
+        return StringAttr(attr.s.decode("utf-8", errors="replace"))
+    if kind == AttributeProto.STRINGS:
+        return ArrayAttr([StringAttr(s.decode("utf-8", errors="replace")) for s in attr.strings])
+    return None
+
+
+def _const_attr(ctx: _Ctx, name: str) -> Attribute | None:
+    """Small constant input stored in the model as an attribute: integers -> i64 array
+    (scalar -> i64), float scalars -> f32.  None if unavailable (external data, large,
+    computed)."""
+    tensor = ctx.data.get(name)
+    if tensor is None or tensor.data_location == TensorProto.EXTERNAL:
+        return None
+    if prod(tensor.dims) > _MAX_CONST_ATTR_ELEMS:
+        return None
+    try:
+        arr = numpy_helper.to_array(tensor)
+    except Exception:
+        return None
+    if arr.dtype.kind in "iub":
+        vals = [int(v) for v in arr.reshape(-1)]
+        return IntegerAttr(vals[0], i64) if arr.ndim == 0 else array_prop(vals)
+    if arr.dtype.kind == "f" and arr.ndim == 0:
+        return FloatAttr(float(arr), f32)
+    return None
+
+
+def _vector_attrs(node: onnx.NodeProto, ctx: _Ctx, in_shape: Sequence[int] | None
+                  ) -> dict[str, Attribute]:
+    """Informative attributes of a `cim.vector`: the ONNX attributes (``kernel_shape``
+    renamed ``kernel``; pooling ``auto_pad`` made explicit ``pads``), small constant
+    inputs (``axes``, ``shape``, ...), and the table of a constant-data Gather."""
+    attrs: dict[str, Attribute] = {}
+    for attr in node.attribute:
+        value = _attr_value(attr)
+        if value is not None:
+            attrs["kernel" if attr.name == "kernel_shape" else attr.name] = value
+    for index, attr_name in CONST_INPUT_ATTRS.get(node.op_type, {}).items():
+        if index < len(node.input) and node.input[index] in ctx.consts:
+            value = _const_attr(ctx, node.input[index])
+            if value is not None:
+                attrs.setdefault(attr_name, value)
+    if node.op_type.startswith("Gather") and node.input and node.input[0] in ctx.consts:
+        attrs["table"] = StringAttr(ctx.consts[node.input[0]])
+    auto_pad = _get_attr(node, "auto_pad", b"NOTSET")
+    if "kernel" in attrs and auto_pad not in (b"NOTSET", "NOTSET") and in_shape:
+        kernel = _get_attr(node, "kernel_shape", [])
+        rank = len(kernel)
+        strides = _get_attr(node, "strides", [1] * rank)
+        dil = _get_attr(node, "dilations", [1] * rank)
+        attrs["pads"] = array_prop(
+            _explicit_pads(auto_pad, in_shape[-rank:], kernel, strides, dil, [0] * 2 * rank)
+        )
+        del attrs["auto_pad"]
+    return dict(sorted(attrs.items()))
+
+
+def _get_attr(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def _explicit_pads(auto_pad, spatial: Sequence[int], kernel: Sequence[int],
+                   strides: Sequence[int], dilations: Sequence[int],
+                   pads: Sequence[int]) -> list[int]:
+    """ONNX Conv/Pool ``auto_pad`` -> explicit ``[begin..., end...]`` pads.
+
+    SAME_UPPER/SAME_LOWER: output = ceil(in / stride); total padding
+    ``max(0, (out-1)*stride + (k-1)*dilation + 1 - in)``, the odd extra pixel at the end
+    (UPPER) or the beginning (LOWER).  VALID: no padding.  NOTSET: ``pads`` as given.
+    """
+    mode = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    rank = len(spatial)
+    if mode == "VALID":
+        return [0] * (2 * rank)
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        return list(pads) if pads else [0] * (2 * rank)
+    begins, ends = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, large = total // 2, total - total // 2
+        begins.append(small if mode == "SAME_UPPER" else large)
+        ends.append(large if mode == "SAME_UPPER" else small)
+    return begins + ends
+
+
+# --------------------------------------------------------------------------- emission
+
+
+def _emit(ctx: _Ctx, op: Operation, names: Sequence[str]) -> Operation:
+    """Append ``op``, name its results after ``names`` and register them."""
+    ctx.ops.append(op)
+    for result, onnx_name in zip(op.results, names):
+        _name(result, onnx_name)
+        ctx.values[onnx_name] = result
+    return op
+
+
+def _activation(ctx: _Ctx, name: str, label: str) -> SSAValue:
+    value = ctx.values.get(name)
+    if value is None:
+        raise CMSwitchError(f"{ctx.label}: node '{label}' input '{name}' has no value")
+    return value
+
+
+def _helper_value(ctx: _Ctx, kind: str, x: SSAValue, shape: Sequence[int], hint: str,
+                  attrs: dict[str, Attribute] | None = None) -> SSAValue:
+    """Emit an importer-inserted `cim.vector` (transpose / reshape) of ``x``."""
+    assert isinstance(x.type, TensorType)
+    op = VectorOp(kind, [x], [TensorType(x.type.element_type, list(shape))], attrs)
+    ctx.ops.append(op)
+    return _name(op.results[0], hint)
+
+
+def _swap_last_two(ctx: _Ctx, x: SSAValue, hint: str) -> SSAValue:
+    """``transpose`` of the last two axes of ``x`` (rank >= 2)."""
+    shape = list(x.type.get_shape())  # type: ignore[union-attr]
+    perm = list(range(len(shape)))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    return _helper_value(ctx, "transpose", x, [shape[p] for p in perm], hint,
+                         {"perm": array_prop(perm)})
+
+
+def _reshaped(ctx: _Ctx, x: SSAValue, shape: Sequence[int], hint: str) -> SSAValue:
+    """``x`` reshaped to ``shape`` (no op when it already has that shape)."""
+    if tuple(x.type.get_shape()) == tuple(shape):  # type: ignore[union-attr]
+        return x
+    return _helper_value(ctx, "reshape", x, shape, hint)
+
+
+def _lower_conv(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
+    """ONNX Conv -> `cim.conv2d` (2-D only; the weight must be constant, the bias B is
+    folded).  Defaults per spec: group 1, strides/dilations 1, pads 0, kernel_shape
+    from the weight.  Raises CMSwitchError for non-2-D or dynamic-weight convolutions
+    a non-constant bias, or an output shape that disagrees with shape inference."""
+    x_name, w_name = node.input[0], node.input[1]
+    if x_name in ctx.consts or w_name not in ctx.consts:
+        raise CMSwitchError(
+            f"{ctx.label}: Conv node '{label}' needs an activation input and a constant "
+            "weight"
+        )
+    if len(node.input) > 2 and node.input[2] and node.input[2] not in ctx.consts:
+        raise CMSwitchError(
+            f"{ctx.label}: Conv node '{label}' has a non-constant bias '{node.input[2]}'"
+        )
+    x = _activation(ctx, x_name, label)
+    out_type = _tensor_type(ctx, node.output[0], f"output of node '{label}'")
+    x_shape = x.type.get_shape()  # type: ignore[union-attr]
+    w_shape = _static_shape(ctx, w_name, f"weight of node '{label}'")
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise CMSwitchError(
+            f"{ctx.label}: Conv node '{label}' is not 2-D (input rank {len(x_shape)}); "
+            "only 2-D convolutions are supported"
+        )
+    kernel = list(_get_attr(node, "kernel_shape", w_shape[2:]))
+    strides = list(_get_attr(node, "strides", [1, 1]))
+    dilations = list(_get_attr(node, "dilations", [1, 1]))
+    pads = _explicit_pads(_get_attr(node, "auto_pad", b"NOTSET"), x_shape[2:], kernel,
+                          strides, dilations, list(_get_attr(node, "pads", [0] * 4)))
+    group = int(_get_attr(node, "group", 1))
+    expect = [conv_output_size(x_shape[2 + a], kernel[a], strides[a], pads[a], pads[a + 2],
+                               dilations[a]) for a in range(2)]
+    if list(out_type.get_shape()[2:]) != expect:
+        raise CMSwitchError(
+            f"{ctx.label}: Conv node '{label}': output {list(out_type.get_shape())} "
+            f"disagrees with spatial size {expect} from kernel/strides/pads/dilations"
+        )
+    op = Conv2dOp(x, out_type, ctx.consts[w_name], kernel, strides, pads, dilations, group)
+    _emit(ctx, op, [node.output[0]])
+
+
+def _lower_product(node: onnx.NodeProto, ctx: _Ctx, label: str, trans_a: bool,
+                   trans_b: bool) -> None:
+    """``Y = op(A) @ op(B) (+ C)`` for Gemm and MatMul (numpy.matmul semantics).
+
+    * B constant: `cim.matmul` of ``op(A)`` (a ``transpose`` is emitted for transA),
+      weight = B's origin; a 1-D B or a result needing re-broadcast gets a ``reshape``.
+    * A constant, B activation: ``Yᵀ = op(B)ᵀ @ op(A)ᵀ``, i.e. a matmul on the
+      transposed activation followed by a ``transpose`` back.
+    * both activations: `cim.dyn_matmul` (1-D operands reshaped to 2-D first).
+    * Gemm's C: a constant C sets the ``bias`` unit attribute on the matrix op; an
+      activation C becomes a following ``add``.
+    Raises CMSwitchError for a constant operand that is a batch of matrices.
+    """
+    out_name = node.output[0]
+    out_type = _tensor_type(ctx, out_name, f"output of node '{label}'")
+    c_name = node.input[2] if len(node.input) > 2 else ""
+    dyn_bias = bool(c_name) and c_name not in ctx.consts
+    prod_name = f"{out_name}_mm" if dyn_bias else out_name
+    a_const, b_const = node.input[0] in ctx.consts, node.input[1] in ctx.consts
+    if not a_const and not b_const:
+        op = _lower_dyn(node, ctx, label, trans_a, trans_b, out_type, prod_name)
+    else:
+        op = _lower_weight_product(node, ctx, label, trans_a, trans_b, out_type, prod_name)
+    if c_name and not dyn_bias:
+        op.attributes["bias"] = UnitAttr()
+    if dyn_bias:
+        c = _activation(ctx, c_name, label)
+        _emit(ctx, VectorOp("add", [ctx.values[prod_name], c], [out_type]), [out_name])
+
+
+def _lower_weight_product(node: onnx.NodeProto, ctx: _Ctx, label: str, trans_a: bool,
+                          trans_b: bool, out_type: TensorType, out_name: str
+                          ) -> Operation:
+    """One constant operand: emit `cim.matmul` (plus helper transposes/reshapes) whose
+    final value is registered as ``out_name``; returns the `cim.matmul`."""
+    a_name, b_name = node.input[0], node.input[1]
+    b_const = b_name in ctx.consts
+    const_name = b_name if b_const else a_name
+    w_shape = _static_shape(ctx, const_name, f"weight of node '{label}'")
+    if len(w_shape) > 2 and any(d != 1 for d in w_shape[:-2]):
+        raise CMSwitchError(
+            f"{ctx.label}: {node.op_type} node '{label}': constant operand '{const_name}' "
+            f"of shape {list(w_shape)} is a batch of matrices; only 2-D weights are supported"
+        )
+    weight = ctx.consts[const_name]
+    elem = out_type.element_type
+    out_shape = list(out_type.get_shape())
+    if b_const:
+        x = _activation(ctx, a_name, label)
+        if trans_a:
+            x = _swap_last_two(ctx, x, f"{a_name}_T")
+        n = 1 if len(w_shape) == 1 else (w_shape[-2] if trans_b else w_shape[-1])
+        mm_shape = [*x.type.get_shape()[:-1], n]  # type: ignore[union-attr]
+        mm_name = out_name if mm_shape == out_shape else f"{out_name}_mm"
+        op = _emit(ctx, MatmulOp(x, TensorType(elem, mm_shape), weight), [mm_name])
+        ctx.values[out_name] = _reshaped(ctx, op.results[0], out_shape, out_name)
+        return op
+    # constant left operand: Y^T = op(B)^T @ op(A)^T
+    x = _activation(ctx, b_name, label)
+    x_shape = list(x.type.get_shape())  # type: ignore[union-attr]
+    if len(x_shape) == 1:  # MatMul(W, v): v is already the row vector op(B)^T
+        xt = _reshaped(ctx, x, [1, *x_shape], f"{b_name}_row")
+    else:
+        xt = x if trans_b else _swap_last_two(ctx, x, f"{b_name}_T")
+    m = w_shape[-1] if trans_a else (w_shape[-2] if len(w_shape) > 1 else 1)
+    yt_shape = [*xt.type.get_shape()[:-1], m]  # type: ignore[union-attr]
+    op = _emit(ctx, MatmulOp(xt, TensorType(elem, yt_shape), weight), [f"{out_name}_T"])
+    y = op.results[0] if len(x_shape) == 1 else _swap_last_two(ctx, op.results[0], out_name)
+    ctx.values[out_name] = _reshaped(ctx, y, out_shape, out_name)
+    return op
+
+
+def _lower_dyn(node: onnx.NodeProto, ctx: _Ctx, label: str, trans_a: bool,
+               trans_b: bool, out_type: TensorType, out_name: str) -> Operation:
+    """Both operands are activations: `cim.dyn_matmul` ``(..., M, K) x (..., K, N)``
+    with numpy-broadcast leading dims; 1-D operands are reshaped to ``1 x K`` / ``K x 1``
+    and the result reshaped back.  Returns the `cim.dyn_matmul`."""
+    lhs = _activation(ctx, node.input[0], label)
+    rhs = _activation(ctx, node.input[1], label)
+    if trans_a:
+        lhs = _swap_last_two(ctx, lhs, f"{node.input[0]}_T")
+    if trans_b:
+        rhs = _swap_last_two(ctx, rhs, f"{node.input[1]}_T")
+    lhs_shape = list(lhs.type.get_shape())  # type: ignore[union-attr]
+    rhs_shape = list(rhs.type.get_shape())  # type: ignore[union-attr]
+    if len(lhs_shape) == 1:
+        lhs = _reshaped(ctx, lhs, [1, *lhs_shape], f"{node.input[0]}_2d")
+    if len(rhs_shape) == 1:
+        rhs = _reshaped(ctx, rhs, [*rhs_shape, 1], f"{node.input[1]}_2d")
+    a, b = list(lhs.type.get_shape()), list(rhs.type.get_shape())  # type: ignore[union-attr]
+    lead_a, lead_b = a[:-2], b[:-2]
+    width = max(len(lead_a), len(lead_b))
+    lead_a = [1] * (width - len(lead_a)) + lead_a
+    lead_b = [1] * (width - len(lead_b)) + lead_b
+    lead = [max(p, q) for p, q in zip(lead_a, lead_b)]
+    dm_shape = [*lead, a[-2], b[-1]]
+    out_shape = list(out_type.get_shape())
+    dm_name = out_name if dm_shape == out_shape else f"{out_name}_mm"
+    op = _emit(ctx, DynMatmulOp(lhs, rhs, TensorType(out_type.element_type, dm_shape)),
+               [dm_name])
+    ctx.values[out_name] = _reshaped(ctx, op.results[0], out_shape, out_name)
+    return op
+
+
+def _lower_vector(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
+    """Any other operator -> `cim.vector` over its activation inputs; constant inputs
+    are folded away (small ones recorded as attributes)."""
+    inputs = [_activation(ctx, n, label) for n in node.input if n and n not in ctx.consts]
+    outs = [o for o in node.output if o]
+    types = [_tensor_type(ctx, o, f"output of node '{label}'") for o in outs]
+    in_shape = inputs[0].type.get_shape() if inputs else None  # type: ignore[union-attr]
+    attrs = _vector_attrs(node, ctx, in_shape)
+    op = VectorOp(VECTOR_OP_KINDS[node.op_type], inputs, types, attrs)
+    _emit(ctx, op, outs)
+
+
+def _lower_node(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
+    """Dispatch one non-constant node."""
+    if node.op_type == "Conv":
+        _lower_conv(node, ctx, label)
+        return
+    if node.op_type == "Gemm":
+        _lower_product(node, ctx, label, bool(_get_attr(node, "transA", 0)),
+                       bool(_get_attr(node, "transB", 0)))
+        return
+    if node.op_type == "MatMul":
+        _lower_product(node, ctx, label, False, False)
+        return
+    _lower_vector(node, ctx, label)
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None = None,
+                name: str | None = None, *, filename: str | None = None) -> ModuleOp:
+    """Import an ONNX model as ``builtin.module attributes {cim.model = "<name>"}``
+    holding ``func.func @main(inputs...) -> (outputs...)`` in the `cim` dialect.
+
+    source:   a path, or the raw bytes of a model (external weight data is not read).
+    dims:     values for symbolic input dims, e.g. ``{"batch": 1}``.
+    name:     the model name (default: the file stem, else the graph name).
+    filename: label for error messages when ``source`` is bytes.
+
+    Raises CMSwitchError (one line, naming the file, node or tensor) for: unreadable /
+    non-ONNX / truncated input, an unbound symbolic input dim, failed shape inference,
+    an unsupported operator, a tensor whose shape cannot be determined, a zero-size
+    tensor, or an element type without an xDSL counterpart.
+    """
+    is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    label = (filename or name or "<bytes>") if is_bytes else os.fspath(source)
+    label = str(label)
+    model = _read_model(source, label)
+    if model.functions:
+        try:
+            model = onnx.inliner.inline_local_functions(model)
+        except Exception as exc:
+            raise CMSwitchError(f"{label}: cannot inline local functions: {_one_line(exc)}") from None
+    graph = model.graph
+    model_name = name or (None if is_bytes else Path(label).stem) or graph.name or "model"
+    ctx = _Ctx(label=label)
+    _bind_dims(model, dims or {}, label)
+    folded = _classify(graph, ctx)
+    model = _infer(model, label)
+    graph = model.graph
+    _collect_types(model, ctx)
+
+    inits = {t.name for t in graph.initializer}
+    arg_names = [vi.name for vi in graph.input if vi.name not in inits]
+    arg_types = [_tensor_type(ctx, n, f"graph input '{n}'") for n in arg_names]
+    block = Block(arg_types=arg_types)
+    for arg, arg_name in zip(block.args, arg_names):
+        ctx.values[arg_name] = _name(arg, arg_name)
+
+    for index, node in enumerate(graph.node):
+        if not folded[index]:
+            _lower_node(node, ctx, _node_label(node, index))
+
+    results = [ctx.values[out.name] for out in graph.output]
+    block.add_ops(ctx.ops)
+    block.add_op(func.ReturnOp(*results))
+    fn = func.FuncOp("main", (arg_types, [r.type for r in results]), Region(block))
+    module = ModuleOp([fn], attributes={"cim.model": StringAttr(model_name)})
+    try:
+        module.verify()
+    except VerifyException as exc:
+        raise CMSwitchError(f"{label}: imported IR does not verify: {_one_line(exc)}") from None
+    return module
+
+
+def load_model(path: str | os.PathLike, dims: dict[str, int] | None = None) -> ModuleOp:
+    """`import_onnx` of a model file; the model name is the file stem."""
+    return import_onnx(path, dims=dims)

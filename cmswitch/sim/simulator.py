@@ -1,0 +1,929 @@
+"""The independent simulator: execute a `.cmsasm` flow, check it, and time it.
+
+`simulate(flow_text_or_path, arch_override=None) -> dict` reads the flow twice as a
+stream (a first pass records, for every on-chip tensor copy, the lines that read and
+write it; the second pass executes), so flows of 100k statements are never held in
+memory.  It imports nothing from `cmswitch.cost`, `cmswitch.solver` or
+`cmswitch.transforms`: every time below is derived from the `.arch` header fields alone
+(or from `arch_override`, a dict with the same field names).
+
+State
+-----
+Each array has a mode (reset: compute) and contents: in compute mode, one tile of one
+copy of one operator's weight (or run-time operand) or nothing; in memory mode, the
+bytes of the tensors placed in it.  The global buffer holds tensors up to
+`global_buffer_bytes`; DRAM holds every input and everything stored to it.  A tensor
+placed in `a[LO:HI]` is spread evenly: each of the `HI-LO` arrays holds
+`ceil(bytes/(HI-LO))` of it.  An on-chip copy `T@LOC` is freed right after the statement
+(or `parallel` block) after which the next access to `T@LOC` in the flow is not a read
+(a fresh write, or no access at all), when `CM.switch TOC` erases its arrays, and, for a
+tensor streamed with `window=` inside a block, at the end of that block.
+
+Timing of one statement (cycles; all bandwidths in bytes/cycle)
+--------------------------------------------------------------
+Every statement is a *stream*: a private time (its own arrays / the switch) plus
+demands on shared resources.  Alone, it takes
+`ceil(max(private, max_r demand_r / capacity_r))` cycles:
+
+- `CM.switch`: private `switch_cycles`, whatever the number of arrays.
+- `CIM.load_weight`: `bytes` read once from DRAM (`external_bw_bytes`) and
+  `copies*bytes` programmed through the weight-write port (`weight_write_bw_bytes`),
+  i.e. `max(bytes/external_bw, copies*bytes/weight_write_bw)`.
+- `CIM.write_operand`: the same with the source port of `in=` instead of DRAM.
+- `CIM.mvm`: private `ceil(vectors/copies) * mvm_cycles` (the arrays of all copies work
+  at once, each copy on its own vectors; copies = whole copies of OP in the range), input
+  `vectors*k*act_bits/8` bytes on the `in=` port, output `vectors*n*act_bits/8` bytes
+  on the `out=` port.
+- `VEC.*`: `ops/vector_ops_per_cycle` on the digital unit, plus each input and output
+  tensor's declared size on its port.
+- `MEM.load/store/move`: `bytes` on the source port and on the destination port,
+  i.e. `bytes / min(source bandwidth, destination bandwidth)`.
+
+Ports: `a[LO:HI]` = `(HI-LO)*internal_bw_bits/8`, one port per array shared by reads
+and writes (overlapping ranges share the arrays they have in common); `gb` =
+`global_buffer_bw_bytes`; `dram` = `external_bw_bytes`; the weight-write port and the
+digital unit are single chip-wide resources.
+
+Parallel blocks (streaming pipeline)
+------------------------------------
+Each statement's work is cut into `C = min(CHUNKS, units)` equal chunks (units: vectors,
+bytes, or vector ops).  Chunks of one statement run in order.  A consumer's chunk `j`
+(0-based) of `C_c` may start once every earlier statement of the block that writes a
+tensor copy it reads has finished `ceil((j+1)*C_p/C_c)` of its `C_p` chunks; an MVM on
+arrays programmed earlier in the block waits for the whole `load_weight` /
+`write_operand`.  Shared resources are divided by max-min fairness on progress rate
+among the statements that have started and not finished: all of them advance at the
+same fraction of their own work per cycle unless limited by their private time or by
+another saturated resource (progressive filling), recomputed whenever a statement
+starts or finishes; a chunk in flight is re-timed on each recomputation.  The block
+takes the finish time of its last chunk, rounded up.  Pipeline fill (the first chunk of
+each producer), drain and contention come out of this by themselves.
+
+Implementation: rates change only when a statement starts or finishes, so `_BlockRun`
+computes chunk end times epoch by epoch with a recurrence instead of one event per chunk
+(checked against a per-chunk event simulation), and block times are memoized by a
+canonical signature (repeated layers give identical blocks).  Measured: 100k statements
+(9091 six-statement blocks) in ~7.5 s with repeated blocks, ~15 s with all distinct,
+on a host where a 10M-iteration Python loop takes 1.4 s.
+
+Breakdown attribution
+---------------------
+Each sequential statement or block is charged wholly to one category: the one with the
+largest lower bound over its streams — compute (MVM private time, digital unit load),
+data (port loads of MVM/VEC/MEM traffic), weight_load (all traffic of load_weight /
+write_operand), switch (switch time).  Ties go to compute, then data, weight_load,
+switch.  So a block is compute unless its data (or weight) traffic bounds it.
+
+Utilization: an MVM of `vectors` on `TKxTN`-tile copies keeps `vectors*mvm_cycles*TK*TN`
+array-cycles busy; a segment's utilization is that sum over `arrays * segment cycles`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from bisect import bisect_left, bisect_right
+from typing import Iterable
+
+from cmswitch.errors import CMSwitchError
+from cmswitch.sim.flow import (
+    ARCH_FIELDS,
+    ArchDecl,
+    FlowSource,
+    Loc,
+    ModelDecl,
+    ParallelBegin,
+    ParallelEnd,
+    Ref,
+    SegmentBegin,
+    SegmentEnd,
+    Statement,
+    TensorDecl,
+    iter_accesses,
+    iter_records,
+)
+
+CHUNKS = 64
+"""Chunks per statement in a parallel block (fewer when it has fewer work units)."""
+
+_INF = math.inf
+_EPS = 1e-9
+_CATEGORIES = ("compute", "data", "weight_load", "switch")
+_INT_FIELDS = ("arrays", "rows", "cols", "cell_bits", "weight_bits", "act_bits", "mvm_cycles")
+_RATE_FIELDS = ("internal_bw_bits", "external_bw_bytes", "global_buffer_bw_bytes",
+                "weight_write_bw_bytes", "vector_ops_per_cycle", "clock_mhz")
+
+
+def simulate(flow: str | os.PathLike, arch_override: dict | None = None) -> dict:
+    """Check and time a flow (its text, or a path); return the report dict.
+
+    Raises CMSwitchError naming the file and line of the first rule the flow breaks,
+    OSError when the file cannot be read.
+    """
+    source = FlowSource(flow)
+    accesses = _access_lines(iter_accesses(source.lines()))
+    machine = _Machine(source.name, accesses, arch_override)
+    for record in iter_records(source.lines(), source.name):
+        machine.feed(record)
+    return machine.report()
+
+
+# ----------------------------------------------------------------------------------
+# first pass: accesses of on-chip tensor copies
+
+
+def _access_lines(scanned: Iterable) -> dict:
+    """Map (tensor, Loc) -> list of `line*2 + is_read` for every on-chip access, in order.
+
+    A statement that reads and writes the same copy counts as a read.
+    """
+    accesses: dict = {}
+    for line, reads, writes in scanned:
+        read = {(ref.tensor, ref.loc) for ref in reads if ref.loc.kind != "dram"}
+        for key in read:
+            accesses.setdefault(key, []).append(line * 2 + 1)
+        for ref in writes:
+            key = (ref.tensor, ref.loc)
+            if ref.loc.kind != "dram" and key not in read:
+                accesses.setdefault(key, []).append(line * 2)
+    return accesses
+
+
+# ----------------------------------------------------------------------------------
+# streams and their timing
+
+
+class _Stream:
+    """One statement's work: private time (cycles), demands {resource: amount}.
+
+    Resources: "dram", "gb", "wport", "vec" and ("a", lo, hi) array ports; amounts in
+    bytes (vector ops for "vec").  kind: the breakdown category of its traffic.
+    """
+
+    __slots__ = ("line", "kind", "private", "private_kind", "demands", "chunks", "deps",
+                 "array_cycles")
+
+    def __init__(self, line: int, kind: str, private: float = 0.0,
+                 private_kind: str = "compute") -> None:
+        self.line = line
+        self.kind = kind
+        self.private = private
+        self.private_kind = private_kind
+        self.demands: dict = {}
+        self.chunks = 1
+        self.deps: list = []
+        self.array_cycles = 0
+
+    def add(self, resource, amount: float) -> None:
+        if amount > 0:
+            self.demands[resource] = self.demands.get(resource, 0.0) + amount
+
+
+def _split_array_ports(streams: list) -> None:
+    """Rewrite ("a", lo, hi) demands onto disjoint elementary ranges, evenly spread."""
+    ranges = sorted({key for stream in streams for key in stream.demands if type(key) is tuple})
+    if all(left[2] <= right[1] for left, right in zip(ranges, ranges[1:])):
+        return  # disjoint ranges: nothing to split
+    points = sorted({bound for key in ranges for bound in key[1:]})
+    for stream in streams:
+        if not any(isinstance(key, tuple) for key in stream.demands):
+            continue
+        demands: dict = {}
+        for key, amount in stream.demands.items():
+            if not isinstance(key, tuple):
+                demands[key] = demands.get(key, 0.0) + amount
+                continue
+            _, lo, hi = key
+            start = bisect_left(points, lo)
+            stop = bisect_left(points, hi)
+            for left, right in zip(points[start:stop], points[start + 1:stop + 1]):
+                part = ("a", left, right)
+                demands[part] = demands.get(part, 0.0) + amount * (right - left) / (hi - lo)
+        stream.demands = demands
+
+
+def _ceil(cycles: float) -> int:
+    """Whole cycles, forgiving float noise (cycles)."""
+    return max(0, math.ceil(cycles - _EPS))
+
+
+def _attribute(streams: list, capacity) -> str:
+    """The breakdown category that bounds these streams (see module docstring)."""
+    bounds = dict.fromkeys(_CATEGORIES, 0.0)
+    loads: dict = {}
+    for stream in streams:
+        bounds[stream.private_kind] = max(bounds[stream.private_kind], stream.private)
+        for resource, amount in stream.demands.items():
+            kind = "compute" if resource == "vec" and stream.kind != "weight_load" else stream.kind
+            loads[(resource, kind)] = loads.get((resource, kind), 0.0) + amount
+    for (resource, kind), amount in loads.items():
+        bounds[kind] = max(bounds[kind], amount / capacity(resource))
+    return max(_CATEGORIES, key=lambda kind: (bounds[kind], -_CATEGORIES.index(kind)))
+
+
+def _time_alone(stream: _Stream, capacity) -> float:
+    """Cycles of a statement running alone (float)."""
+    _split_array_ports([stream])
+    time = stream.private
+    for resource, amount in stream.demands.items():
+        time = max(time, amount / capacity(resource))
+    return time
+
+
+def _allocate(active: Iterable[int], rate_cap: list, demands: list, capacity) -> dict:
+    """Max-min fair progress rates (fraction of own work per cycle) by progressive filling."""
+    left = set(active)
+    spare: dict = {}
+    for s in left:
+        for resource in demands[s]:
+            spare[resource] = capacity(resource)
+    rates: dict = {}
+    while left:
+        level = min(rate_cap[s] for s in left)
+        need: dict = {}
+        for s in left:
+            for resource, amount in demands[s].items():
+                need[resource] = need.get(resource, 0.0) + amount
+        for resource, total in need.items():
+            level = min(level, max(spare[resource], 0.0) / total)
+        if level == _INF:
+            rates.update(dict.fromkeys(left, _INF))
+            break
+        limit = level * (1 + 1e-9)
+        tight = {r for r, total in need.items() if max(spare[r], 0.0) / total <= limit}
+        frozen = [s for s in left
+                  if rate_cap[s] <= limit or any(r in tight for r in demands[s])]
+        for s in frozen:
+            rates[s] = level
+            left.discard(s)
+            for resource, amount in demands[s].items():
+                spare[resource] -= level * amount
+    return rates
+
+
+def _block_signature(streams: list, capacity) -> tuple:
+    """Everything the block timing depends on, with resources renamed by first use."""
+    names: dict = {}
+    shape = []
+    for stream in streams:
+        demands = tuple((names.setdefault(r, len(names)), amount)
+                        for r, amount in stream.demands.items())
+        shape.append((stream.chunks, stream.private, demands, tuple(stream.deps)))
+    return tuple(capacity(r) for r in names), tuple(shape)
+
+
+_BLOCK_MEMO: dict = {}
+_BLOCK_MEMO_LIMIT = 200_000
+
+
+def _block_time(streams: list, capacity) -> float:
+    """Makespan of a parallel block (cycles), memoized: repeated layers repeat blocks."""
+    key = _block_signature(streams, capacity)
+    time = _BLOCK_MEMO.get(key)
+    if time is None:
+        time = _run_block(streams, capacity)
+        if len(_BLOCK_MEMO) < _BLOCK_MEMO_LIMIT:
+            _BLOCK_MEMO[key] = time
+    return time
+
+
+def _run_block(streams: list, capacity) -> float:
+    """Simulate a parallel block chunk by chunk; return its makespan (cycles, float).
+
+    Rates only change when a statement starts or finishes, so time is cut into epochs
+    at those instants; inside an epoch every started statement has a fixed chunk
+    duration `d` and its chunk ends follow `end_k = max(end_{k-1}, ready_k) + d`, where
+    `ready_k` is when its producers have delivered what chunk k needs.
+    """
+    run = _BlockRun(streams, capacity)
+    while run.activate():
+        run.epoch()
+    return run.now
+
+
+_NEED_CACHE: dict = {}
+
+
+def _need_index(producer_chunks: int, consumer_chunks: int, whole: bool) -> list:
+    """For each consumer chunk k: the producer chunk that must have ended (0-based).
+
+    Proportional: chunk k needs ceil((k+1)*C_p/C_c) producer chunks; whole: all C_p.
+    """
+    key = (producer_chunks, consumer_chunks, whole)
+    table = _NEED_CACHE.get(key)
+    if table is None:
+        if whole:
+            table = [producer_chunks - 1] * consumer_chunks
+        else:
+            table = [-(-(k + 1) * producer_chunks // consumer_chunks) - 1
+                     for k in range(consumer_chunks)]
+        _NEED_CACHE[key] = table
+    return table
+
+
+class _BlockRun:
+    """State of one parallel-block simulation (see `_run_block`).
+
+    Per epoch, `times[s] = [starts, ends, stopped]` lists the chunks of started
+    statement s from `done[s]` on, computed lazily up to `horizon` (the earliest start
+    or finish found so far, which ends the epoch).
+    """
+
+    def __init__(self, streams: list, capacity) -> None:
+        self.count = len(streams)
+        self.chunks = [stream.chunks for stream in streams]
+        self.deps = [[(p, _need_index(self.chunks[p], stream.chunks, whole))
+                      for p, whole in stream.deps] for stream in streams]
+        self.demands = [stream.demands for stream in streams]
+        self.rate_cap = [1.0 / s.private if s.private > 0 else _INF for s in streams]
+        self.capacity = capacity
+        self.done = [0] * self.count          # chunks finished
+        self.inflight: list = [None] * self.count  # work left (fraction) of a started chunk
+        self.finished = [False] * self.count
+        self.active: set = set()              # started and not finished
+        self.now = 0.0
+        self.times: dict = {}
+        self.horizon = _INF
+
+    def ready_now(self, s: int) -> bool:
+        """Whether the producers have finished what the first chunk of s needs."""
+        return all(self.done[p] > need[0] for p, need in self.deps[s])
+
+    def activate(self) -> bool:
+        """Start every statement whose first chunk is ready now; False when all are done."""
+        for s in range(self.count):
+            if not self.finished[s] and s not in self.active and self.ready_now(s):
+                self.active.add(s)
+        if not self.active:
+            return False
+        rates = _allocate(self.active, self.rate_cap, self.demands, self.capacity)
+        self.rates = rates
+        self.duration = {s: 0.0 if rates[s] == _INF else 1.0 / (self.chunks[s] * rates[s])
+                         for s in self.active}
+        return True
+
+    def ready_at(self, s: int, chunk: int, start: float) -> float:
+        """Latest of `start` and the ends of the producer chunks that `chunk` of s needs."""
+        done = self.done
+        times = self.times
+        for p, need in self.deps[s]:
+            m = need[chunk]
+            base = done[p]
+            if m < base:
+                continue
+            entry = times.get(p)
+            if entry is None:
+                return _INF  # the producer has not started: not in this epoch
+            ends = entry[1]
+            j = m - base
+            if j >= len(ends) and not self.extend(p, j):
+                return _INF
+            if ends[j] > start:
+                start = ends[j]
+        return start
+
+    def extend(self, s: int, index: int) -> bool:
+        """Compute chunk ends of s up to `index` (relative to done[s]) before the horizon."""
+        entry = self.times[s]
+        starts, ends, stopped = entry
+        if stopped:
+            return False
+        duration = self.duration[s]
+        chunks = self.chunks[s]
+        first = self.done[s]
+        while len(ends) <= index:
+            chunk = first + len(ends)
+            if chunk >= chunks:
+                return False
+            if not ends and self.inflight[s] is not None:
+                start = -_INF  # started in an earlier epoch
+                rate = self.rates[s]
+                end = self.now if rate == _INF else self.now + self.inflight[s] / rate
+            else:
+                start = self.ready_at(s, chunk, ends[-1] if ends else self.now)
+                if start >= self.horizon:
+                    entry[2] = True
+                    return False
+                end = start + duration
+            starts.append(start)
+            ends.append(end)
+            if chunk + 1 == chunks and end < self.horizon:
+                self.horizon = end
+        return True
+
+    def epoch(self) -> None:
+        """Advance to the next instant a statement starts or finishes."""
+        self.horizon = _INF
+        self.times = {s: [[], [], False] for s in self.active}
+        for s in range(self.count):
+            if not self.finished[s] and s not in self.active:
+                start = self.ready_at(s, 0, self.now)  # may itself lower the horizon
+                self.horizon = min(self.horizon, start)
+        for s in sorted(self.active):
+            self.extend(s, self.chunks[s])
+        if self.horizon == _INF:  # cannot happen: dependencies only point backwards
+            raise CMSwitchError("internal: parallel block made no progress")
+        self.commit(self.horizon)
+
+    def commit(self, at: float) -> None:
+        for s in list(self.active):
+            starts, ends, _ = self.times[s]
+            finished = bisect_right(ends, at)
+            self.done[s] += finished
+            self.inflight[s] = None
+            if finished < len(ends) and starts[finished] < at:
+                self.inflight[s] = (ends[finished] - at) * self.rates[s]
+            if self.done[s] == self.chunks[s]:
+                self.finished[s] = True
+                self.active.discard(s)
+        self.now = at
+
+
+# ----------------------------------------------------------------------------------
+# the machine
+
+
+class _Segment:
+    """Accumulators of one `.segment` (cycles, array-cycles of MVM work)."""
+
+    def __init__(self, record: SegmentBegin, memory_arrays: int) -> None:
+        self.record = record
+        self.cycles = 0
+        self.array_cycles = 0
+        self.compute_arrays: set = set()
+        self.memory_arrays = memory_arrays
+
+
+class _Block:
+    """Bookkeeping of one open `parallel` block."""
+
+    def __init__(self, line: int) -> None:
+        self.line = line
+        self.streams: list = []
+        self.writers: dict = {}   # (tensor, Loc) -> [stream index]
+        self.owners: dict = {}    # array -> (owner, line)
+        self.programmed: dict = {}  # array -> stream index of its load_weight/write_operand
+        self.switched: set = set()
+        self.data: set = set()
+        self.touched: set = set()
+
+
+class _Machine:
+    """Executes records one by one; see the module docstring for the semantics."""
+
+    def __init__(self, name: str, accesses: dict, arch_override: dict | None) -> None:
+        self.name = name
+        self.accesses = accesses
+        self.cursor: dict = {}
+        self.override = dict(arch_override) if arch_override else None
+        self.arch: dict | None = None
+        self.arch_name = ""
+        self.model = ""
+        self.tensors: dict = {}
+        self.dram: set = set()
+        self.resident: dict = {}   # (tensor, Loc) -> bytes occupied
+        self.streamed: dict = {}   # (tensor, Loc) -> window bytes, for this block
+        self.gone: dict = {}       # (tensor, Loc) -> why it is no longer there
+        self.segment: _Segment | None = None
+        self.block: _Block | None = None
+        self.segments: list = []
+        self.totals = dict.fromkeys(_CATEGORIES, 0)
+        self.statements = 0
+        self.array_cycles = 0
+        self.line = 0
+
+    # -- errors and dispatch -------------------------------------------------------
+
+    def fail(self, message: str, line: int | None = None):
+        raise CMSwitchError(f"{self.name}: line {line or self.line}: {message}")
+
+    def feed(self, record) -> None:
+        self.line = record.line
+        if isinstance(record, Statement):
+            self.statement(record)
+        elif isinstance(record, ParallelBegin):
+            self.block = _Block(record.line)
+        elif isinstance(record, ParallelEnd):
+            self.end_block()
+        elif isinstance(record, SegmentBegin):
+            self.begin_segment(record)
+        elif isinstance(record, SegmentEnd):
+            self.end_segment()
+        elif isinstance(record, ArchDecl):
+            self.set_arch(record)
+        elif isinstance(record, ModelDecl):
+            self.model = record.name
+        elif isinstance(record, TensorDecl):
+            self.declare(record)
+
+    # -- header ----------------------------------------------------------------------
+
+    def set_arch(self, record: ArchDecl) -> None:
+        if self.arch is not None:
+            self.fail("second `.arch` header")
+        fields = {key: record.fields[key] for key in ARCH_FIELDS}
+        name = record.name
+        if self.override:
+            fields.update({k: self.override[k] for k in ARCH_FIELDS if k in self.override})
+            name = str(self.override.get("name", name))
+        for key, value in fields.items():
+            if isinstance(value, float) and value.is_integer():
+                fields[key] = int(value)
+        self.check_arch(fields)
+        self.arch = fields
+        self.arch_name = name
+        arrays = fields["arrays"]
+        self.memory = bytearray(arrays)          # 1 = memory mode
+        self.contents: list = [None] * arrays    # compute-mode tile or None
+        self.occupancy = [0] * arrays            # bytes of data per memory-mode array
+        self.gb_used = 0
+        self.memory_count = 0
+        self.array_bytes = fields["rows"] * fields["cols"] * fields["cell_bits"] // 8
+        self.caps = {"dram": fields["external_bw_bytes"],
+                     "gb": fields["global_buffer_bw_bytes"],
+                     "wport": fields["weight_write_bw_bytes"],
+                     "vec": fields["vector_ops_per_cycle"]}
+
+    def check_arch(self, fields: dict) -> None:
+        for key in _INT_FIELDS:
+            if not isinstance(fields[key], int) or fields[key] < 1:
+                self.fail(f".arch: {key} must be a positive integer, got {fields[key]}")
+        for key in _RATE_FIELDS:
+            if not fields[key] > 0:
+                self.fail(f".arch: {key} must be positive, got {fields[key]}")
+        for key in ("switch_cycles", "global_buffer_bytes"):
+            if not fields[key] >= 0:
+                self.fail(f".arch: {key} must be >= 0, got {fields[key]}")
+
+    def capacity(self, resource) -> float:
+        """Bandwidth of a resource (bytes/cycle; vector ops/cycle for "vec")."""
+        if isinstance(resource, tuple):
+            return (resource[2] - resource[1]) * self.arch["internal_bw_bits"] / 8
+        return self.caps[resource]
+
+    def declare(self, record: TensorDecl) -> None:
+        if record.name in self.tensors:
+            self.fail(f"tensor {record.name} declared twice "
+                      f"(first at line {self.tensors[record.name].line})")
+        self.tensors[record.name] = record
+        if record.is_input:
+            self.dram.add(record.name)
+
+    # -- segments and blocks ---------------------------------------------------------
+
+    def begin_segment(self, record: SegmentBegin) -> None:
+        if self.arch is None:
+            self.fail("`.segment` before the `.arch` header")
+        self.segment = _Segment(record, self.memory_count)
+
+    def end_segment(self) -> None:
+        seg = self.segment
+        arrays = self.arch["arrays"]
+        util = seg.array_cycles / (arrays * seg.cycles) if seg.cycles else 0.0
+        self.segments.append({
+            "id": seg.record.id, "line": seg.record.line, "ops": list(seg.record.ops),
+            "cycles": seg.cycles, "predicted": seg.record.predicted,
+            "compute_arrays": len(seg.compute_arrays), "memory_arrays": seg.memory_arrays,
+            "utilization": util,
+        })
+        self.segment = None
+
+    def charge(self, cycles: int, kind: str, array_cycles: int) -> None:
+        self.segment.cycles += cycles
+        self.segment.array_cycles += array_cycles
+        self.totals[kind] += cycles
+        self.array_cycles += array_cycles
+
+    def end_block(self) -> None:
+        block = self.block
+        self.block = None
+        streams = block.streams
+        if streams:
+            _split_array_ports(streams)
+            cycles = _ceil(_block_time(streams, self.capacity))
+            kind = _attribute(streams, self.capacity)
+            self.charge(cycles, kind, sum(stream.array_cycles for stream in streams))
+        for key in list(self.streamed):
+            self.release(key, f"was only streamed (window=) in the parallel block "
+                              f"at line {block.line}")
+        self.retire(block.touched, self.line)
+
+    # -- statements --------------------------------------------------------------------
+
+    def statement(self, st: Statement) -> None:
+        self.statements += 1
+        handler = getattr(self, "do_" + st.kind.replace(".", "_"))
+        touched: set = set()
+        stream = handler(st, touched)
+        if self.block is not None:
+            self.block.streams.append(stream)
+            self.block.touched |= touched
+            return
+        cycles = _ceil(_time_alone(stream, self.capacity))
+        self.charge(cycles, _attribute([stream], self.capacity), stream.array_cycles)
+        self.retire(touched, st.line)
+
+    def do_CM_switch(self, st: Statement, touched: set) -> _Stream:
+        lo, hi = self.check_range(st.arrays)
+        self.claim(st, f"CM.switch at line {st.line}", lo, hi)
+        to_memory = st.mode == "TOM"
+        if not to_memory:
+            self.evict(lo, hi, f"was erased by CM.switch TOC at line {st.line}")
+        changed = (hi - lo) - self.memory[lo:hi].count(to_memory)  # others keep their mode
+        self.memory_count += changed if to_memory else -changed
+        self.memory[lo:hi] = bytes([to_memory]) * (hi - lo)
+        if to_memory:  # erases weights; memory-mode arrays hold no tiles anyway
+            self.contents[lo:hi] = [None] * (hi - lo)
+        if self.segment.memory_arrays < self.memory_count:
+            self.segment.memory_arrays = self.memory_count
+        return _Stream(st.line, "switch", self.arch["switch_cycles"], "switch")
+
+    def do_CIM_load_weight(self, st: Statement, touched: set) -> _Stream:
+        stream = _Stream(st.line, "weight_load")
+        stream.add("dram", st.nbytes)
+        return self.program(st, stream)
+
+    def do_CIM_write_operand(self, st: Statement, touched: set) -> _Stream:
+        """The operand has `instances` parts (batch x heads) of bytes/instances each;
+        the copies take them in turn, so every byte is written once."""
+        stream = _Stream(st.line, "weight_load")
+        self.read(st.reads[0], st, stream, st.nbytes, touched)
+        return self.program(st, stream)
+
+    def program(self, st: Statement, stream: _Stream) -> _Stream:
+        """Place the tiles of `copies` copies of st.op into compute arrays."""
+        lo, hi = self.check_range(st.arrays)
+        tk, tn = st.tiles
+        per_copy = tk * tn
+        if hi - lo != per_copy * st.copies:
+            self.fail(f"{st.opcode} {st.op}: {st.arrays} has {hi - lo} arrays but "
+                      f"tiles={tk}x{tn} copies={st.copies} need {per_copy * st.copies}")
+        self.need_mode(lo, hi, 0, f"{st.opcode} {st.op}", "CM.switch TOC")
+        part = st.nbytes / st.instances
+        if part > per_copy * self.array_bytes:
+            self.fail(f"{st.opcode} {st.op}: {part:g} bytes per copy exceed the "
+                      f"{per_copy} arrays' {per_copy * self.array_bytes} bytes")
+        self.claim(st, st.op, lo, hi)
+        for i in range(lo, hi):
+            copy, tile = divmod(i - lo, per_copy)
+            self.contents[i] = (st.op, tk, tn, st.line, copy, tile)
+        if self.block is not None:
+            index = len(self.block.streams)
+            for i in range(lo, hi):
+                self.block.programmed[i] = index
+        written = st.nbytes if st.kind == "CIM.write_operand" else st.copies * st.nbytes
+        stream.add("wport", written)
+        stream.chunks = min(CHUNKS, max(1, st.nbytes))
+        return stream
+
+    def do_CIM_mvm(self, st: Statement, touched: set) -> _Stream:
+        lo, hi = self.check_range(st.arrays)
+        self.need_mode(lo, hi, 0, f"CIM.mvm {st.op}", "CM.switch TOC and CIM.load_weight")
+        tk, tn, copies = self.whole_copies(st, lo, hi)
+        self.claim(st, st.op, lo, hi)
+        act = self.arch["act_bits"]
+        cycles = self.arch["mvm_cycles"]
+        stream = _Stream(st.line, "data", -(-st.vectors // copies) * cycles)
+        stream.chunks = min(CHUNKS, max(1, st.vectors))
+        stream.array_cycles = st.vectors * cycles * tk * tn
+        self.read(st.reads[0], st, stream, st.vectors * st.k * act / 8, touched)
+        self.write(st.writes[0], st, stream, st.vectors * st.n * act / 8, touched)
+        self.depend_on_programming(stream, lo, hi)
+        self.segment.compute_arrays.update(range(lo, hi))
+        return stream
+
+    def do_VEC(self, st: Statement, touched: set) -> _Stream:
+        stream = _Stream(st.line, "data")
+        stream.add("vec", st.ops)
+        for ref in st.reads:
+            self.read(ref, st, stream, self.tensor(ref, st).nbytes, touched)
+        for ref in st.writes:
+            self.write(ref, st, stream, self.tensor(ref, st).nbytes, touched)
+        units = st.ops or sum(stream.demands.values())
+        stream.chunks = min(CHUNKS, max(1, math.ceil(units)))
+        return stream
+
+    def do_MEM(self, st: Statement, touched: set) -> _Stream:
+        stream = _Stream(st.line, "data")
+        self.read(st.reads[0], st, stream, st.nbytes, touched)
+        self.write(st.writes[0], st, stream, st.nbytes, touched)
+        stream.chunks = min(CHUNKS, max(1, st.nbytes))
+        return stream
+
+    do_MEM_load = do_MEM_store = do_MEM_move = do_MEM
+
+    # -- arrays ------------------------------------------------------------------------
+
+    def check_range(self, loc: Loc) -> tuple:
+        if loc.hi > self.arch["arrays"]:
+            self.fail(f"{loc} is beyond the chip's {self.arch['arrays']} arrays")
+        return loc.lo, loc.hi
+
+    def need_mode(self, lo: int, hi: int, memory: int, what: str, hint: str) -> None:
+        """Every array lo..hi-1 must be in memory mode (memory=1) or compute mode (0)."""
+        if self.memory[lo:hi].count(memory) == hi - lo:
+            return
+        for i in range(lo, hi):
+            if self.memory[i] != memory:
+                mode = "memory" if self.memory[i] else "compute"
+                self.fail(f"{what}: array {i} is in {mode} mode ({hint} first)")
+
+    def whole_copies(self, st: Statement, lo: int, hi: int) -> tuple:
+        """Check a[lo:hi] holds whole copies of st.op; return (TK, TN, copies)."""
+        groups: dict = {}
+        shape = None
+        for i in range(lo, hi):
+            held = self.contents[i]
+            if held is None:
+                self.fail(f"CIM.mvm {st.op}: array {i} holds no weights")
+            if held[0] != st.op:
+                self.fail(f"CIM.mvm {st.op}: array {i} holds {held[0]}, not {st.op}")
+            if shape is not None and held[1:3] != shape:
+                self.fail(f"CIM.mvm {st.op}: {st.arrays} mixes tilings of {st.op}")
+            shape = held[1:3]
+            groups.setdefault(held[3:5], set()).add(held[5])
+        per_copy = shape[0] * shape[1]
+        for (line, copy), tiles in groups.items():
+            if len(tiles) != per_copy:
+                self.fail(f"CIM.mvm {st.op}: {st.arrays} holds {len(tiles)} of the {per_copy} "
+                          f"tiles of copy {copy} loaded at line {line}; it must hold whole copies")
+        return shape[0], shape[1], len(groups)
+
+    def claim(self, st: Statement, owner: str, lo: int, hi: int) -> None:
+        """Rule 5: in a parallel block an array serves one operator (or one switch)."""
+        block = self.block
+        if block is None:
+            return
+        switch = st.kind == "CM.switch"
+        for i in range(lo, hi):
+            first = block.owners.setdefault(i, (owner, st.line))
+            if first[0] != owner:
+                self.fail(f"array {i} is used by {first[0]} (line {first[1]}) and by {owner} "
+                          f"in one parallel block")
+            if switch and i in block.data:
+                self.fail(f"array {i} is switched by CM.switch and holds data "
+                          f"in one parallel block")
+        if switch:
+            block.switched.update(range(lo, hi))
+
+    def depend_on_programming(self, stream: _Stream, lo: int, hi: int) -> None:
+        if self.block is None:
+            return
+        sources = {self.block.programmed[i] for i in range(lo, hi) if i in self.block.programmed}
+        stream.deps.extend((p, True) for p in sorted(sources))
+
+    # -- data --------------------------------------------------------------------------
+
+    def tensor(self, ref: Ref, st: Statement) -> TensorDecl:
+        decl = self.tensors.get(ref.tensor)
+        if decl is None:
+            self.fail(f"{st.opcode}: tensor {ref.tensor} is not declared (.tensor)")
+        return decl
+
+    def port(self, loc: Loc):
+        return ("a", loc.lo, loc.hi) if loc.kind == "a" else loc.kind
+
+    def use_data_arrays(self, loc: Loc, st: Statement, what: str) -> None:
+        lo, hi = self.check_range(loc)
+        self.need_mode(lo, hi, 1, f"{st.opcode} {what} {loc}", "CM.switch TOM")
+        block = self.block
+        if block is None:
+            return
+        for i in range(lo, hi):
+            if i in block.switched:
+                self.fail(f"array {i} is switched by CM.switch and holds data "
+                          f"in one parallel block")
+        block.data.update(range(lo, hi))
+
+    def read(self, ref: Ref, st: Statement, stream: _Stream, nbytes: float, touched: set) -> None:
+        """Rule 3: the copy ref must exist; in a block, depend on its earlier writers."""
+        self.tensor(ref, st)
+        stream.add(self.port(ref.loc), nbytes)
+        if ref.loc.kind == "dram":
+            if ref.tensor not in self.dram:
+                self.fail(f"{st.opcode} reads {ref}, but {ref.tensor} is not an input "
+                          f"and was never written to dram")
+            self.depend_on_writers(stream, ref)
+            return
+        if ref.loc.kind == "a":
+            self.use_data_arrays(ref.loc, st, "reads from")
+        key = (ref.tensor, ref.loc)
+        touched.add(key)
+        if key not in self.resident:
+            why = self.gone.get(key, "was never written there")
+            self.fail(f"{st.opcode} reads {ref}, which {why}")
+        self.depend_on_writers(stream, ref)
+
+    def depend_on_writers(self, stream: _Stream, ref: Ref) -> None:
+        if self.block is None:
+            return
+        writers = self.block.writers.get((ref.tensor, ref.loc), ())
+        stream.deps.extend((p, False) for p in writers)
+
+    def write(self, ref: Ref, st: Statement, stream: _Stream, nbytes: float, touched: set) -> None:
+        """Rules 2 and 4: data goes to memory-mode arrays and must fit."""
+        decl = self.tensor(ref, st)
+        stream.add(self.port(ref.loc), nbytes)
+        if self.block is not None:
+            self.block.writers.setdefault((ref.tensor, ref.loc), []).append(len(self.block.streams))
+        if ref.loc.kind == "dram":
+            self.dram.add(ref.tensor)
+            return
+        if ref.loc.kind == "a":
+            self.use_data_arrays(ref.loc, st, "places data in")
+        key = (ref.tensor, ref.loc)
+        touched.add(key)
+        old = self.resident.get(key, 0)
+        if self.block is not None and st.window is not None and key not in self.resident:
+            self.streamed[key] = st.window
+        new = min(decl.nbytes, math.ceil(old + nbytes - _EPS))
+        if key in self.streamed:
+            new = min(new, self.streamed[key])
+        self.occupy(key, old, new, st)
+
+    def occupy(self, key: tuple, old: int, new: int, st: Statement) -> None:
+        """Grow the copy `key` from old to new bytes, checking capacity (rule 4)."""
+        tensor, loc = key
+        self.resident[key] = new
+        self.gone.pop(key, None)
+        if loc.kind == "gb":
+            self.gb_used += new - old
+            if self.gb_used > self.arch["global_buffer_bytes"]:
+                self.fail(f"{st.opcode}: global buffer capacity exceeded writing {tensor}@gb: "
+                          f"{self.gb_used} bytes > {self.arch['global_buffer_bytes']}")
+            return
+        width = loc.hi - loc.lo
+        delta = -(-new // width) - (-(-old // width))
+        for i in range(loc.lo, loc.hi):
+            self.occupancy[i] += delta
+        worst = max(range(loc.lo, loc.hi), key=self.occupancy.__getitem__)
+        if self.occupancy[worst] > self.array_bytes:
+            self.fail(f"{st.opcode}: memory capacity exceeded writing {tensor}@{loc}: array "
+                      f"{worst} would hold {self.occupancy[worst]} bytes > {self.array_bytes}")
+
+    def release(self, key: tuple, why: str) -> None:
+        """Free an on-chip copy and remember why it is gone."""
+        nbytes = self.resident.pop(key, None)
+        self.streamed.pop(key, None)
+        self.gone[key] = why
+        if nbytes is None:
+            return
+        loc = key[1]
+        if loc.kind == "gb":
+            self.gb_used -= nbytes
+            return
+        share = -(-nbytes // (loc.hi - loc.lo))
+        for i in range(loc.lo, loc.hi):
+            self.occupancy[i] -= share
+
+    def evict(self, lo: int, hi: int, why: str) -> None:
+        doomed = [key for key in self.resident
+                  if key[1].kind == "a" and key[1].lo < hi and lo < key[1].hi]
+        for key in doomed:
+            self.release(key, why)
+
+    def retire(self, touched: set, line: int) -> None:
+        """Free copies whose next access after `line` is not a read (dead data)."""
+        for key in touched:
+            events = self.accesses.get(key, ())
+            at = self.cursor.get(key, 0)
+            limit = line * 2 + 1
+            while at < len(events) and events[at] <= limit:
+                at += 1
+            self.cursor[key] = at
+            if key not in self.resident:
+                continue
+            if at == len(events) or not events[at] & 1:
+                self.release(key, f"is dead after line {line} "
+                                  f"(its next access is a write, or none)")
+
+    # -- report ------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        if self.arch is None:
+            raise CMSwitchError(f"{self.name}: the flow has no `.arch` header")
+        for decl in self.tensors.values():
+            if decl.is_output and decl.name not in self.dram:
+                self.fail(f"output tensor {decl.name} is never stored to dram", decl.line)
+        cycles = sum(self.totals.values())
+        arrays = self.arch["arrays"]
+        predicted = [seg["predicted"] for seg in self.segments if seg["predicted"] is not None]
+        return {
+            "model": self.model,
+            "arch": self.arch_name,
+            "cycles": cycles,
+            "seconds": cycles / (self.arch["clock_mhz"] * 1e6),
+            "breakdown": dict(self.totals),
+            "switch_share": self.totals["switch"] / cycles if cycles else 0.0,
+            "predicted_cycles": sum(predicted) if predicted else None,
+            "utilization": {
+                "overall": self.array_cycles / (arrays * cycles) if cycles else 0.0,
+                "segments": [seg["utilization"] for seg in self.segments],
+            },
+            "segments": self.segments,
+            "statements": self.statements,
+            "arch_fields": dict(self.arch),
+            "units": {"cycles": "clock cycles", "seconds": "s", "breakdown": "clock cycles",
+                      "switch_share": "fraction of cycles",
+                      "utilization": "fraction of array-cycles doing MVM work"},
+        }

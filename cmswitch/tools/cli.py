@@ -1,0 +1,105 @@
+"""`cmswitch`: the whole pipeline in one step (DESIGN.md §8).
+
+``cmswitch compile MODEL [--arch PRESET|FILE] [--strategy cmswitch] [--batch N]
+[--seq L] [--dim NAME=VALUE] [-o FLOW.cmsasm] [--json REPORT.json] [--summary]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from cmswitch.errors import CMSwitchError
+
+
+def _dims(args: argparse.Namespace) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    if args.batch is not None:
+        dims.update({"batch": args.batch, "batch_size": args.batch, "N": args.batch})
+    if args.seq is not None:
+        dims.update({"seq": args.seq, "sequence": args.seq, "sequence_length": args.seq})
+    for item in args.dim or []:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit() or int(value) <= 0:
+            raise CMSwitchError(f"--dim expects NAME=POSITIVE_INT, got '{item}'")
+        dims[name] = int(value)
+    return dims
+
+
+def print_summary(plan, out=sys.stdout) -> None:
+    """A readable table: per segment, operators, arrays in compute / memory mode,
+    weight copies, predicted cycles; then the totals."""
+    arch = plan.arch
+    out.write(f"{plan.model} on {arch.name} ({arch.arrays} arrays of {arch.rows}x{arch.cols}), "
+              f"strategy {plan.strategy}\n")
+    out.write(f"{'seg':>4} {'ops':>4}  {'first..last operator':<44} {'compute':>7} "
+              f"{'memory':>6} {'copies':>6} {'predicted':>10}\n")
+    for s in plan.segments:
+        ops = s["operators"]
+        span = ops[0] if len(ops) == 1 else f"{ops[0]}..{ops[-1]}"
+        copies = sum(s["weight_copies"].values())
+        out.write(f"{s['id']:>4} {len(ops):>4}  {span[:44]:<44} {s['compute_arrays']:>7} "
+                  f"{s['memory_arrays']:>6} {copies:>6} {s['predicted_cycles']:>10}\n")
+    out.write(f"segments: {len(plan.segments)}   predicted cycles: {plan.predicted_cycles}   "
+              f"lower bound: {plan.lower_bound_cycles}   "
+              f"ratio: {plan.predicted_cycles / max(plan.lower_bound_cycles, 1):.2f}x\n")
+    out.write(f"MIP solves: {plan.mip['solves']} (cache hits {plan.mip['cache_hits']})   "
+              f"compile time: {plan.compile_seconds:.1f} s\n")
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from cmswitch.api import compile as compile_model
+
+    plan = compile_model(args.model, arch=args.arch, strategy=args.strategy,
+                         solver=args.solver, dims=_dims(args),
+                         time_limit=args.time_limit)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(plan.flow)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(plan.report(), f, indent=1)
+            f.write("\n")
+    if args.summary or not (args.output or args.json):
+        print_summary(plan)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmswitch", description=(
+        "CMSwitch: dual-mode-aware DNN compiler for computing-in-memory accelerators"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="compile a model to a meta-operator flow")
+    c.add_argument("model", help="an .onnx or .mlir model")
+    c.add_argument("--arch", default=None, help="hardware preset (dynaplasia, prime) or YAML/JSON file")
+    c.add_argument("--strategy", default="cmswitch", choices=["cmswitch"],
+                   help="mapping strategy (baselines follow in later versions)")
+    c.add_argument("--solver", default="glpk", choices=["glpk", "highs"], help="MIP solver")
+    c.add_argument("--time-limit", type=float, default=None, help="seconds per MIP solve")
+    c.add_argument("--batch", type=int, default=None, help="bind a symbolic batch dimension")
+    c.add_argument("--seq", type=int, default=None, help="bind a symbolic sequence dimension")
+    c.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic dimension")
+    c.add_argument("-o", "--output", help="write the .cmsasm flow here")
+    c.add_argument("--json", help="write the JSON report here")
+    c.add_argument("--summary", action="store_true", help="print the segment table")
+    c.set_defaults(func=_compile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `cmswitch`; returns the exit code (1: input error, 2: usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CMSwitchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""`cmswitch-opt`: the mlir-opt style driver (DESIGN.md §8).
+
+``cmswitch-opt [--PASS[=OPTIONS]]... [-p PIPELINE] [-o OUT] [--emit=asm] INPUT``
+
+Pass flags run in the order given (after any ``-p`` pipeline); options are
+``--cim-allocate=solver=highs,time-limit=5``.  INPUT is `.mlir`, `.onnx` (imported on
+the fly) or `-`/absent (stdin, MLIR).  ``--emit=asm`` prints the `.cmsasm` flow.
+Exit codes: 0 success, 1 a diagnosed input error (one message, no traceback),
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import IO
+
+from xdsl.utils.exceptions import ArgSpecParseError, DiagnosticException, ParseError
+from xdsl.xdsl_opt_main import xDSLOptMain
+
+from cmswitch.errors import CMSwitchError
+from cmswitch.universe import ALL_PASSES
+
+
+def _pass_summary(name: str) -> str:
+    doc = (ALL_PASSES[name]().__doc__ or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+class CMSwitchOptMain(xDSLOptMain):
+    """xDSL's opt driver with an `.onnx` frontend and an epilog listing our passes."""
+
+    def register_all_frontends(self) -> None:
+        super().register_all_frontends()
+
+        def parse_onnx(io: IO[bytes]):
+            from cmswitch.frontend.onnx_importer import import_onnx
+
+            return import_onnx(io.read(), name=_model_name(self.args.input_file))
+
+        self.available_frontends["onnx"] = parse_onnx
+
+    def register_all_arguments(self, arg_parser: argparse.ArgumentParser) -> None:
+        super().register_all_arguments(arg_parser)
+        arg_parser.prog = "cmswitch-opt"
+        arg_parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        lines = ["CMSwitch passes (give them as --NAME[=opt=value,...], in order):"]
+        lines += [f"  --{n:<16} {_pass_summary(n)}" for n in ALL_PASSES]
+        lines += ["", "  --emit=asm         print the .cmsasm flow (same as -t cmsasm)"]
+        arg_parser.epilog = "\n".join(lines)
+
+
+def _model_name(path: str | None) -> str:
+    if not path:
+        return "model"
+    from pathlib import Path
+
+    return Path(path).stem
+
+
+def split_pass_flags(argv: Sequence[str]) -> list[str]:
+    """Turn mlir-opt style ``--PASS[=OPTS]`` and ``--emit=asm`` flags into xDSL's
+    ``-p``/``-t`` before argparse sees them (its optional-value options would swallow
+    the input file)."""
+    rest: list[str] = []
+    flags: list[str] = []
+    pipeline = ""
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, _, opts = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name in ALL_PASSES:
+            flags.append(f"{name}{{{opts.replace(',', ' ')}}}" if opts else name)
+        elif arg == "--emit=asm":
+            rest += ["-t", "cmsasm"]
+        elif arg in ("-p", "--passes") and i + 1 < len(args):
+            pipeline = args[i + 1]
+            i += 1
+        elif arg.startswith("--passes="):
+            pipeline = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    full = ",".join(p for p in [pipeline, *flags] if p)
+    return (["-p", full] if full else []) + ["-" if a == "-" else a for a in rest]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `cmswitch-opt`; returns the exit code."""
+    args = split_pass_flags(sys.argv[1:] if argv is None else argv)
+    args = [a for a in args if a != "-"]  # stdin is the default input
+    try:
+        CMSwitchOptMain(description="CMSwitch modular optimizer driver", args=args).run()
+    except SystemExit as e:
+        return int(e.code or 0)
+    except CMSwitchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ArgSpecParseError as e:
+        print(f"error: bad pass pipeline: {e}", file=sys.stderr)
+        return 2
+    except (ParseError, DiagnosticException) as e:
+        print(str(e).rstrip(), file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`cmswitch-sim FLOW.cmsasm [--arch PRESET|FILE] [--json]` — check and time a flow.
+
+Prints a short text report (or the JSON report with --json) and exits 0; a flow that
+breaks a rule, or a file that cannot be read, prints `error: <message>` on stderr and
+exits 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cmswitch.errors import CMSwitchError
+from cmswitch.sim.simulator import simulate
+
+MAX_SEGMENT_ROWS = 40
+"""Segments listed in the text report; --json has all of them."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        override = _load_arch(args.arch) if args.arch else None
+        report = simulate(args.flow, arch_override=override)
+    except (CMSwitchError, OSError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(format_report(report))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmswitch-sim",
+        description="Execute a .cmsasm meta-operator flow: check its rules and time it.")
+    parser.add_argument("flow", metavar="FLOW.cmsasm", help="the flow to simulate")
+    parser.add_argument("--arch", metavar="PRESET|FILE",
+                        help="hardware to run on instead of the flow's .arch header")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _load_arch(spec: str) -> dict:
+    """The hardware fields of a preset name or file, via cmswitch.arch.load_arch."""
+    try:
+        from cmswitch.arch import load_arch
+    except ImportError as error:
+        raise CMSwitchError(f"--arch {spec}: cmswitch.arch.load_arch is not available "
+                            f"({error})") from None
+    try:
+        arch = load_arch(spec)
+    except ValueError as error:  # e.g. a pydantic ValidationError
+        raise CMSwitchError(f"--arch {spec}: {error}") from None
+    return arch.model_dump() if hasattr(arch, "model_dump") else dict(arch)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def format_report(report: dict) -> str:
+    """The human-readable report: totals, breakdown, one row per segment."""
+    cycles = report["cycles"]
+    lines = [
+        f"flow: model {report['model'] or '-'} on {report['arch']}, "
+        f"{report['statements']} statements, {len(report['segments'])} segments",
+        f"total: {cycles} cycles = {report['seconds'] * 1e3:.6g} ms",
+    ]
+    if report.get("predicted_cycles") is not None:
+        lines.append(f"predicted: {report['predicted_cycles']} cycles")
+    lines.append(f"array utilization: {report['utilization']['overall']:.1%}")
+    lines.append("breakdown:")
+    for kind, value in report["breakdown"].items():
+        share = value / cycles if cycles else 0.0
+        lines.append(f"  {kind:<12}{value:>14}  {share:6.1%}")
+    lines.append("")
+    lines.extend(_segment_table(report["segments"]))
+    return "\n".join(lines) + "\n"
+
+
+def _segment_table(segments: list) -> list:
+    header = (f"{'segment':<10}{'cycles':>12}{'predicted':>12}{'compute':>9}{'memory':>8}"
+              f"{'util':>8}  ops")
+    rows = [header]
+    for seg in segments[:MAX_SEGMENT_ROWS]:
+        predicted = "-" if seg["predicted"] is None else str(seg["predicted"])
+        ops = ",".join(seg["ops"])
+        if len(ops) > 40:
+            ops = ops[:37] + "..."
+        rows.append(f"{seg['id']:<10}{seg['cycles']:>12}{predicted:>12}{seg['compute_arrays']:>9}"
+                    f"{seg['memory_arrays']:>8}{seg['utilization']:>8.1%}  {ops}")
+    if len(segments) > MAX_SEGMENT_ROWS:
+        rows.append(f"... {len(segments) - MAX_SEGMENT_ROWS} more segments (use --json for all)")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""`cim-to-metaop`: lower allocated segments to the meta-operator flow (DESIGN.md §5).
+
+Per segment, in order:
+1. `CM.switch` only where an array's mode changes (reset: all arrays compute mode);
+2. `CIM.load_weight` of every copy of every weight operator into its compute arrays;
+3. one `parallel` block — the segment's pipeline — holding `MEM.load` of the tensors
+   it reads from DRAM, `CIM.write_operand` + `CIM.mvm` of dynamic matmuls, `CIM.mvm`
+   of weight ops, `VEC.*` of vector ops, and `MEM.store` of the tensors that outlive
+   the segment.
+
+Where a tensor lives inside a segment: in the memory-mode arrays of the first matrix
+op that reads it (its feed buffer), else in the global buffer, else in DRAM —
+whichever has room for its streaming window (`Graph.working_set`); tensors the MIP
+spilled, and tensors no operator of the segment reads, go to DRAM.  K-split partial
+sums are reduced explicitly by the `psum_add` vector ops `cim-partition` created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, IntegerAttr, ModuleOp, StringAttr, i64
+from xdsl.ir import Operation
+from xdsl.passes import ModulePass
+
+from cmswitch.arch import Arch
+from cmswitch.cost.graph import Graph, GraphOp, build_graph
+from cmswitch.dialects import metaop
+from cmswitch.dialects.cim import DynMatmulOp, SegmentOp, VectorOp
+from cmswitch.errors import CMSwitchError
+from cmswitch.transforms.cim_allocate import segment_ranges
+from cmswitch.transforms.common import main_func, resolve_arch
+
+TENSORS_ATTR = "metaop.tensors"
+INPUTS_ATTR = "metaop.inputs"
+OUTPUTS_ATTR = "metaop.outputs"
+
+
+def _range(op: Operation, name: str) -> tuple[int, int] | None:
+    attr = op.attributes.get(name)
+    return tuple(attr.get_values()) if attr is not None else None
+
+
+def switch_ops(modes: list[str], compute: list[tuple[int, int]],
+               memory: list[tuple[int, int]]) -> list[Operation]:
+    """`CM.switch` statements for maximal runs of arrays whose mode must change;
+    updates `modes` ("C"/"M" per array) in place."""
+    want = list(modes)
+    for lo, hi in compute:
+        want[lo:hi] = ["C"] * (hi - lo)
+    for lo, hi in memory:
+        want[lo:hi] = ["M"] * (hi - lo)
+    ops: list[Operation] = []
+    i = 0
+    while i < len(modes):
+        if want[i] == modes[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(modes) and want[j] == want[i] and want[j] != modes[j]:
+            j += 1
+        ops.append(metaop.SwitchOp("TOC" if want[i] == "C" else "TOM", i, j))
+        i = j
+    modes[:] = want
+    return ops
+
+
+class _Placer:
+    """Chooses a location per tensor of one segment, within capacities (bytes)."""
+
+    def __init__(self, graph: Graph, first: int, last: int, arch: Arch):
+        self.graph, self.first, self.last, self.arch = graph, first, last, arch
+        self.free: dict[str, int] = {"gb": arch.global_buffer_bytes}
+        self.where: dict[int, tuple[str, int]] = {}
+
+    def place(self, t: int, spilled: bool = False) -> tuple[str, int]:
+        """(location, window bytes) of tensor `t` in this segment."""
+        if t in self.where:
+            return self.where[t]
+        tensor = self.graph.tensors[t]
+        readers = [c for c in tensor.consumers if self.first <= c <= self.last]
+        if spilled or not readers:
+            self.where[t] = ("dram", tensor.bytes)
+            return self.where[t]
+        window = max(self.graph.working_set(t, c) for c in readers)
+        for loc in self._candidates(readers):
+            if self.free.get(loc, 0) >= window:
+                self.free[loc] -= window
+                self.where[t] = (loc, window)
+                return self.where[t]
+        self.where[t] = ("dram", tensor.bytes)
+        return self.where[t]
+
+    def _candidates(self, readers: list[int]) -> list[str]:
+        locs = []
+        for c in readers:
+            mem = _range(self.graph.ops[c].op, "memory")
+            if mem is not None:
+                loc = f"a[{mem[0]}:{mem[1]}]"
+                self.free.setdefault(loc, (mem[1] - mem[0]) * self.arch.array_bytes)
+                locs.append(loc)
+        return locs + ["gb"]
+
+
+def _ref(graph: Graph, t: int, placer: _Placer) -> str:
+    return f"{graph.tensors[t].name}@{placer.place(t)[0]}"
+
+
+def _lower_op(gop: GraphOp, graph: Graph, placer: _Placer, arch: Arch) -> list[Operation]:
+    spill = set(_range(gop.op, "spill") or ()) if "spill" in gop.op.attributes else set()
+    for pos, t in enumerate(gop.outputs):
+        placer.place(t, spilled=pos in spill)
+    outs = ",".join(_ref(graph, t, placer) for t in gop.outputs)
+    cost = gop.cost
+    if isinstance(gop.op, VectorOp):
+        ins = ",".join(_ref(graph, t, placer) for t in gop.inputs) or None
+        window = placer.where[gop.outputs[0]][1]
+        return [metaop.VecOp(gop.op.kind.data, gop.name, cost.vector_ops, ins, outs, window)]
+    lo, hi = _range(gop.op, "arrays")
+    window = placer.where[gop.outputs[0]][1]
+    if isinstance(gop.op, DynMatmulOp):
+        copies = (hi - lo) // cost.arrays
+        write = metaop.WriteOperandOp(gop.name, lo, hi, _ref(graph, gop.inputs[1], placer),
+                                      cost.tiles, copies, cost.weight_bytes,
+                                      cost.compute // (arch.mvm_cycles * cost.m))
+        mvm = metaop.MvmOp(gop.name, lo, hi, cost.compute // arch.mvm_cycles, cost.k,
+                           cost.n, _ref(graph, gop.inputs[0], placer), outs, window)
+        return [write, mvm]
+    return [metaop.MvmOp(gop.name, lo, hi, cost.m, cost.groups * cost.k, cost.groups * cost.n,
+                         _ref(graph, gop.inputs[0], placer), outs, window)]
+
+
+def _tiles(gop: GraphOp) -> tuple[int, int]:
+    """``[TK, TN]`` tiles per copy: row tiles stacked over block-diagonal group packs."""
+    tn = gop.cost.tiles[1]
+    return gop.cost.arrays // tn, tn
+
+
+def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arch,
+                  modes: list[str]) -> metaop.SegmentOp:
+    """The `metaop.segment` of one allocated `cim.segment`."""
+    gops = graph.ops[first:last + 1]
+    compute = [_range(g.op, "arrays") for g in gops if g.cost.arrays]
+    if any(r is None for r in compute):
+        raise CMSwitchError(f"segment {seg.id.value.data} is not allocated: run cim-allocate first")
+    memory = [r for g in gops if (r := _range(g.op, "memory")) is not None]
+    body: list[Operation] = switch_ops(modes, compute, memory)
+    for g in gops:
+        if g.cost.kind != "weight":
+            continue
+        lo, hi = _range(g.op, "arrays")
+        copies = (hi - lo) // g.cost.arrays
+        body.append(metaop.LoadWeightOp(g.name, lo, hi, _tiles(g), copies,
+                                        g.cost.weight_bytes))
+    placer = _Placer(graph, first, last, arch)
+    pipeline: list[Operation] = []
+    live_in = sorted({t for g in gops for t in g.inputs
+                      if (graph.tensors[t].producer is None or graph.tensors[t].producer < first)})
+    for t in live_in:
+        loc, window = placer.place(t)
+        if loc != "dram":
+            pipeline.append(metaop.MemLoadOp(graph.tensors[t].name, "dram", loc,
+                                             graph.tensors[t].bytes, window))
+    for g in gops:
+        pipeline.extend(_lower_op(g, graph, placer, arch))
+        for t in g.outputs:
+            tensor = graph.tensors[t]
+            outlives = tensor.is_output or any(c > last for c in tensor.consumers)
+            loc = placer.where[t][0]
+            if outlives and loc != "dram":
+                pipeline.append(metaop.MemStoreOp(tensor.name, loc, "dram", tensor.bytes))
+    body.append(metaop.ParallelOp(pipeline))
+    predicted = seg.attributes.get("predicted_cycles")
+    return metaop.SegmentOp(seg.id.value.data, ",".join(g.name for g in gops),
+                            predicted.value.data if predicted else 0, body)
+
+
+@dataclass(frozen=True)
+class CimToMetaopPass(ModulePass):
+    """Lower allocated `cim.segment`s to a `metaop` flow (switches, loads, pipeline)."""
+
+    name = "cim-to-metaop"
+
+    arch: str | None = None
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        arch = resolve_arch(op, self.arch)
+        func = main_func(op)
+        segments = [o for o in func.body.block.ops if isinstance(o, SegmentOp)]
+        if not segments:
+            raise CMSwitchError("cim-to-metaop: no cim.segment ops; run cim-segment and cim-allocate first")
+        graph = build_graph(func, arch)
+        modes = ["C"] * arch.arrays
+        flow = [lower_segment(graph, seg, first, last, arch, modes)
+                for seg, (first, last) in zip(segments, segment_ranges(graph, segments))]
+        op.attributes[TENSORS_ATTR] = DictionaryAttr(
+            {t.name: IntegerAttr(t.bytes, i64) for t in graph.tensors})
+        op.attributes[INPUTS_ATTR] = ArrayAttr(
+            [StringAttr(t.name) for t in graph.tensors if t.producer is None])
+        op.attributes[OUTPUTS_ATTR] = ArrayAttr(
+            [StringAttr(t.name) for t in graph.tensors if t.is_output])
+        func.detach()
+        func.erase()
+        for seg in flow:
+            op.body.block.add_op(seg)

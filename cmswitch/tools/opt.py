@@ -37,7 +37,8 @@ class CMSwitchOptMain(xDSLOptMain):
         def parse_onnx(io: IO[bytes]):
             from cmswitch.frontend.onnx_importer import import_onnx
 
-            return import_onnx(io.read(), name=_model_name(self.args.input_file))
+            return import_onnx(io.read(), name=_model_name(self.args.input_file),
+                               filename=self.args.input_file)
 
         self.available_frontends["onnx"] = parse_onnx
 
@@ -92,15 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = split_pass_flags(sys.argv[1:] if argv is None else argv)
     args = [a for a in args if a != "-"]  # stdin is the default input
     try:
-        CMSwitchOptMain(description="CMSwitch modular optimizer driver", args=args).run()
+        driver = CMSwitchOptMain(description="CMSwitch modular optimizer driver", args=args)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except (ArgSpecParseError, ValueError, TypeError) as e:  # bad pipeline or pass option
+        print(f"error: bad pass pipeline: {e}", file=sys.stderr)
+        return 2
+    try:
+        driver.run()
     except SystemExit as e:
         return int(e.code or 0)
     except CMSwitchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except ArgSpecParseError as e:
-        print(f"error: bad pass pipeline: {e}", file=sys.stderr)
-        return 2
     except (ParseError, DiagnosticException) as e:
         print(str(e).rstrip(), file=sys.stderr)
         return 1

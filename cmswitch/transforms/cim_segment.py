@@ -8,7 +8,7 @@ for operators ``i..j-1`` plus the boundary (two `CM.switch` statements)::
     best[0] = 0,  best[j] = min over i < j of best[i] + cost(i, j)
 
 over start positions ``i`` whose segment fits one weight copy of each operator in the
-chip (this bounds the window).  The DP is exact for its cost model.  Candidate
+chip and holds at most ``window`` matrix operators (these bound the window).  The DP is exact for its cost model.  Candidate
 segments are priced with `cmswitch.solver.mip.solve_cached` — the model `cim-allocate`
 uses.  Not yet modelled (see the issues): data held on chip across boundaries, weight
 loads overlapping the previous segment's compute.
@@ -32,6 +32,12 @@ from cmswitch.solver.mip import Allocation, solve_cached
 from cmswitch.transforms.common import main_func, resolve_arch
 
 
+DEFAULT_WINDOW = 6
+"""Matrix operators per candidate segment (the DP window).  The array budget already
+bounds it; this bound keeps the MIPs small for models of many small layers
+(MobileNet fits ~30 of its layers in the chip at once).  0 lifts it."""
+
+
 @dataclass(frozen=True)
 class SegmentChoice:
     """Operators ``first..last`` (inclusive) form one segment, priced `alloc`."""
@@ -48,8 +54,9 @@ def segment_starts(graph: Graph) -> list[int]:
 
 
 def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
-                time_limit: float | None = None) -> list[SegmentChoice]:
-    """The DP: the cheapest sequence of segments covering all operators.
+                time_limit: float | None = None, window: int = 0) -> list[SegmentChoice]:
+    """The DP: the cheapest sequence of segments covering all operators, each with at
+    most `window` matrix operators (0: no limit besides the array budget).
 
     Raises CMSwitchError if one operator's single weight copy exceeds the chip (run
     `cim-partition` first)."""
@@ -67,7 +74,7 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
         arrays = 0
         for u in range(v - 1, -1, -1):
             arrays += sum(o.cost.arrays for o in graph.ops[starts[u]:starts[u + 1]])
-            if arrays > arch.arrays:
+            if arrays > arch.arrays or (window and v - u > window):
                 break
             alloc = solve_cached(segment_problem(graph, starts[u], starts[v] - 1), arch,
                                  solver, time_limit)
@@ -120,6 +127,7 @@ class CimSegmentPass(ModulePass):
     arch: str | None = None
     solver: str = "glpk"
     time_limit: float = 0.0
+    window: int = DEFAULT_WINDOW
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = resolve_arch(op, self.arch)
@@ -127,6 +135,6 @@ class CimSegmentPass(ModulePass):
         if any(isinstance(o, SegmentOp) for o in func.body.block.ops):
             raise CMSwitchError("cim-segment: the model is already segmented")
         graph = build_graph(func, arch)
-        plan = dp_segments(graph, arch, self.solver, self.time_limit or None)
+        plan = dp_segments(graph, arch, self.solver, self.time_limit or None, self.window)
         for seg, choice in zip(wrap_segments(func, graph, plan), plan):
             seg.attributes["predicted_cycles"] = IntegerAttr(round(choice.alloc.cycles), i64)

@@ -88,15 +88,37 @@ def load_cycles(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch) ->
 
 
 def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
-    """A lower bound ``S`` of the segment's steady-state latency (cycles), >= 1."""
-    bounds = [1.0, sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle]
-    bounds += [op.compute / op.max_copies for op in problem.ops if op.arrays]
+    """A lower bound ``S`` of the segment's steady-state latency (cycles), >= 1: no
+    allocation beats the most copies of an op, the digital unit, the run-time operand
+    writes, the DRAM traffic that must cross the boundary, or a feed through every
+    array left after one copy of each weight.  A tight ``S`` keeps ``T`` near 1 and the
+    ``z = y*T`` linearisation tight (GLPK's branch and bound depends on it)."""
+    ops = problem.ops
+    free = max(0, arch.arrays - sum(op.arrays for op in ops))
+    feed_bw = arch.internal_bw_bits / 8 * free + arch.global_buffer_bw_bytes
+    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic")
+    bounds = [1.0, sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
+              writes / arch.weight_write_bw_bytes,
+              (problem.live_in + problem.live_out) / arch.external_bw_bytes]
+    bounds += [op.compute / op.max_copies for op in ops if op.arrays]
+    bounds += [op.feed / feed_bw for op in ops if op.arrays]
     return max(bounds)
+
+
+def edge_groups(problem: SegmentProblem) -> list[list[int]]:
+    """Internal edges grouped by ``(bytes, window)``, in order of first appearance.
+    Identical edges are interchangeable in every constraint; ordering their keep
+    decisions (``y_e1 >= y_e2 >= ...``: the first ones stay on chip) removes the
+    symmetric solutions GLPK's branch and bound would otherwise enumerate."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for e, edge in enumerate(problem.edges):
+        groups.setdefault((edge.bytes, edge.window), []).append(e)
+    return list(groups.values())
 
 
 def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
     """The Pyomo model.  With `t_fixed` (stage 2) the throughput is a constant, so
-    ``y_e T`` is linear and the bilinear ``z_e`` variables are not needed."""
+    ``y_e T`` is linear and the McCormick ``z_e`` variables are not needed."""
     import pyomo.environ as pyo
 
     ops, edges = problem.ops, problem.edges
@@ -122,10 +144,13 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
         m.c.add(ops[i].feed / scale * m.T <= ib * m.m[i] + m.g[i])
     if mat:
         m.c.add(sum(m.g[i] for i in mat) <= arch.global_buffer_bw_bytes)
-    for e in range(len(edges) if t_fixed is None else 0):
-        m.c.add(m.z[e] <= m.T)
+    for e in range(len(edges)) if t_fixed is None else ():
+        m.c.add(m.z[e] <= m.T)  # McCormick envelope of z = y*T (exact for binary y)
         m.c.add(m.z[e] <= m.y[e])
         m.c.add(m.z[e] >= m.T - (1 - m.y[e]))
+    for members in edge_groups(problem):
+        for a, b in zip(members, members[1:]):
+            m.c.add(m.y[a] >= m.y[b])
     spill = sum(2 * edge.bytes for edge in edges)
     ext = (problem.live_in + problem.live_out + spill) / scale * m.T
     ext -= sum(2 * edge.bytes / scale * z[e] for e, edge in enumerate(edges))

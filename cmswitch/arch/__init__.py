@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, NonNegativeInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
 
 from cmswitch.errors import CMSwitchError
 
@@ -75,7 +82,8 @@ def _validate(data: Any, origin: str) -> Arch:
     try:
         arch = Arch.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        # An unknown key first: a misspelt key also shows up as a missing field.
+        err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
         field = ".".join(str(p) for p in err["loc"]) or "<root>"
         raise CMSwitchError(f"{origin}: field '{field}': {err['msg']}") from None
     if arch.weights_per_row == 0:

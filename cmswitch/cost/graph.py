@@ -88,11 +88,17 @@ def _op_name(op: Operation, index: int, used: set[str]) -> str:
         if ws is not None:
             k0, _, n0, _ = ws.get_values()
             hint += f".k{k0}.n{n0}"
-    name = _SAFE.sub("_", hint or f"op{index}")
-    if name in used:
-        name = f"{name}_{index}"
-    used.add(name)
-    return name
+    return _unique(_SAFE.sub("_", hint or f"op{index}"), used)
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """`name`, or `name:2`, `name:3`, ... — the first not in `used` (then added)."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}:{n}"
+    used.add(candidate)
+    return candidate
 
 
 def flatten_ops(func: FuncOp) -> list[Operation]:
@@ -119,10 +125,7 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
 
     def new_tensor(v: SSAValue, producer: int | None) -> int:
         ids[v] = len(tensors)
-        name = _SAFE.sub("_", v.name_hint or f"t{len(tensors)}")
-        if name in names:
-            name = f"{name}_{len(tensors)}"
-        names.add(name)
+        name = _unique(_SAFE.sub("_", v.name_hint or f"t{len(tensors)}"), names)
         tensors.append(Tensor(name, tensor_bytes(v, arch), producer))
         return ids[v]
 

@@ -1,0 +1,69 @@
+"""Bad input gets one line on stderr, exit code 1 (2 for usage), never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MODELS
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args, stdin: str | None = None):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, input=stdin)
+
+
+@pytest.fixture()
+def bad_files(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_text("not a model")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes((MODELS / "resnet18.onnx").read_bytes()[:5000])
+    arch = tmp_path / "arch.yaml"
+    arch.write_text((Path(__file__).parent.parent / "cmswitch/arch/presets/dynaplasia.yaml")
+                    .read_text().replace("arrays: 96", "arrays: 0"))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("name: x\nbogus: 1\n")
+    mlir = tmp_path / "bad.mlir"
+    mlir.write_text("func.func @main() {\n  %0 = cim.vector \"relu\" : () -> tensor<4xf32>\n")
+    return dict(garbage=garbage, truncated=truncated, arch=arch, unknown=unknown, mlir=mlir)
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("garbage", ["cmswitch", "compile", "{garbage}"], "not an ONNX model"),
+    ("truncated", ["cmswitch", "compile", "{truncated}"], "truncated.onnx"),
+    ("missing", ["cmswitch", "compile", "/no/such/model.onnx"], "no such model file"),
+    ("zero arrays", ["cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", "{arch}"],
+     "field 'arrays'"),
+    ("unknown key", ["cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", "{unknown}"],
+     "field 'bogus'"),
+    ("unknown preset", ["cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", "tpu"],
+     "unknown hardware 'tpu'"),
+    ("bad mlir", ["cmswitch", "compile", "{mlir}"], "bad.mlir"),
+    ("opt garbage", ["cmswitch-opt", "{garbage}"], "not an ONNX model"),
+    ("opt missing", ["cmswitch-opt", "/no/such.mlir"], "No such file"),
+    ("sim missing", ["cmswitch-sim", "/no/such.cmsasm"], "such"),
+])
+def test_bad_input_is_one_clean_line(bad_files, case, args, message):
+    argv = [BIN / args[0]] + [a.format(**bad_files) for a in args[1:]]
+    r = _run(*argv)
+    assert r.returncode == 1, (case, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_usage_errors_exit_2():
+    assert _run(BIN / "cmswitch").returncode == 2
+    assert _run(BIN / "cmswitch", "compile", "m.onnx", "--strategy", "nope").returncode == 2
+    r = _run(BIN / "cmswitch-opt", "--cim-partition=bogus=1", MODELS / "resnet18.onnx")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_opt_reads_stdin_and_runs_passes_in_order():
+    src = (Path(__file__).parent.parent / "filecheck/transforms/cim-segment.mlir").read_text()
+    r = _run(BIN / "cmswitch-opt", "--cim-segment", "--cim-allocate=solver=highs", "-", stdin=src)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("cim.segment") == 2 and "compute_arrays" in r.stdout

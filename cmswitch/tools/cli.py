@@ -28,20 +28,22 @@ def _dims(args: argparse.Namespace) -> dict[str, int]:
     return dims
 
 
-def print_summary(plan, out=sys.stdout) -> None:
-    """A readable table: per segment, operators, arrays in compute / memory mode,
-    weight copies, predicted cycles; then the totals."""
+def print_summary(plan, out=sys.stdout, rows: int = 12) -> None:
+    """A readable table: per segment (the first `rows`), operators, arrays in compute /
+    memory mode, weight copies, predicted cycles; then the totals."""
     arch = plan.arch
     out.write(f"{plan.model} on {arch.name} ({arch.arrays} arrays of {arch.rows}x{arch.cols}), "
               f"strategy {plan.strategy}\n")
     out.write(f"{'seg':>4} {'ops':>4}  {'first..last operator':<44} {'compute':>7} "
               f"{'memory':>6} {'copies':>6} {'predicted':>10}\n")
-    for s in plan.segments:
+    for s in plan.segments[:rows]:
         ops = s["operators"]
         span = ops[0] if len(ops) == 1 else f"{ops[0]}..{ops[-1]}"
         copies = sum(s["weight_copies"].values())
         out.write(f"{s['id']:>4} {len(ops):>4}  {span[:44]:<44} {s['compute_arrays']:>7} "
                   f"{s['memory_arrays']:>6} {copies:>6} {s['predicted_cycles']:>10}\n")
+    if len(plan.segments) > rows:
+        out.write(f"   ... {len(plan.segments) - rows} more segments (all of them in --json)\n")
     out.write(f"segments: {len(plan.segments)}   predicted cycles: {plan.predicted_cycles}   "
               f"lower bound: {plan.lower_bound_cycles}   "
               f"ratio: {plan.predicted_cycles / max(plan.lower_bound_cycles, 1):.2f}x\n")

@@ -5,6 +5,7 @@
 set -eu
 venv=${1:-.venv}
 command -v glpsol >/dev/null 2>&1 && exit 0
+for f in "$venv"/lib/python*/site-packages/cmeel.prefix/bin/glpsol; do [ -x "$f" ] && exit 0; done
 if command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get install -y -q glpk-utils >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q glpk-utils >/dev/null 2>&1; }) && exit 0

@@ -9,9 +9,10 @@ Per segment, in order:
    the segment.
 
 Where a tensor lives inside a segment: in the memory-mode arrays of the first matrix
-op that reads it (its feed buffer), else in the global buffer, else in DRAM —
-whichever has room for its streaming window (`Graph.working_set`); tensors the MIP
-spilled, and tensors no operator of the segment reads, go to DRAM.  K-split partial
+op that reads it (its feed buffer), else the global buffer, else any memory-mode
+arrays of the segment, else DRAM — the first with room for its streaming window
+(`Graph.working_set`); tensors the MIP spilled, and tensors no operator of the
+segment reads, go to DRAM.  K-split partial
 sums are reduced explicitly by the `psum_add` vector ops `cim-partition` created.
 """
 
@@ -93,14 +94,18 @@ class _Placer:
         return self.where[t]
 
     def _candidates(self, readers: list[int]) -> list[str]:
-        locs = []
-        for c in readers:
-            mem = _range(self.graph.ops[c].op, "memory")
-            if mem is not None:
-                loc = f"a[{mem[0]}:{mem[1]}]"
-                self.free.setdefault(loc, (mem[1] - mem[0]) * self.arch.array_bytes)
-                locs.append(loc)
-        return locs + ["gb"]
+        """The memory arrays of the tensor's first matrix reader (its feed buffer),
+        then the global buffer, then any other memory-mode arrays of the segment: the
+        MIP's capacity constraint pools them all."""
+        own, others = [], []
+        for index in range(self.first, self.last + 1):
+            mem = _range(self.graph.ops[index].op, "memory")
+            if mem is None:
+                continue
+            loc = f"a[{mem[0]}:{mem[1]}]"
+            self.free.setdefault(loc, (mem[1] - mem[0]) * self.arch.array_bytes)
+            (own if index in readers else others).append(loc)
+        return own[:1] + ["gb"] + own[1:] + others
 
 
 def _ref(graph: Graph, t: int, placer: _Placer) -> str:

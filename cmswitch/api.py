@@ -67,18 +67,24 @@ def _all_dialects(ctx: Context) -> None:
         ctx.load_dialect(d)
 
 
-def load_module(model: str | Path, dims: dict[str, int] | None = None) -> ModuleOp:
-    """Import an `.onnx` file or parse an `.mlir` file into a `cim` module.
-    Raises CMSwitchError for a missing/unreadable/invalid file."""
+def load_module(model: str | Path, dims: dict[str, int] | None = None,
+                batch: int | None = None, seq: int | None = None) -> ModuleOp:
+    """Import an `.onnx` file or parse an `.mlir` file into a `cim` module.  `dims`,
+    `batch`, `seq` bind dynamic input dimensions of an ONNX model.  Raises
+    CMSwitchError for a missing/unreadable/invalid file or an unused binding."""
     path = Path(model)
+    if path.is_dir():
+        raise CMSwitchError(f"{model}: is a directory, not a model file")
     if not path.is_file():
         raise CMSwitchError(f"{model}: no such model file")
     if path.suffix == ".onnx":
         from cmswitch.frontend.onnx_importer import import_onnx
 
-        return import_onnx(path, dims=dims, name=path.stem)
+        return import_onnx(path, dims=dims, name=path.stem, batch=batch, seq=seq)
     if path.suffix != ".mlir":
         raise CMSwitchError(f"{model}: expected an .onnx or .mlir model")
+    if dims or batch or seq:
+        raise CMSwitchError(f"{model}: --batch/--seq/--dim apply to ONNX models only")
     from xdsl.utils.exceptions import ParseError, VerifyException
 
     ctx = Context()
@@ -143,7 +149,8 @@ def _segment_rows(graph: Graph, func) -> tuple[list[dict], list[dict]]:
 
 def compile(model: str | Path | ModuleOp, arch: str | None = None,
             strategy: str = "cmswitch", solver: str = "glpk",
-            dims: dict[str, int] | None = None, time_limit: float | None = None) -> Plan:
+            dims: dict[str, int] | None = None, time_limit: float | None = None,
+            batch: int | None = None, seq: int | None = None) -> Plan:
     """Compile a model (path to `.onnx`/`.mlir`, or a `cim` module) for a hardware
     preset or file: cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
     Raises CMSwitchError for bad input, unknown strategy or hardware."""
@@ -158,7 +165,7 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
         raise CMSwitchError(f"unknown strategy '{strategy}' (available: {', '.join(STRATEGIES)})")
     start = time.perf_counter()
     solves, hits = STATS.solves, STATS.hits
-    module = model if isinstance(model, ModuleOp) else load_module(model, dims)
+    module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq)
     hw = load_arch(arch)
     if arch:
         module.attributes[ARCH_ATTR] = StringAttr(arch)

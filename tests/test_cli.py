@@ -28,7 +28,11 @@ def bad_files(tmp_path):
     unknown.write_text("name: x\nbogus: 1\n")
     mlir = tmp_path / "bad.mlir"
     mlir.write_text("func.func @main() {\n  %0 = cim.vector \"relu\" : () -> tensor<4xf32>\n")
-    return dict(garbage=garbage, truncated=truncated, arch=arch, unknown=unknown, mlir=mlir)
+    spaced = tmp_path / "spaced.yaml"
+    spaced.write_text((Path(__file__).parent.parent / "cmswitch/arch/presets/dynaplasia.yaml")
+                      .read_text().replace("name: dynaplasia", "name: my chip"))
+    return dict(garbage=garbage, truncated=truncated, arch=arch, unknown=unknown, mlir=mlir,
+                spaced=spaced)
 
 
 @pytest.mark.parametrize("case,args,message", [
@@ -45,6 +49,10 @@ def bad_files(tmp_path):
     ("opt garbage", ["cmswitch-opt", "{garbage}"], "not an ONNX model"),
     ("opt missing", ["cmswitch-opt", "/no/such.mlir"], "No such file"),
     ("sim missing", ["cmswitch-sim", "/no/such.cmsasm"], "such"),
+    ("batch on fixed shapes", ["cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--batch", "4"],
+     "no input has a dynamic dimension for --batch"),
+    ("spaces in arch name", ["cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", "{spaced}"],
+     "field 'name'"),
 ])
 def test_bad_input_is_one_clean_line(bad_files, case, args, message):
     argv = [BIN / args[0]] + [a.format(**bad_files) for a in args[1:]]
@@ -67,3 +75,25 @@ def test_opt_reads_stdin_and_runs_passes_in_order():
     r = _run(BIN / "cmswitch-opt", "--cim-segment", "--cim-allocate=solver=highs", "-", stdin=src)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("cim.segment") == 2 and "compute_arrays" in r.stdout
+
+
+def test_symbolic_batch_is_bound_by_batch(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((64, 32), np.float32), "fc.weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "fc.weight"], ["y"], name="fc")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])], [w])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    refused = _run(BIN / "cmswitch", "compile", path)
+    assert refused.returncode == 1 and "--dim batch=VALUE" in refused.stderr
+    ok = _run(BIN / "cmswitch", "compile", path, "--batch", "8", "--json", tmp_path / "r.json")
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    ops = json.loads((tmp_path / "r.json").read_text())["operators"]
+    assert [(o["m"], o["k"], o["n"]) for o in ops if o["kind"] == "weight"] == [(8, 64, 32)]

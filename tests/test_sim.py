@@ -509,3 +509,14 @@ def test_simulator_is_independent_of_the_optimizer():
             for name in names:
                 assert not name.startswith(("cmswitch.cost", "cmswitch.solver",
                                             "cmswitch.transforms")), (source, name)
+
+
+def test_transfer_larger_than_the_tensor_is_rejected():
+    text = mutate("MEM.load x@dram -> a[40:48] bytes=25600", "MEM.load x@dram -> a[40:48] bytes=99999999")
+    rejected(text, line_of(text, "MEM.load x@dram"), "declared 25600 bytes")
+
+
+def test_flow_without_segments_is_rejected():
+    header = "\n".join(line for line in VALID.splitlines() if line.startswith((".arch", ".model", ".tensor")))
+    with pytest.raises(CMSwitchError, match="no segments"):
+        simulate(header + "\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    StringConstraints,
     ValidationError,
 )
 
@@ -32,9 +33,9 @@ DEFAULT_ARCH = "dynaplasia"
 class Arch(BaseModel):
     """A dual-mode CIM chip.  Sizes in bytes or bits as named, times in cycles."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]  #: flow-safe name
     arrays: PositiveInt                 #: number of dual-mode arrays
     rows: PositiveInt                   #: cells per array column (weight rows, K direction)
     cols: PositiveInt                   #: cells per array row

@@ -214,20 +214,20 @@ def _read_model(source: str | bytes | os.PathLike, label: str) -> onnx.ModelProt
     return model
 
 
-def _bind_dims(model: onnx.ModelProto, dims: dict[str, int], label: str) -> None:
-    """Replace symbolic dims by their bound values in inputs, outputs and value_info.
-    Raises CMSwitchError for a non-initializer input whose dim is unbound or unknown."""
-    for key, value in dims.items():
-        if not isinstance(value, int) or value <= 0:
-            raise CMSwitchError(f"{label}: dim '{key}' must be a positive integer, got {value!r}")
+def _bind_dims(model: onnx.ModelProto, dims: dict[str, int], label: str,
+               batch: int | None = None, seq: int | None = None) -> None:
+    """Replace symbolic dims of the graph inputs by values: a dim named in ``dims``;
+    else, with ``batch``, any symbolic or unknown dim at axis 0; else, with ``seq``,
+    a symbolic dim whose name contains "seq".  Values propagate to every tensor with
+    the same dim name.  Raises CMSwitchError for a dim left unbound, or for a binding
+    no input uses (a user asking for batch 4 must not silently get batch 1)."""
+    for key, value in [*dims.items(), ("--batch", batch), ("--seq", seq)]:
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise CMSwitchError(f"{label}: {key} must be a positive integer, got {value!r}")
     graph = model.graph
     inits = {t.name for t in graph.initializer}
-    for vi in [*graph.input, *graph.output, *graph.value_info]:
-        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
-            continue
-        for dim in vi.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param") and dim.dim_param in dims:
-                dim.dim_value = dims[dim.dim_param]
+    named = dict(dims)
+    used: set[str] = set()
     for vi in graph.input:
         if vi.name in inits:
             continue
@@ -238,11 +238,37 @@ def _bind_dims(model: onnx.ModelProto, dims: dict[str, int], label: str) -> None
         for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
             if dim.HasField("dim_value"):
                 continue
-            what = f"symbolic dim '{dim.dim_param}'" if dim.dim_param else "an unknown dim"
-            raise CMSwitchError(
-                f"{label}: input '{vi.name}' has {what} at axis {axis}; bind it with "
-                f"dims={{'{dim.dim_param or 'name'}': value}}"
-            )
+            param = dim.dim_param
+            if param in dims:
+                used.add(param)
+            elif axis == 0 and batch is not None:
+                used.add("--batch")
+                if not param:
+                    dim.dim_value = batch
+                    continue
+                named[param] = batch
+            elif seq is not None and "seq" in param.lower():
+                used.add("--seq")
+                named[param] = seq
+            else:
+                what = f"symbolic dim '{param}'" if param else "an unnamed dynamic dim"
+                hint = f"--dim {param}=VALUE" if param else "--batch N (axis 0 only)"
+                raise CMSwitchError(
+                    f"{label}: input '{vi.name}' has {what} at axis {axis}; bind it with {hint}"
+                )
+    unused = [k for k in dims if k not in used]
+    unused += [k for k, v in (("--batch", batch), ("--seq", seq)) if v is not None and k not in used]
+    if unused:
+        raise CMSwitchError(
+            f"{label}: no input has a dynamic dimension for {', '.join(unused)} "
+            "(the model's input shapes are fixed there)"
+        )
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in named:
+                dim.dim_value = named[dim.dim_param]
 
 
 def _infer(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -713,12 +739,14 @@ def _lower_node(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
 
 
 def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None = None,
-                name: str | None = None, *, filename: str | None = None) -> ModuleOp:
+                name: str | None = None, *, filename: str | None = None,
+                batch: int | None = None, seq: int | None = None) -> ModuleOp:
     """Import an ONNX model as ``builtin.module attributes {cim.model = "<name>"}``
     holding ``func.func @main(inputs...) -> (outputs...)`` in the `cim` dialect.
 
     source:   a path, or the raw bytes of a model (external weight data is not read).
-    dims:     values for symbolic input dims, e.g. ``{"batch": 1}``.
+    dims:     values for symbolic input dims by name, e.g. ``{"batch": 1}``.
+    batch:    value for the dynamic axis-0 dim of the inputs; seq: for "seq*" dims.
     name:     the model name (default: the file stem, else the graph name).
     filename: label for error messages when ``source`` is bytes.
 
@@ -739,7 +767,7 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
     graph = model.graph
     model_name = name or (None if is_bytes else Path(label).stem) or graph.name or "model"
     ctx = _Ctx(label=label)
-    _bind_dims(model, dims or {}, label)
+    _bind_dims(model, dims or {}, label, batch, seq)
     folded = _classify(graph, ctx)
     model = _infer(model, label)
     graph = model.graph

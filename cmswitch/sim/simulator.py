@@ -706,6 +706,10 @@ class _Machine:
     def do_MEM(self, st: Statement, touched: set) -> _Stream:
         stream = _Stream(st.line, "data")
         self.read(st.reads[0], st, stream, st.nbytes, touched)
+        declared = self.tensor(st.reads[0], st).nbytes
+        if st.nbytes > declared:
+            self.fail(f"{st.opcode} moves {st.nbytes} bytes of {st.reads[0].tensor}, "
+                      f"declared {declared} bytes")
         self.write(st.writes[0], st, stream, st.nbytes, touched)
         stream.chunks = min(CHUNKS, max(1, st.nbytes))
         return stream
@@ -902,6 +906,8 @@ class _Machine:
     def report(self) -> dict:
         if self.arch is None:
             raise CMSwitchError(f"{self.name}: the flow has no `.arch` header")
+        if not self.segments:
+            raise CMSwitchError(f"{self.name}: the flow has no segments")
         for decl in self.tensors.values():
             if decl.is_output and decl.name not in self.dram:
                 self.fail(f"output tensor {decl.name} is never stored to dram", decl.line)

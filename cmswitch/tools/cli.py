@@ -16,10 +16,6 @@ from cmswitch.errors import CMSwitchError
 
 def _dims(args: argparse.Namespace) -> dict[str, int]:
     dims: dict[str, int] = {}
-    if args.batch is not None:
-        dims.update({"batch": args.batch, "batch_size": args.batch, "N": args.batch})
-    if args.seq is not None:
-        dims.update({"seq": args.seq, "sequence": args.seq, "sequence_length": args.seq})
     for item in args.dim or []:
         name, sep, value = item.partition("=")
         if not sep or not value.isdigit() or int(value) <= 0:
@@ -56,8 +52,10 @@ def _compile(args: argparse.Namespace) -> int:
 
     plan = compile_model(args.model, arch=args.arch, strategy=args.strategy,
                          solver=args.solver, dims=_dims(args),
-                         time_limit=args.time_limit)
-    if args.output:
+                         time_limit=args.time_limit, batch=args.batch, seq=args.seq)
+    if args.output == "-":
+        sys.stdout.write(plan.flow)
+    elif args.output:
         with open(args.output, "w") as f:
             f.write(plan.flow)
     if args.json:
@@ -67,6 +65,17 @@ def _compile(args: argparse.Namespace) -> int:
     if args.summary or not (args.output or args.json):
         print_summary(plan)
     return 0
+
+
+def _positive(kind):
+    def convert(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,11 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strategy", default="cmswitch", choices=["cmswitch"],
                    help="mapping strategy (baselines follow in later versions)")
     c.add_argument("--solver", default="glpk", choices=["glpk", "highs"], help="MIP solver")
-    c.add_argument("--time-limit", type=float, default=None, help="seconds per MIP solve")
-    c.add_argument("--batch", type=int, default=None, help="bind a symbolic batch dimension")
-    c.add_argument("--seq", type=int, default=None, help="bind a symbolic sequence dimension")
+    c.add_argument("--time-limit", type=_positive(float), default=None,
+                   help="seconds per MIP solve (default 60)")
+    c.add_argument("--batch", type=_positive(int), default=None,
+                   help="bind the dynamic batch (axis 0) dimension of the inputs")
+    c.add_argument("--seq", type=_positive(int), default=None,
+                   help="bind a dynamic sequence dimension (a dim named *seq*)")
     c.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic dimension")
-    c.add_argument("-o", "--output", help="write the .cmsasm flow here")
+    c.add_argument("-o", "--output", help="write the .cmsasm flow here (- for stdout)")
     c.add_argument("--json", help="write the JSON report here")
     c.add_argument("--summary", action="store_true", help="print the segment table")
     c.set_defaults(func=_compile)

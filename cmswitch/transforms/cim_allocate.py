@@ -26,7 +26,7 @@ from cmswitch.cost.graph import Graph, build_graph, segment_problem
 from cmswitch.dialects.cim import SegmentOp, YieldOp, array_prop
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, solve_cached
-from cmswitch.transforms.common import main_func, resolve_arch
+from cmswitch.transforms.common import check_options, check_solver, main_func, resolve_arch
 
 
 def segment_ranges(graph: Graph, segments: list[SegmentOp]) -> list[tuple[int, int]]:
@@ -80,7 +80,11 @@ class CimAllocatePass(ModulePass):
 
     arch: str | None = None
     solver: str = "glpk"
-    time_limit: float = 0.0
+    time_limit: float | int = 0.0
+
+    def __post_init__(self) -> None:
+        check_options(self.name, time_limit=self.time_limit)
+        check_solver(self.name, self.solver)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = resolve_arch(op, self.arch)

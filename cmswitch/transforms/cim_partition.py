@@ -27,7 +27,7 @@ from cmswitch.arch import Arch
 from cmswitch.cost.model import tiles_for
 from cmswitch.dialects.cim import Conv2dOp, MatmulOp, VectorOp, tensor_shape
 from cmswitch.errors import CMSwitchError
-from cmswitch.transforms.common import main_func, resolve_arch
+from cmswitch.transforms.common import check_options, main_func, resolve_arch
 
 
 def _ranges(total: int, step: int) -> list[tuple[int, int]]:
@@ -145,6 +145,9 @@ class CimPartitionPass(ModulePass):
 
     arch: str | None = None
     max_arrays: int = 0
+
+    def __post_init__(self) -> None:
+        check_options(self.name, max_arrays=self.max_arrays)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = resolve_arch(op, self.arch)

@@ -29,7 +29,7 @@ from cmswitch.cost.graph import Graph, build_graph, segment_problem
 from cmswitch.dialects.cim import SegmentOp, YieldOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, solve_cached
-from cmswitch.transforms.common import main_func, resolve_arch
+from cmswitch.transforms.common import check_options, check_solver, main_func, resolve_arch
 
 
 DEFAULT_WINDOW = 6
@@ -126,8 +126,12 @@ class CimSegmentPass(ModulePass):
 
     arch: str | None = None
     solver: str = "glpk"
-    time_limit: float = 0.0
+    time_limit: float | int = 0.0
     window: int = DEFAULT_WINDOW
+
+    def __post_init__(self) -> None:
+        check_options(self.name, time_limit=self.time_limit, window=self.window)
+        check_solver(self.name, self.solver)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = resolve_arch(op, self.arch)

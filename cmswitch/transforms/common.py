@@ -16,12 +16,31 @@ def resolve_arch(module: ModuleOp, option: str | None) -> Arch:
     """The hardware of a pass: its ``arch`` option, else the module's ``cim.arch``
     attribute, else the default preset.  Records the choice on the module so later
     passes and the flow use the same hardware.  Raises CMSwitchError for a bad one."""
-    spec = option
-    if spec is None and isinstance(module.attributes.get(ARCH_ATTR), StringAttr):
-        spec = module.attributes[ARCH_ATTR].data
-    arch = load_arch(spec)
-    module.attributes[ARCH_ATTR] = StringAttr(spec or arch.name)
+    recorded = module.attributes.get(ARCH_ATTR)
+    recorded = recorded.data if isinstance(recorded, StringAttr) else None
+    arch = load_arch(option or recorded)
+    if option and recorded and load_arch(recorded) != arch:
+        raise CMSwitchError(
+            f"arch={option} conflicts with the hardware the module was compiled for "
+            f"({recorded}); give the same arch to every pass"
+        )
+    module.attributes[ARCH_ATTR] = StringAttr(option or recorded or arch.name)
     return arch
+
+
+def check_options(pass_name: str, **values: float) -> None:
+    """Pass options that must not be negative.  Raises ValueError (a usage error)."""
+    for key, value in values.items():
+        if value < 0:
+            raise ValueError(f"{pass_name}: {key.replace('_', '-')} must be >= 0, got {value}")
+
+
+def check_solver(pass_name: str, solver: str) -> None:
+    """Raises ValueError (a usage error) for an unknown MIP solver name."""
+    from cmswitch.solver.mip import SOLVERS
+
+    if solver not in SOLVERS:
+        raise ValueError(f"{pass_name}: solver must be one of {', '.join(SOLVERS)}, got '{solver}'")
 
 
 def main_func(module: ModuleOp) -> FuncOp:

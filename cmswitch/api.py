@@ -100,14 +100,16 @@ def load_module(model: str | Path, dims: dict[str, int] | None = None,
 
 
 def lower_bound(graph: Graph, arch: Arch) -> int:
-    """Cycles no schedule can beat: the compute bound (array-cycles of all MVM work,
-    ``sum_i a_i * M_i * mvm_cycles``, over all arrays) or the bandwidth bound (weights,
-    model inputs and outputs must cross the chip boundary at ``external_bw_bytes``),
-    whichever is larger."""
+    """Cycles no schedule can beat, the largest of: the compute bound (array-cycles of
+    all MVM work, ``sum_i a_i * M_i * mvm_cycles``, over all arrays); the bandwidth
+    bound (weights, model inputs and outputs cross the chip boundary at
+    ``external_bw_bytes``); the programming bound (every weight is written into arrays
+    once at ``weight_write_bw_bytes``)."""
     work = sum(o.cost.arrays * o.cost.compute for o in graph.ops if o.cost.arrays)
-    boundary = sum(o.cost.weight_bytes for o in graph.ops if o.cost.kind == "weight")
-    boundary += sum(t.bytes for t in graph.tensors if t.producer is None or t.is_output)
-    return round(max(work / arch.arrays, boundary / arch.external_bw_bytes))
+    weights = sum(o.cost.weight_bytes for o in graph.ops if o.cost.kind == "weight")
+    boundary = weights + sum(t.bytes for t in graph.tensors if t.producer is None or t.is_output)
+    return round(max(work / arch.arrays, boundary / arch.external_bw_bytes,
+                     weights / arch.weight_write_bw_bytes))
 
 
 def _segment_rows(graph: Graph, func) -> tuple[list[dict], list[dict]]:

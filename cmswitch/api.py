@@ -69,10 +69,18 @@ def _all_dialects(ctx: Context) -> None:
 
 def load_module(model: str | Path, dims: dict[str, int] | None = None,
                 batch: int | None = None, seq: int | None = None) -> ModuleOp:
-    """Import an `.onnx` file or parse an `.mlir` file into a `cim` module.  `dims`,
-    `batch`, `seq` bind dynamic input dimensions of an ONNX model.  Raises
+    """Import an `.onnx` file, parse an `.mlir` file, or build a published transformer
+    configuration by name (``llama2-7b``, ``opt-13b``, ``bert-base``, ...; `batch`
+    default 1, `seq` default 128) into a `cim` module.  For ONNX, `dims`, `batch`,
+    `seq` bind dynamic input dimensions.  Raises
     CMSwitchError for a missing/unreadable/invalid file or an unused binding."""
     path = Path(model)
+    if not path.exists() and not path.suffix:
+        from cmswitch.frontend.configs import build_transformer
+
+        if dims:
+            raise CMSwitchError(f"{model}: --dim applies to ONNX models; use --batch and --seq")
+        return build_transformer(str(model), batch or 1, seq or 128)
     if path.is_dir():
         raise CMSwitchError(f"{model}: is a directory, not a model file")
     if not path.is_file():

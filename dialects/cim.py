@@ -56,7 +56,7 @@ VECTOR_KINDS: dict[str, str] = {
             "erf", "tanh", "sigmoid", "relu", "clip", "gelu", "silu", "cos", "sin",
             "where", "isnan", "not", "equal", "less", "greater", "and", "or", "cast",
             "max", "min",
-            "softmax", "layernorm", "reduce_mean", "reduce_sum", "reduce_max",
+            "softmax", "layernorm", "rmsnorm", "reduce_mean", "reduce_sum", "reduce_max",
             "maxpool", "avgpool", "global_avgpool", "psum_add",
         )
     },

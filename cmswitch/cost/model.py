@@ -29,7 +29,7 @@ from cmswitch.dialects.cim import (
 #: multiply-add or compare counts 1; exp/div-heavy kernels count more).
 #: Pooling and reductions are priced per *input* element instead (see `vector_ops`).
 OPS_PER_ELEMENT: dict[str, int] = {
-    "softmax": 5, "layernorm": 8, "gelu": 8, "silu": 4, "sigmoid": 4, "tanh": 4,
+    "softmax": 5, "layernorm": 8, "rmsnorm": 5, "gelu": 8, "silu": 4, "sigmoid": 4, "tanh": 4,
     "erf": 4, "exp": 2, "pow": 2, "sqrt": 2, "reciprocal": 2, "div": 2,
     "cos": 4, "sin": 4,
 }

@@ -37,6 +37,10 @@ from cmswitch.cost.graph import SegmentProblem
 from cmswitch.errors import CMSwitchError
 
 SOLVERS = ("glpk", "highs")
+T_SLACK = 1e-4
+"""Stage 2 fixes the throughput at ``T*(1 - T_SLACK)``: a margin wide enough that the
+stage-1 optimum stays feasible after the solver's rounding (with 1e-6, GLPK spent its
+whole time limit on near-infeasible knapsacks on the PRIME preset)."""
 DEFAULT_TIME_LIMIT = 60.0
 """Seconds per MIP solve when none is given: a safety net, reported when hit."""
 
@@ -242,7 +246,7 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     copies = tuple(round(model.d[i].value) if i in mat else 0 for i in range(len(problem.ops)))
     memory = tuple(round(model.m[i].value) if i in mat else 0 for i in range(len(problem.ops)))
     kept = tuple(bool(round(model.y[e].value)) for e in range(len(problem.edges)))
-    latency = scale / (t_best * (1 - 1e-6))
+    latency = scale / t_best
     load = load_cycles(problem, copies, arch)
     fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
     return Allocation(copies, memory, kept, latency, load, fill, load + latency + fill,
@@ -254,7 +258,7 @@ def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float 
     """Re-solve with the throughput fixed at its optimum for the tie-break objective."""
     import pyomo.environ as pyo
 
-    model, mat, _ = _build(problem, arch, t_fixed=t_best * (1 - 1e-6))
+    model, mat, _ = _build(problem, arch, t_fixed=t_best * (1 - T_SLACK))
     # Stage 2: the fewest weight-load cycles, then the fewest memory arrays.  Integer
     # coefficients only: epsilon tie-break weights made GLPK's branch and bound crawl.
     model.tie = pyo.Objective(

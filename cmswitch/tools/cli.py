@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "CMSwitch: dual-mode-aware DNN compiler for computing-in-memory accelerators"))
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="compile a model to a meta-operator flow")
-    c.add_argument("model", help="an .onnx or .mlir model")
+    c.add_argument("model", help="an .onnx or .mlir model, or a published configuration: "
+                   "bert-base, bert-large, llama2-7b, opt-6.7b, opt-13b")
     c.add_argument("--arch", default=None, help="hardware preset (dynaplasia, prime) or YAML/JSON file")
     c.add_argument("--strategy", default="cmswitch", choices=["cmswitch"],
                    help="mapping strategy (baselines follow in later versions)")

@@ -1,0 +1,159 @@
+"""Transformer models built from their published hyper-parameters (DESIGN.md §7).
+
+`build_transformer` emits the `cim` graph of a prefill pass — embedding, every decoder
+(or encoder) layer, final norm and LM head — without materializing any weight, so
+LLaMA2-7B (6.7 GB of weights) or OPT-13B compile like a small ONNX file.  The
+operators and shapes follow the Hugging Face implementations that the bundled ONNX
+exports come from (a test checks LLaMA's first two layers against
+`models/llama2_7b_2layers.onnx`).
+
+Sources of the hyper-parameters (layers, hidden size, heads, FFN size, vocabulary):
+bert-base-uncased / bert-large-uncased `config.json` (Devlin et al., 2019);
+meta-llama/Llama-2-7b-hf `config.json` (Touvron et al., 2023);
+facebook/opt-6.7b and facebook/opt-13b `config.json` (Zhang et al., 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.dialects import func
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, TensorType, f32, i64
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
+
+from cmswitch.dialects.cim import DynMatmulOp, MatmulOp, VectorOp
+from cmswitch.errors import CMSwitchError
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Published hyper-parameters.  style: "bert" (post-norm encoder, GELU FFN),
+    "llama" (pre-RMSNorm decoder, rotary embedding, gated SiLU FFN, LM head) or
+    "opt" (pre-LayerNorm decoder, ReLU FFN, LM head)."""
+
+    name: str
+    style: str
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+
+
+CONFIGS: dict[str, TransformerConfig] = {
+    c.name: c
+    for c in (
+        TransformerConfig("bert-base", "bert", 12, 768, 12, 3072, 30522),
+        TransformerConfig("bert-large", "bert", 24, 1024, 16, 4096, 30522),
+        TransformerConfig("llama2-7b", "llama", 32, 4096, 32, 11008, 32000),
+        TransformerConfig("opt-6.7b", "opt", 32, 4096, 32, 16384, 50272),
+        TransformerConfig("opt-13b", "opt", 40, 5120, 40, 20480, 50272),
+    )
+}
+
+
+class _Builder:
+    """Appends `cim` ops to a block, naming every value."""
+
+    def __init__(self, batch: int, seq: int):
+        self.batch, self.seq = batch, seq
+        self.ops: list[Operation] = []
+
+    def t(self, *shape: int) -> TensorType:
+        return TensorType(f32, list(shape))
+
+    def add(self, op: Operation, name: str) -> SSAValue:
+        self.ops.append(op)
+        op.results[0].name_hint = name
+        return op.results[0]
+
+    def vec(self, kind: str, inputs: list[SSAValue], shape: tuple[int, ...], name: str,
+            **attrs: int) -> SSAValue:
+        extra: dict[str, Attribute] = {k: IntegerAttr(v, i64) for k, v in attrs.items()}
+        return self.add(VectorOp(kind, inputs, [self.t(*shape)], extra), name)
+
+    def linear(self, x: SSAValue, n: int, weight: str, name: str) -> SSAValue:
+        return self.add(MatmulOp(x, self.t(self.batch, self.seq, n), weight), name)
+
+
+def _attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str) -> SSAValue:
+    """Multi-head self-attention: Q, K, V projections, per-head scores Q·Kᵀ, softmax,
+    P·V, output projection.  Shapes ``(B, S, H)`` -> ``(B, heads, S, d)``."""
+    bs, s, h, nh = b.batch, b.seq, cfg.hidden, cfg.heads
+    d = h // nh
+    heads = []
+    for proj in ("q", "k", "v"):
+        y = b.linear(x, h, f"{p}.self_attn.{proj}_proj.weight", f"{p}.{proj}")
+        y = b.vec("reshape", [y], (bs, s, nh, d), f"{p}.{proj}.heads")
+        y = b.vec("transpose", [y], (bs, nh, s, d), f"{p}.{proj}.t")
+        if cfg.style == "llama" and proj in ("q", "k"):  # rotary: x*cos + rotate(x)*sin
+            y = b.vec("mul", [y], (bs, nh, s, d), f"{p}.{proj}.rope")
+        heads.append(y)
+    q, k, v = heads
+    kt = b.vec("transpose", [k], (bs, nh, d, s), f"{p}.kT")
+    scores = b.add(DynMatmulOp(q, kt, b.t(bs, nh, s, s)), f"{p}.scores")
+    probs = b.vec("softmax", [scores], (bs, nh, s, s), f"{p}.probs", axis=-1)
+    ctx = b.add(DynMatmulOp(probs, v, b.t(bs, nh, s, d)), f"{p}.context")
+    ctx = b.vec("transpose", [ctx], (bs, s, nh, d), f"{p}.context.t")
+    ctx = b.vec("reshape", [ctx], (bs, s, h), f"{p}.context.flat")
+    return b.linear(ctx, h, f"{p}.self_attn.o_proj.weight", f"{p}.attn_out")
+
+
+def _ffn(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str) -> SSAValue:
+    shape = (b.batch, b.seq, cfg.ffn)
+    if cfg.style == "llama":
+        gate = b.linear(x, cfg.ffn, f"{p}.mlp.gate_proj.weight", f"{p}.gate")
+        up = b.linear(x, cfg.ffn, f"{p}.mlp.up_proj.weight", f"{p}.up")
+        act = b.vec("silu", [gate], shape, f"{p}.silu")
+        hid = b.vec("mul", [act, up], shape, f"{p}.gated")
+        return b.linear(hid, cfg.hidden, f"{p}.mlp.down_proj.weight", f"{p}.down")
+    up = b.linear(x, cfg.ffn, f"{p}.fc1.weight", f"{p}.fc1")
+    act = b.vec("gelu" if cfg.style == "bert" else "relu", [up], shape, f"{p}.act")
+    return b.linear(act, cfg.hidden, f"{p}.fc2.weight", f"{p}.fc2")
+
+
+def _layer(b: _Builder, cfg: TransformerConfig, x: SSAValue, i: int) -> SSAValue:
+    p = f"layers.{i}"
+    shape = (b.batch, b.seq, cfg.hidden)
+    if cfg.style == "bert":  # post-norm
+        a = b.vec("add", [x, _attention(b, cfg, x, p)], shape, f"{p}.res1")
+        a = b.vec("layernorm", [a], shape, f"{p}.norm1")
+        f = b.vec("add", [a, _ffn(b, cfg, a, p)], shape, f"{p}.res2")
+        return b.vec("layernorm", [f], shape, f"{p}.norm2")
+    kind = "rmsnorm" if cfg.style == "llama" else "layernorm"
+    h = b.vec(kind, [x], shape, f"{p}.norm1")
+    a = b.vec("add", [x, _attention(b, cfg, h, p)], shape, f"{p}.res1")
+    h = b.vec(kind, [a], shape, f"{p}.norm2")
+    return b.vec("add", [a, _ffn(b, cfg, h, p)], shape, f"{p}.res2")
+
+
+def build_transformer(name: str, batch: int = 1, seq: int = 128,
+                      layers: int | None = None) -> ModuleOp:
+    """The `cim` module of a prefill pass of a published model.
+
+    name: one of `CONFIGS`; batch, seq: input shape ``(batch, seq)`` of token ids;
+    layers: keep only the first `layers` layers (default: all).  Raises
+    CMSwitchError for an unknown name or a non-positive size."""
+    cfg = CONFIGS.get(name)
+    if cfg is None:
+        raise CMSwitchError(f"unknown model '{name}': not a file nor a published "
+                            f"configuration ({', '.join(CONFIGS)})")
+    count = cfg.layers if layers is None else layers
+    if min(batch, seq, count) <= 0:
+        raise CMSwitchError(f"{name}: batch, seq and layers must be positive")
+    b = _Builder(batch, seq)
+    block = Block(arg_types=[TensorType(i64, [batch, seq])])
+    block.args[0].name_hint = "input_ids"
+    x = b.vec("gather", [block.args[0]], (batch, seq, cfg.hidden), "embed", table=cfg.vocab)
+    for i in range(count):
+        x = _layer(b, cfg, x, i)
+    if cfg.style != "bert":
+        x = b.vec("layernorm" if cfg.style == "opt" else "rmsnorm", [x],
+                  (batch, seq, cfg.hidden), "final_norm")
+        x = b.linear(x, cfg.vocab, "lm_head.weight", "logits")
+    block.add_ops(b.ops)
+    block.add_op(func.ReturnOp(x))
+    main = func.FuncOp("main", ([block.args[0].type], [x.type]), Region(block))
+    module = ModuleOp([main])
+    module.attributes["cim.model"] = StringAttr(name)
+    return module

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    := out
 
-.PHONY: install demo test pytest lit contract clean
+.PHONY: install demo test bench-compile contract clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: install
 test: install
 	$(BIN)/pytest -q
 	$(BIN)/lit -q filecheck
+
+# Compile time and MIP solve counts, GLPK vs HiGHS (a printed table; takes a few minutes).
+bench-compile: install
+	$(BIN)/python -m cmswitch.bench.compile_time
 
 contract: install
 	../shared/checks/contract

@@ -120,8 +120,9 @@ def lower_bound(graph: Graph, arch: Arch) -> int:
                      weights / arch.weight_write_bw_bytes))
 
 
-def _segment_rows(graph: Graph, func) -> tuple[list[dict], list[dict]]:
+def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict]]:
     index = {o.op: o for o in graph.ops}
+    hw_cells = arch.rows * arch.weights_per_row
     segments, operators = [], []
     for seg in (o for o in func.body.block.ops if isinstance(o, SegmentOp)):
         members = [index[o] for o in seg.body.block.ops if o in index]
@@ -150,6 +151,10 @@ def _segment_rows(graph: Graph, func) -> tuple[list[dict], list[dict]]:
                     "memory_arrays": (lambda v: v[1] - v[0])(mem.get_values()) if mem else 0,
                     "compute_cycles_one_copy": g.cost.compute,
                     "feed_bytes": g.cost.feed, "weight_bytes": g.cost.weight_bytes,
+                    # weights per copy / cells of its arrays: depthwise convs are ~2%
+                    "cell_utilization": round(
+                        g.cost.groups * g.cost.k * g.cost.n
+                        / (g.cost.arrays * hw_cells), 4) if g.cost.kind == "weight" else None,
                 })
             else:
                 row["vector_ops"] = g.cost.vector_ops
@@ -186,7 +191,7 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
     CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
     func = main_func(module)
     graph = build_graph(func, hw)
-    segments, operators = _segment_rows(graph, func)
+    segments, operators = _segment_rows(graph, func, hw)
     bound = lower_bound(graph, hw)
     predicted = sum(s["predicted_cycles"] for s in segments)
     CimToMetaopPass().apply(ctx, module)

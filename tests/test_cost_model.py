@@ -43,3 +43,75 @@ def test_useful_copies_stops_when_loading_costs_more():
     assert useful_copies(2048, 9216, 1, ARCH) == 3
     # Loading dominates (BERT-like: 1024 compute vs 18432 load): never duplicate.
     assert useful_copies(1024, 589824, 60, ARCH) == 1
+
+
+# --- operators built in IR, priced by op_cost (hand-computed expectations) -----------
+
+from xdsl.context import Context  # noqa: E402
+from xdsl.dialects import func  # noqa: E402
+from xdsl.dialects.builtin import ModuleOp, TensorType, f32  # noqa: E402
+from xdsl.ir import Block, Region  # noqa: E402
+
+from cmswitch.cost.model import op_cost  # noqa: E402
+from cmswitch.dialects.cim import Conv2dOp, MatmulOp  # noqa: E402
+from cmswitch.transforms.cim_partition import CimPartitionPass  # noqa: E402
+
+
+def _conv(cin, hw, cout, k, stride=1, pads=(0, 0, 0, 0), dil=1, groups=1, out_hw=None):
+    block = Block(arg_types=[TensorType(f32, [1, cin, hw, hw])])
+    out = TensorType(f32, [1, cout, *out_hw])
+    op = Conv2dOp(block.args[0], out, "w", [k, k], [stride, stride], list(pads), [dil, dil], groups)
+    block.add_op(op)
+    block.add_op(func.ReturnOp(op.output))
+    module = ModuleOp([func.FuncOp("main", ([block.args[0].type], [out]), Region(block))])
+    module.verify()  # the output size must follow from the ONNX formula
+    return module, op
+
+
+def test_conv_1152x1024_needs_104_arrays_and_splits():
+    # 128 channels x 3x3 -> K = 1152 -> ceil(1152/320) = 4 row tiles; N = 1024 ->
+    # ceil(1024/40) = 26 column tiles: 104 arrays > 96.
+    module, op = _conv(128, 14, 1024, 3, pads=(1, 1, 1, 1), out_hw=(14, 14))
+    c = op_cost(op, "w", ARCH)
+    assert (c.m, c.k, c.n, c.tiles, c.arrays) == (196, 1152, 1024, (4, 26), 104)
+    assert c.weight_bytes == 1152 * 1024 and c.feed == 196 * (1152 + 1024)
+    CimPartitionPass().apply(Context(), module)
+    pieces = [o for o in module.walk() if isinstance(o, Conv2dOp)]
+    # max-arrays 48: 4 row tiles x 12 column tiles = 480 output channels per piece.
+    assert [p.im2col_dims()[2] for p in pieces] == [480, 480, 64]
+    assert [op_cost(p, "p", ARCH).arrays for p in pieces] == [48, 48, 8]
+
+
+def test_gemm_257x256_ragged():
+    block = Block(arg_types=[TensorType(f32, [4, 257])])
+    op = MatmulOp(block.args[0], TensorType(f32, [4, 256]), "w")
+    c = op_cost(op, "w", ARCH)
+    assert (c.m, c.k, c.n, c.tiles, c.arrays) == (4, 257, 256, (1, 7), 7)
+    assert c.weight_bytes == 257 * 256 and c.feed == 4 * (257 + 256)
+
+
+def test_grouped_conv_g4():
+    # 64 -> 128 channels, 3x3, g = 4: per group K = 16*9 = 144, N = 32; a 144x32 block
+    # packs min(320//144, 40//32) = 1 group per array -> 4 arrays.
+    _, op = _conv(64, 8, 128, 3, pads=(1, 1, 1, 1), groups=4, out_hw=(8, 8))
+    c = op_cost(op, "w", ARCH)
+    assert (c.m, c.k, c.n, c.groups, c.arrays) == (64, 144, 32, 4, 4)
+    assert c.weight_bytes == 4 * 144 * 32 and c.feed == 4 * 64 * (144 + 32)
+
+
+def test_dilated_stride2_conv():
+    # 32x32, k3, dilation 2, stride 2, pad 2: floor((32 + 4 - 2*2 - 1)/2) + 1 = 16.
+    _, op = _conv(16, 32, 16, 3, stride=2, pads=(2, 2, 2, 2), dil=2, out_hw=(16, 16))
+    assert op_cost(op, "w", ARCH).m == 256 and op.im2col_dims()[1] == 144
+
+
+def test_asymmetric_pads():
+    # pads [top 0, left 1, bottom 2, right 0] on 10x10, k3: H 10+0+2-3+1 = 10, W 10+1+0-3+1 = 9.
+    _, op = _conv(8, 10, 8, 3, pads=(0, 1, 2, 0), out_hw=(10, 9))
+    assert op_cost(op, "w", ARCH).m == 90
+
+
+def test_pointwise_conv():
+    _, op = _conv(256, 7, 64, 1, out_hw=(7, 7))
+    c = op_cost(op, "w", ARCH)
+    assert (c.m, c.k, c.n, c.tiles) == (49, 256, 64, (1, 2))

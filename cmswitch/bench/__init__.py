@@ -1,0 +1,1 @@
+"""CMSwitch: benchmarks (printed tables)."""

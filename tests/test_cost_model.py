@@ -115,3 +115,12 @@ def test_pointwise_conv():
     _, op = _conv(256, 7, 64, 1, out_hw=(7, 7))
     c = op_cost(op, "w", ARCH)
     assert (c.m, c.k, c.n, c.tiles) == (49, 256, 64, (1, 2))
+
+
+def test_compute_and_data_cycles():
+    from cmswitch.cost.model import compute_cycles, data_cycles
+
+    c = _weight_op_cost("conv", 256, 288, 32, 1, ARCH)  # the cim-allocate.mlir example
+    assert compute_cycles(c, 3) == 2048 / 3
+    # 22 memory arrays x 4 B/cycle + the whole 32 B/cycle global buffer = 120 B/cycle.
+    assert data_cycles(c, 22, ARCH, gb_share=32) == 81920 / 120

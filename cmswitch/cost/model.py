@@ -155,3 +155,26 @@ def op_cost(op: Operation, name: str, arch: Arch) -> OpCost:
     if isinstance(op, VectorOp):
         return OpCost(name=name, kind="vector", vector_ops=vector_ops(op))
     raise ValueError(f"no cost model for operation '{op.name}'")
+
+
+def compute_cycles(cost: OpCost, copies: int) -> float:
+    """Cycles for `copies` weight copies to process all input vectors:
+    ``compute / d`` (``M * mvm_cycles / d``; copies split the vectors).  Raises
+    ValueError for fewer than one copy."""
+    if copies < 1:
+        raise ValueError(f"{cost.name}: needs at least one weight copy, got {copies}")
+    return cost.compute / copies
+
+
+def data_cycles(cost: OpCost, memory_arrays: int, arch: Arch, gb_share: float = 0.0,
+                dram_share: float = 0.0) -> float:
+    """Cycles to feed an operator: its feed bytes ``g*M*(K+N)*act_bits/8`` over the
+    bandwidth of its memory-mode arrays (``m * internal_bw_bits/8`` bytes/cycle) plus
+    the shares of the global buffer and DRAM it gets (bytes/cycle).  DESIGN.md §3.
+    Raises ValueError when the operator gets no bandwidth but has data to move."""
+    bandwidth = memory_arrays * arch.internal_bw_bits / 8 + gb_share + dram_share
+    if bandwidth <= 0:
+        if cost.feed:
+            raise ValueError(f"{cost.name}: no bandwidth to feed {cost.feed} bytes")
+        return 0.0
+    return cost.feed / bandwidth

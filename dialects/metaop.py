@@ -67,6 +67,21 @@ def _positive(name: str, attr: IntegerAttr, allow_zero: bool = False) -> int:
     return value
 
 
+def check_placement(op: IRDLOperation) -> None:
+    """Weight placement of load_weight / write_operand: ``tiles = [TK, TN]`` > 0,
+    ``copies`` and ``bytes`` positive, and ``HI-LO == TK*TN*copies`` arrays."""
+    lo, hi = check_range("arrays", op.arrays)
+    tiles = op.tiles.get_values()
+    if len(tiles) != 2 or min(tiles) <= 0:
+        raise VerifyException(f"'tiles' must be [TK, TN] > 0, got {list(tiles)}")
+    copies = _positive("copies", op.copies)
+    _positive("bytes", op.bytes)
+    if hi - lo != tiles[0] * tiles[1] * copies:
+        raise VerifyException(
+            f"{hi - lo} arrays cannot hold {copies} copies of {tiles[0]}x{tiles[1]} tiles"
+        )
+
+
 @irdl_op_definition
 class SwitchOp(IRDLOperation):
     """``CM.switch``: switch arrays LO..HI-1 to memory mode (TOM) or compute mode (TOC).
@@ -114,16 +129,7 @@ class LoadWeightOp(IRDLOperation):
         })
 
     def verify_(self) -> None:
-        lo, hi = check_range("arrays", self.arrays)
-        tiles = self.tiles.get_values()
-        if len(tiles) != 2 or min(tiles) <= 0:
-            raise VerifyException(f"'tiles' must be [TK, TN] > 0, got {list(tiles)}")
-        copies = _positive("copies", self.copies)
-        _positive("bytes", self.bytes)
-        if hi - lo != tiles[0] * tiles[1] * copies:
-            raise VerifyException(
-                f"{hi - lo} arrays cannot hold {copies} copies of {tiles[0]}x{tiles[1]} tiles"
-            )
+        check_placement(self)
 
 
 @irdl_op_definition
@@ -157,14 +163,9 @@ class WriteOperandOp(IRDLOperation):
         })
 
     def verify_(self) -> None:
-        lo, hi = check_range("arrays", self.arrays)
+        check_placement(self)
         check_refs(self.input.data)
-        tiles = self.tiles.get_values()
-        copies = _positive("copies", self.copies)
-        _positive("bytes", self.bytes)
         _positive("instances", self.instances)
-        if len(tiles) != 2 or hi - lo != tiles[0] * tiles[1] * copies:
-            raise VerifyException(f"{hi - lo} arrays cannot hold {copies} copies of tiles {list(tiles)}")
 
 
 @irdl_op_definition

@@ -47,9 +47,21 @@ def print_summary(plan, out=sys.stdout, rows: int = 12) -> None:
               f"compile time: {plan.compile_seconds:.1f} s\n")
 
 
+def _check_writable(path: str | None) -> None:
+    """Fail before compiling, not after, when an output's folder does not exist."""
+    if path and path != "-":
+        from pathlib import Path
+
+        folder = Path(path).resolve().parent
+        if not folder.is_dir():
+            raise CMSwitchError(f"{path}: folder {folder} does not exist")
+
+
 def _compile(args: argparse.Namespace) -> int:
     from cmswitch.api import compile as compile_model
 
+    _check_writable(args.output)
+    _check_writable(args.json)
     plan = compile_model(args.model, arch=args.arch, strategy=args.strategy,
                          solver=args.solver, dims=_dims(args),
                          time_limit=args.time_limit, batch=args.batch, seq=args.seq)

@@ -47,6 +47,9 @@ def main_func(module: ModuleOp) -> FuncOp:
     """The module's single `func.func` holding the model.  Raises CMSwitchError if
     there is none or more than one."""
     funcs = [op for op in module.ops if isinstance(op, FuncOp)]
+    if not funcs and any(op.name == "metaop.segment" for op in module.ops):
+        raise CMSwitchError("the module is already a meta-operator flow (cim-to-metaop ran); "
+                            "graph passes need the cim graph")
     if len(funcs) != 1:
         raise CMSwitchError(f"expected one func.func holding the model, found {len(funcs)}")
     return funcs[0]

@@ -19,7 +19,7 @@ from cmswitch.dialects.cim import SegmentOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.transforms.common import ARCH_ATTR, main_func
 
-STRATEGIES = ("cmswitch",)
+STRATEGIES = ("cmswitch", "cimmlc")
 
 
 @dataclass
@@ -162,6 +162,19 @@ def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict
     return segments, operators
 
 
+def _apply_cimmlc(module: ModuleOp, arch: Arch) -> None:
+    """Segment and allocate with the all-compute CIM-MLC baseline."""
+    from cmswitch.strategies.cimmlc import cimmlc_plan
+    from cmswitch.transforms.cim_allocate import write_allocation
+    from cmswitch.transforms.cim_segment import wrap_segments
+
+    func = main_func(module)
+    graph = build_graph(func, arch)
+    plan = cimmlc_plan(graph, arch)
+    for seg, choice in zip(wrap_segments(func, graph, plan), plan):
+        write_allocation(graph, seg, choice.first, choice.last, choice.alloc, arch)
+
+
 def compile(model: str | Path | ModuleOp, arch: str | None = None,
             strategy: str = "cmswitch", solver: str = "glpk",
             dims: dict[str, int] | None = None, time_limit: float | None = None,
@@ -187,8 +200,11 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
     ctx = Context()
     _all_dialects(ctx)
     CimPartitionPass().apply(ctx, module)
-    CimSegmentPass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
-    CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
+    if strategy == "cimmlc":
+        _apply_cimmlc(module, hw)
+    else:
+        CimSegmentPass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
+        CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
     func = main_func(module)
     graph = build_graph(func, hw)
     segments, operators = _segment_rows(graph, func, hw)

@@ -85,3 +85,14 @@ def test_mip_matches_brute_force(seed: int, solver: str):
     got = solve_segment(p, arch, solver)
     assert got.latency == pytest.approx(want, rel=1e-4)
     assert sum(op.arrays * d + m for op, d, m in zip(p.ops, got.copies, got.memory)) <= arch.arrays
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fixed_allocation_evaluator_agrees_with_mip(seed: int):
+    from cmswitch.solver.mip import evaluate_allocation
+
+    arch = arch_from_dict(SMALL)
+    p = _random_problem(random.Random(seed), arch)
+    got = solve_segment(p, arch, "highs")
+    again = evaluate_allocation(p, got.copies, got.memory, got.kept, arch)
+    assert again.latency == pytest.approx(got.latency, rel=2e-4)

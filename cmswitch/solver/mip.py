@@ -300,3 +300,43 @@ def solve_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     STATS.solves += 1
     _CACHE[key] = solve_segment(problem, arch, solver, time_limit)
     return _CACHE[key]
+
+
+def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...],
+                        memory: tuple[int, ...], kept: tuple[bool, ...], arch: Arch,
+                        status: str = "fixed") -> Allocation:
+    """Price a *fixed* allocation with the MIP's constraints (no solver): the smallest
+    latency ``L`` at which every constraint holds, with the global buffer's bandwidth
+    shared optimally (``sum_i max(0, f_i/L - ib*m_i) <= gb_bw``, found by bisection).
+    Used by the baselines; on the MIP's own answer it returns the MIP's latency.
+    Raises CMSwitchError if the allocation exceeds the arrays or the capacity."""
+    ops, ib = problem.ops, arch.internal_bw_bits / 8
+    used = sum(op.arrays * d + m for op, d, m in zip(ops, copies, memory))
+    if used > arch.arrays:
+        raise CMSwitchError(f"allocation uses {used} arrays, the chip has {arch.arrays}")
+    window = sum(e.window for e, k in zip(problem.edges, kept) if k)
+    if window > arch.global_buffer_bytes + arch.array_bytes * sum(memory):
+        raise CMSwitchError("allocation keeps more data on chip than fits")
+    dram = problem.live_in + problem.live_out + sum(
+        2 * e.bytes for e, k in zip(problem.edges, kept) if not k)
+    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic")
+    low = max([1.0, dram / arch.external_bw_bytes, writes / arch.weight_write_bw_bytes,
+               sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle]
+              + [op.compute / d for op, d in zip(ops, copies) if op.arrays])
+
+    def fed(lat: float) -> bool:
+        need = sum(max(0.0, op.feed / lat - ib * m) for op, m in zip(ops, memory) if op.arrays)
+        return need <= arch.global_buffer_bw_bytes * (1 + 1e-12)
+
+    high = low
+    while not fed(high):
+        high *= 2
+    if high > low:
+        lo = high / 2 if high / 2 >= low else low
+        for _ in range(60):
+            mid = (lo + high) / 2
+            lo, high = (lo, mid) if fed(mid) else (mid, high)
+    load = load_cycles(problem, copies, arch)
+    fill = sum(arch.mvm_cycles for op in ops if op.arrays)
+    return Allocation(tuple(copies), tuple(memory), tuple(kept), high, load, fill,
+                      load + high + fill, status)

@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="an .onnx or .mlir model, or a published configuration: "
                    "bert-base, bert-large, llama2-7b, opt-6.7b, opt-13b")
     c.add_argument("--arch", default=None, help="hardware preset (dynaplasia, prime) or YAML/JSON file")
-    c.add_argument("--strategy", default="cmswitch", choices=["cmswitch"],
-                   help="mapping strategy (baselines follow in later versions)")
+    c.add_argument("--strategy", default="cmswitch", choices=["cmswitch", "cimmlc"],
+                   help="cmswitch (DP + MIP, dual-mode) or the all-compute CIM-MLC baseline")
     c.add_argument("--solver", default="glpk", choices=["glpk", "highs"], help="MIP solver")
     c.add_argument("--time-limit", type=_positive(float), default=None,
                    help="seconds per MIP solve (default 60)")

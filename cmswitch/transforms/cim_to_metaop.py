@@ -113,7 +113,7 @@ def _ref(graph: Graph, t: int, placer: _Placer) -> str:
 
 
 def _lower_op(gop: GraphOp, graph: Graph, placer: _Placer, arch: Arch) -> list[Operation]:
-    spill = set(_range(gop.op, "spill") or ()) if "spill" in gop.op.attributes else set()
+    spill = set(_range(gop.op, "spill") or ())
     for pos, t in enumerate(gop.outputs):
         placer.place(t, spilled=pos in spill)
     outs = ",".join(_ref(graph, t, placer) for t in gop.outputs)

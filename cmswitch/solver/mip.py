@@ -235,10 +235,12 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     model.obj = pyo.Objective(expr=model.T, sense=pyo.maximize)
     status = _run(model, solver, time_limit)
     if model.T.value is None:
-        raise CMSwitchError(f"segment MIP found no feasible allocation ({status})")
+        hint = "; allow more time (--time-limit, or time-limit= on the pass)" \
+            if "time" in status.lower() else ""
+        raise CMSwitchError(f"segment MIP found no feasible allocation ({status}){hint}")
     t_best = max(pyo.value(model.T), 1e-12)
     if mat:
-        model, status = _stage2(problem, arch, solver, time_limit, t_best, status)
+        model, status = _stage2(problem, arch, solver, time_limit, t_best, status, model)
     copies = tuple(round(model.d[i].value) if i in mat else 0 for i in range(len(problem.ops)))
     memory = tuple(round(model.m[i].value) if i in mat else 0 for i in range(len(problem.ops)))
     kept = tuple(bool(round(model.y[e].value)) for e in range(len(problem.edges)))
@@ -250,8 +252,9 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
 
 
 def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float | None,
-            t_best: float, status: str):
-    """Re-solve with the throughput fixed at its optimum for the tie-break objective."""
+            t_best: float, status: str, stage1):
+    """Re-solve with the throughput fixed at its optimum for the tie-break objective.
+    If that finds no solution in time, keep the stage-1 solution and say so."""
     import pyomo.environ as pyo
 
     model, mat, _ = _build(problem, arch, t_fixed=t_best * (1 - T_SLACK))
@@ -265,11 +268,10 @@ def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float 
     )
     status2 = _run(model, solver, time_limit)
     if model.d[mat[0]].value is None:
-        raise CMSwitchError(f"segment MIP tie-break found no solution ({status2})")
+        return stage1, f"{status}; tie-break found no solution ({status2}), stage-1 plan kept"
     if status2 != "optimal":
         status = f"{status}; tie-break {status2}"
     return model, status
-
 
 
 @dataclass
@@ -285,16 +287,22 @@ _CACHE: dict[tuple, Allocation] = {}
 
 
 def solve_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
-                 time_limit: float | None = None) -> Allocation:
+                 time_limit: float | None = None, label: str = "") -> Allocation:
     """`solve_segment` behind a cache keyed by the problem's structure, the hardware
-    and the solver, so identical segments (repeated blocks) are solved once."""
+    and the solver, so identical segments (repeated blocks) are solved once.  `label`
+    (e.g. ``conv1..relu``) names the segment in errors."""
     key = (problem, arch, solver)
     hit = _CACHE.get(key)
     if hit is not None:
         STATS.hits += 1
         return hit
     STATS.solves += 1
-    _CACHE[key] = solve_segment(problem, arch, solver, time_limit)
+    try:
+        _CACHE[key] = solve_segment(problem, arch, solver, time_limit)
+    except CMSwitchError as e:
+        if not label:
+            raise
+        raise CMSwitchError(f"segment {label}: {e}") from None
     return _CACHE[key]
 
 

@@ -95,5 +95,6 @@ class CimAllocatePass(ModulePass):
         graph = build_graph(func, arch)
         for seg, (first, last) in zip(segments, segment_ranges(graph, segments)):
             problem = segment_problem(graph, first, last)
-            alloc = solve_cached(problem, arch, self.solver, self.time_limit or None)
+            alloc = solve_cached(problem, arch, self.solver, self.time_limit or None,
+                                 f"{graph.ops[first].name}..{graph.ops[last].name}")
             write_allocation(graph, seg, first, last, alloc, arch)

@@ -76,8 +76,9 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
             arrays += sum(o.cost.arrays for o in graph.ops[starts[u]:starts[u + 1]])
             if arrays > arch.arrays or (window and v - u > window):
                 break
-            alloc = solve_cached(segment_problem(graph, starts[u], starts[v] - 1), arch,
-                                 solver, time_limit)
+            first, last = starts[u], starts[v] - 1
+            alloc = solve_cached(segment_problem(graph, first, last), arch, solver, time_limit,
+                                 f"{graph.ops[first].name}..{graph.ops[last].name}")
             total = best[u] + alloc.cycles + boundary
             if total < best[v]:
                 best[v], choice[v] = total, (u, alloc)

@@ -59,6 +59,10 @@ class Graph:
     tensors: list[Tensor]
     value_ids: dict[SSAValue, int]
 
+    def span(self, first: int, last: int) -> str:
+        """``first..last`` operator names: how errors and reports name a segment."""
+        return f"{self.ops[first].name}..{self.ops[last].name}"
+
     def working_set(self, tensor: int, consumer: int) -> int:
         """On-chip bytes a streaming consumer needs of a tensor: a convolution's line
         buffer ``(dil*(kh-1)+1 + stride-1) rows x W x C`` (§9.2); any other consumer

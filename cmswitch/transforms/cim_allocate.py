@@ -26,7 +26,13 @@ from cmswitch.cost.graph import Graph, build_graph, segment_problem
 from cmswitch.dialects.cim import SegmentOp, YieldOp, array_prop
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, solve_cached
-from cmswitch.transforms.common import check_options, check_solver, main_func, resolve_arch
+from cmswitch.transforms.common import (
+    check_options,
+    check_solver,
+    main_func,
+    resolve_arch,
+    segment_ops,
+)
 
 
 def segment_ranges(graph: Graph, segments: list[SegmentOp]) -> list[tuple[int, int]]:
@@ -89,12 +95,10 @@ class CimAllocatePass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = resolve_arch(op, self.arch)
         func = main_func(op)
-        segments = [o for o in func.body.block.ops if isinstance(o, SegmentOp)]
-        if not segments:
-            raise CMSwitchError("cim-allocate: no cim.segment ops; run cim-segment first")
+        segments = segment_ops(func, self.name, "cim-segment")
         graph = build_graph(func, arch)
         for seg, (first, last) in zip(segments, segment_ranges(graph, segments)):
             problem = segment_problem(graph, first, last)
             alloc = solve_cached(problem, arch, self.solver, self.time_limit or None,
-                                 f"{graph.ops[first].name}..{graph.ops[last].name}")
+                                 graph.span(first, last))
             write_allocation(graph, seg, first, last, alloc, arch)

@@ -15,7 +15,6 @@ An ``K x N`` weight with ``tk x tn`` array tiles (``tk = ceil(K/rows)``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, TensorType, i64

@@ -78,7 +78,7 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
                 break
             first, last = starts[u], starts[v] - 1
             alloc = solve_cached(segment_problem(graph, first, last), arch, solver, time_limit,
-                                 f"{graph.ops[first].name}..{graph.ops[last].name}")
+                                 graph.span(first, last))
             total = best[u] + alloc.cycles + boundary
             if total < best[v]:
                 best[v], choice[v] = total, (u, alloc)

@@ -31,7 +31,7 @@ from cmswitch.dialects import metaop
 from cmswitch.dialects.cim import DynMatmulOp, SegmentOp, VectorOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.transforms.cim_allocate import segment_ranges
-from cmswitch.transforms.common import main_func, resolve_arch
+from cmswitch.transforms.common import main_func, resolve_arch, segment_ops
 
 TENSORS_ATTR = "metaop.tensors"
 INPUTS_ATTR = "metaop.inputs"
@@ -192,9 +192,7 @@ class CimToMetaopPass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = resolve_arch(op, self.arch)
         func = main_func(op)
-        segments = [o for o in func.body.block.ops if isinstance(o, SegmentOp)]
-        if not segments:
-            raise CMSwitchError("cim-to-metaop: no cim.segment ops; run cim-segment and cim-allocate first")
+        segments = segment_ops(func, self.name, "cim-segment and cim-allocate")
         graph = build_graph(func, arch)
         modes = ["C"] * arch.arrays
         flow = [lower_segment(graph, seg, first, last, arch, modes)

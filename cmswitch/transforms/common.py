@@ -53,3 +53,14 @@ def main_func(module: ModuleOp) -> FuncOp:
     if len(funcs) != 1:
         raise CMSwitchError(f"expected one func.func holding the model, found {len(funcs)}")
     return funcs[0]
+
+
+def segment_ops(func: FuncOp, pass_name: str, run_first: str) -> list:
+    """The function's `cim.segment` ops in order.  Raises CMSwitchError naming the
+    passes to `run_first` when there are none."""
+    from cmswitch.dialects.cim import SegmentOp
+
+    segments = [o for o in func.body.block.ops if isinstance(o, SegmentOp)]
+    if not segments:
+        raise CMSwitchError(f"{pass_name}: no cim.segment ops; run {run_first} first")
+    return segments

@@ -172,18 +172,42 @@ class SegmentProblem:
     """Input of the segment MIP; hashable, names stripped, so identical segments
     (repeated transformer blocks) share one solve.
 
-    ops: cost records in program order; live_in / live_out: bytes that must cross the
-    chip boundary (read before, written after); edges: internal tensors.
+    ops: cost records in program order; live_in / live_out: bytes that cross the chip
+    boundary through DRAM (read before, written after); edges: internal tensors;
+    held_in / held_out: bytes kept on chip across the boundary before / after the
+    segment (DESIGN.md §9.3) — not DRAM traffic, but they occupy memory for the
+    whole segment.
     """
 
     ops: tuple[OpCost, ...]
     live_in: int
     live_out: int
     edges: tuple[Edge, ...]
+    held_in: int = 0
+    held_out: int = 0
 
 
-def segment_problem(graph: Graph, first: int, last: int) -> SegmentProblem:
-    """The MIP input for operators ``first..last`` (inclusive) of `graph`."""
+def held_tensors(graph: Graph, first: int, last: int, next_last: int) -> tuple[int, ...]:
+    """Tensors that may stay on chip across the boundary after segment
+    ``first..last`` when the next segment is ``last+1..next_last`` (DESIGN.md §9.3,
+    bounded as it suggests): produced in this segment, read after it, read only by
+    the next segment, and not a model output (outputs must reach DRAM anyway)."""
+    held = []
+    for i in range(first, last + 1):
+        for t in graph.ops[i].outputs:
+            tensor = graph.tensors[t]
+            if tensor.is_output or not tensor.consumers:
+                continue
+            if max(tensor.consumers) > last and max(tensor.consumers) <= next_last:
+                held.append(t)
+    return tuple(held)
+
+
+def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...] = (),
+                    held_out: tuple[int, ...] = ()) -> SegmentProblem:
+    """The MIP input for operators ``first..last`` (inclusive) of `graph`; `held_in`
+    / `held_out` are tensor ids kept on chip across the boundary before / after it
+    (from `held_tensors`), which leave the DRAM traffic for the capacity."""
     inside = range(first, last + 1)
     live_in: set[int] = set()
     live_out: set[int] = set()
@@ -200,9 +224,13 @@ def segment_problem(graph: Graph, first: int, last: int) -> SegmentProblem:
             if local:
                 window = max(graph.working_set(t, c) for c in local)
                 edges.append(Edge(tensor.bytes, window))
+    live_in.difference_update(held_in)
+    live_out.difference_update(held_out)
     return SegmentProblem(
         ops=tuple(replace(graph.ops[i].cost, name="") for i in inside),
         live_in=sum(graph.tensors[t].bytes for t in sorted(live_in)),
         live_out=sum(graph.tensors[t].bytes for t in sorted(live_out)),
         edges=tuple(edges),
+        held_in=sum(graph.tensors[t].bytes for t in held_in),
+        held_out=sum(graph.tensors[t].bytes for t in held_out),
     )

@@ -14,11 +14,13 @@ per copy, ``v`` digital-unit ops, ``b_e``/``w_e`` bytes/window of internal edge 
                  (y_e T linearised as z_e: z_e <= T, z_e <= y_e, z_e >= T - (1 - y_e))
              sum_dyn W_i T / S <= weight_write_bw         run-time operand writes
              v T / S <= vector_ops_per_cycle             digital unit
-             sum_e w_e y_e <= gb_bytes + array_bytes * sum m_i   capacity
+             sum_e w_e y_e + held <= gb_bytes + array_bytes * sum m_i   capacity
              sum_i a_i d_i + m_i <= arrays               array budget
              d_i in {1..D_i}, m_i in {0..arrays}, y_e in {0,1}
 
-``ib = internal_bw_bits/8`` bytes/cycle per memory-mode array.  A second solve fixes
+``ib = internal_bw_bits/8`` bytes/cycle per memory-mode array; ``held`` the bytes kept
+on chip across the segment's boundaries (held_in + held_out, DESIGN.md §9.3: they
+are not DRAM traffic but occupy memory all along).  A second solve fixes
 ``T`` at its optimum and minimises the weight-load cycles of the copies, then memory
 arrays (tie-break, §9.9), with an index-weighted epsilon so the optimum is unique and
 the answer does not depend on the solver.
@@ -85,6 +87,19 @@ def load_cycles(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch) ->
         total += max(op.weight_bytes / arch.external_bw_bytes,
                      d * op.weight_bytes / arch.weight_write_bw_bytes)
     return total
+
+
+def holdable(problem: SegmentProblem, arch: Arch) -> bool:
+    """Whether the bytes held across the boundaries fit the most memory the segment
+    can have: the global buffer plus every array left after one copy of each weight
+    (none if the segment has no matrix operator)."""
+    held = problem.held_in + problem.held_out
+    if not held:
+        return True
+    spare = arch.arrays - sum(op.arrays for op in problem.ops)
+    if not any(op.arrays for op in problem.ops):
+        spare = 0
+    return held <= arch.global_buffer_bytes + arch.array_bytes * spare
 
 
 def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
@@ -161,8 +176,9 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
     vops = sum(op.vector_ops for op in ops)
     if vops:
         m.c.add(vops / scale * m.T <= arch.vector_ops_per_cycle)
-    if edges:
-        m.c.add(sum(edge.window * m.y[e] for e, edge in enumerate(edges))
+    held = problem.held_in + problem.held_out
+    if edges or (held and mat):  # holdable() already checked held <= gb without arrays
+        m.c.add(sum(edge.window * m.y[e] for e, edge in enumerate(edges)) + held
                 <= arch.global_buffer_bytes + arch.array_bytes * sum(m.m[i] for i in mat))
     if mat:
         m.c.add(sum(ops[i].arrays * m.d[i] + m.m[i] for i in mat) <= arch.arrays)
@@ -231,6 +247,9 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     if need > arch.arrays:
         raise CMSwitchError(f"segment needs {need} arrays for one copy of its weights, "
                             f"the chip has {arch.arrays}")
+    if not holdable(problem, arch):
+        raise CMSwitchError(f"segment keeps {problem.held_in + problem.held_out} bytes on "
+                            f"chip across its boundaries, more than its free memory")
     model, mat, scale = _build(problem, arch)
     model.obj = pyo.Objective(expr=model.T, sense=pyo.maximize)
     status = _run(model, solver, time_limit)
@@ -319,6 +338,7 @@ def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...],
     if used > arch.arrays:
         raise CMSwitchError(f"allocation uses {used} arrays, the chip has {arch.arrays}")
     window = sum(e.window for e, k in zip(problem.edges, kept) if k)
+    window += problem.held_in + problem.held_out
     if window > arch.global_buffer_bytes + arch.array_bytes * sum(memory):
         raise CMSwitchError("allocation keeps more data on chip than fits")
     dram = problem.live_in + problem.live_out + sum(

@@ -22,10 +22,11 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, i64
 from xdsl.passes import ModulePass
 
 from cmswitch.arch import Arch
-from cmswitch.cost.graph import Graph, build_graph, segment_problem
+from cmswitch.cost.graph import Graph, build_graph, held_tensors, segment_problem
 from cmswitch.dialects.cim import SegmentOp, YieldOp, array_prop
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, solve_cached
+from cmswitch.transforms.cim_segment import HOLD_ATTR
 from cmswitch.transforms.common import (
     check_options,
     check_solver,
@@ -45,6 +46,17 @@ def segment_ranges(graph: Graph, segments: list[SegmentOp]) -> list[tuple[int, i
             raise CMSwitchError(f"cim.segment {seg.id.value.data} is empty")
         ranges.append((min(members), max(members)))
     return ranges
+
+
+def held_plan(graph: Graph, segments: list[SegmentOp]):
+    """``(segment, (first, last), held_in, held_out)`` per segment: the tensor ids kept
+    on chip across each boundary, from the `hold` attributes `cim-segment` wrote."""
+    ranges = segment_ranges(graph, segments)
+    held = [held_tensors(graph, first, last, ranges[k + 1][1])
+            if HOLD_ATTR in seg.attributes and k + 1 < len(ranges) else ()
+            for k, (seg, (first, last)) in enumerate(zip(segments, ranges))]
+    return [(seg, rng, held[k - 1] if k else (), held[k])
+            for k, (seg, rng) in enumerate(zip(segments, ranges))]
 
 
 def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
@@ -97,8 +109,8 @@ class CimAllocatePass(ModulePass):
         func = main_func(op)
         segments = segment_ops(func, self.name, "cim-segment")
         graph = build_graph(func, arch)
-        for seg, (first, last) in zip(segments, segment_ranges(graph, segments)):
-            problem = segment_problem(graph, first, last)
+        for seg, (first, last), held_in, held_out in held_plan(graph, segments):
+            problem = segment_problem(graph, first, last, held_in, held_out)
             alloc = solve_cached(problem, arch, self.solver, self.time_limit or None,
                                  graph.span(first, last))
             write_allocation(graph, seg, first, last, alloc, arch)

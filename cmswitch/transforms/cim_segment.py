@@ -8,10 +8,13 @@ for operators ``i..j-1`` plus the boundary (two `CM.switch` statements)::
     best[0] = 0,  best[j] = min over i < j of best[i] + cost(i, j)
 
 over start positions ``i`` whose segment fits one weight copy of each operator in the
-chip and holds at most ``window`` matrix operators (these bound the window).  The DP is exact for its cost model.  Candidate
-segments are priced with `cmswitch.solver.mip.solve_cached` — the model `cim-allocate`
-uses.  Not yet modelled (see the issues): data held on chip across boundaries, weight
-loads overlapping the previous segment's compute.
+chip and holds at most ``window`` matrix operators (these bound the window).  The state
+also carries what is held on chip at each boundary (DESIGN.md §9.3, bounded as it
+suggests: the tensors a segment passes only to the next one, all held or none), so
+``cost`` depends on the held-in and held-out bytes; a segment that holds carries the
+`hold` unit attribute.  The DP is exact for its cost model.  Candidate segments are
+priced with `cmswitch.solver.mip.solve_cached` — the model `cim-allocate` uses.  Not
+modelled: weight loads overlapping the previous segment's compute (§9.1).
 """
 
 from __future__ import annotations
@@ -19,18 +22,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, UnitAttr, i64
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import Block, Operation, Region
 from xdsl.passes import ModulePass
 
 from cmswitch.arch import Arch
-from cmswitch.cost.graph import Graph, build_graph, segment_problem
+from cmswitch.cost.graph import Graph, build_graph, held_tensors, segment_problem
 from cmswitch.dialects.cim import SegmentOp, YieldOp
 from cmswitch.errors import CMSwitchError
-from cmswitch.solver.mip import Allocation, solve_cached
+from cmswitch.solver.mip import Allocation, holdable, solve_cached
 from cmswitch.transforms.common import check_options, check_solver, main_func, resolve_arch
 
+
+HOLD_ATTR = "hold"
+"""Unit attribute on a `cim.segment`: the tensors it passes only to the next segment
+(`held_tensors`) stay on chip across the boundary instead of going through DRAM."""
 
 DEFAULT_WINDOW = 6
 """Matrix operators per candidate segment (the DP window).  The array budget already
@@ -40,11 +47,14 @@ bounds it; this bound keeps the MIPs small for models of many small layers
 
 @dataclass(frozen=True)
 class SegmentChoice:
-    """Operators ``first..last`` (inclusive) form one segment, priced `alloc`."""
+    """Operators ``first..last`` (inclusive) form one segment, priced `alloc`;
+    `held_in` / `held_out` are the tensor ids kept on chip across its boundaries."""
 
     first: int
     last: int
     alloc: Allocation
+    held_in: tuple[int, ...] = ()
+    held_out: tuple[int, ...] = ()
 
 
 def segment_starts(graph: Graph) -> list[int]:
@@ -53,13 +63,33 @@ def segment_starts(graph: Graph) -> list[int]:
     return starts + [len(graph.ops)]
 
 
+def _next_ends(graph: Graph, starts: list[int], arrays: int, window: int) -> list[list[int]]:
+    """For each start position ``b``, the end positions ``c > b`` such that operators
+    ``starts[b]..starts[c]-1`` fit one weight copy each in the chip and hold at most
+    `window` matrix operators (0: no bound)."""
+    ends: list[list[int]] = []
+    for b in range(len(starts) - 1):
+        used, row = 0, []
+        for c in range(b + 1, len(starts)):
+            used += sum(o.cost.arrays for o in graph.ops[starts[c - 1]:starts[c]])
+            if used > arrays or (window and c - b > window):
+                break
+            row.append(c)
+        ends.append(row)
+    return ends
+
+
 def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
                 time_limit: float | None = None, window: int = 0) -> list[SegmentChoice]:
     """The DP: the cheapest sequence of segments covering all operators, each with at
-    most `window` matrix operators (0: no limit besides the array budget).
+    most `window` matrix operators (0: no limit besides the array budget), and at
+    each boundary the choice to keep the tensors passed to the next segment on chip.
 
-    Raises CMSwitchError if one operator's single weight copy exceeds the chip (run
-    `cim-partition` first)."""
+    State ``(b, c, H)``: the next segment runs positions ``b..c-1`` and receives the
+    tensors ``H`` held on chip; its value is the cost of everything before it.  From it,
+    for every next end ``d`` and ``h in {0, 1}``, the segment is priced with
+    ``held_out = held_tensors(b, c, d) if h else ()``.  Raises CMSwitchError if one
+    operator's single weight copy exceeds the chip (run `cim-partition` first)."""
     for o in graph.ops:
         if o.cost.arrays > arch.arrays:
             raise CMSwitchError(
@@ -67,27 +97,56 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
                 f"the chip has {arch.arrays}: run cim-partition first"
             )
     starts = segment_starts(graph)
-    best = [0.0] + [float("inf")] * (len(starts) - 1)
-    choice: list[tuple[int, Allocation] | None] = [None] * len(starts)
+    last = len(starts) - 1
+    ends = _next_ends(graph, starts, arch.arrays, window)
     boundary = 2 * arch.switch_cycles
-    for v in range(1, len(starts)):
-        arrays = 0
-        for u in range(v - 1, -1, -1):
-            arrays += sum(o.cost.arrays for o in graph.ops[starts[u]:starts[u + 1]])
-            if arrays > arch.arrays or (window and v - u > window):
-                break
-            first, last = starts[u], starts[v] - 1
-            alloc = solve_cached(segment_problem(graph, first, last), arch, solver, time_limit,
-                                 graph.span(first, last))
-            total = best[u] + alloc.cycles + boundary
-            if total < best[v]:
-                best[v], choice[v] = total, (u, alloc)
+    priced: dict[tuple, Allocation | None] = {}
+
+    def price(b: int, c: int, held_in: tuple, held_out: tuple) -> Allocation | None:
+        key = (b, c, held_in, held_out)
+        if key not in priced:
+            first, stop = starts[b], starts[c] - 1
+            problem = segment_problem(graph, first, stop, held_in, held_out)
+            priced[key] = solve_cached(problem, arch, solver, time_limit,
+                                       graph.span(first, stop)) \
+                if holdable(problem, arch) else None
+        return priced[key]
+
+    State = tuple[int, int, tuple]
+    value: dict[State, float] = {(0, c, ()): 0.0 for c in ends[0]}
+    back: dict[State, State | None] = dict.fromkeys(value)
+    buckets: list[list[State]] = [[] for _ in starts]
+    buckets[0] = list(value)
+    best_total, best_end = float("inf"), None
+    for b in range(last):
+        for state in buckets[b]:
+            _, c, held_in = state
+            if c == last:
+                alloc = price(b, c, held_in, ())
+                if alloc is not None and value[state] + alloc.cycles + boundary < best_total:
+                    best_total, best_end = value[state] + alloc.cycles + boundary, state
+                continue
+            for d in ends[c]:
+                hold = held_tensors(graph, starts[b], starts[c] - 1, starts[d] - 1)
+                for held_out in ((), hold) if hold else ((),):
+                    alloc = price(b, c, held_in, held_out)
+                    if alloc is None:
+                        continue
+                    total = value[state] + alloc.cycles + boundary
+                    nxt = (c, d, held_out)
+                    if total < value.get(nxt, float("inf")):
+                        if nxt not in value:
+                            buckets[c].append(nxt)
+                        value[nxt], back[nxt] = total, state
+    if best_end is None:
+        raise CMSwitchError("no segmentation fits the chip")
     result: list[SegmentChoice] = []
-    v = len(starts) - 1
-    while v > 0:
-        u, alloc = choice[v]
-        result.append(SegmentChoice(starts[u], starts[v] - 1, alloc))
-        v = u
+    state, held_out = best_end, ()
+    while state is not None:
+        b, c, held_in = state
+        result.append(SegmentChoice(starts[b], starts[c] - 1, price(b, c, held_in, held_out),
+                                    held_in, held_out))
+        state, held_out = back[state], held_in
     return result[::-1]
 
 
@@ -143,3 +202,5 @@ class CimSegmentPass(ModulePass):
         plan = dp_segments(graph, arch, self.solver, self.time_limit or None, self.window)
         for seg, choice in zip(wrap_segments(func, graph, plan), plan):
             seg.attributes["predicted_cycles"] = IntegerAttr(round(choice.alloc.cycles), i64)
+            if choice.held_out:
+                seg.attributes[HOLD_ATTR] = UnitAttr()

@@ -30,7 +30,7 @@ from cmswitch.cost.graph import Graph, GraphOp, build_graph
 from cmswitch.dialects import metaop
 from cmswitch.dialects.cim import DynMatmulOp, SegmentOp, VectorOp
 from cmswitch.errors import CMSwitchError
-from cmswitch.transforms.cim_allocate import segment_ranges
+from cmswitch.transforms.cim_allocate import held_plan
 from cmswitch.transforms.common import main_func, resolve_arch, segment_ops
 
 TENSORS_ATTR = "metaop.tensors"
@@ -68,12 +68,57 @@ def switch_ops(modes: list[str], compute: list[tuple[int, int]],
 
 
 class _Placer:
-    """Chooses a location per tensor of one segment, within capacities (bytes)."""
+    """Chooses a location per tensor of one segment, within capacities (bytes).
 
-    def __init__(self, graph: Graph, first: int, last: int, arch: Arch):
+    Capacity is tracked per memory-mode array, as the simulator counts it: a tensor
+    window of ``W`` bytes at ``a[LO:HI]`` takes ``ceil(W/(HI-LO))`` bytes of every
+    array in the range.  `carried` are tensors held on chip from the previous segment:
+    ``tensor id -> (location, bytes)``; they occupy their place from the start."""
+
+    def __init__(self, graph: Graph, first: int, last: int, arch: Arch,
+                 carried: dict[int, tuple[str, int]]):
         self.graph, self.first, self.last, self.arch = graph, first, last, arch
-        self.free: dict[str, int] = {"gb": arch.global_buffer_bytes}
+        self.gb_free = arch.global_buffer_bytes
+        self.array_free: dict[int, int] = {}
+        for index in range(first, last + 1):
+            mem = _range(graph.ops[index].op, "memory")
+            for a in range(*mem) if mem else ():
+                self.array_free[a] = arch.array_bytes
         self.where: dict[int, tuple[str, int]] = {}
+        self.held: set[int] = set()
+        """Tensors placed whole to survive into the next segment (written unstreamed)."""
+        for t, (loc, nbytes) in carried.items():
+            if not self.take(loc, nbytes):
+                raise CMSwitchError(f"tensor {graph.tensors[t].name} held at {loc} does not "
+                                    f"fit the memory of the next segment")
+            self.where[t] = (loc, nbytes)
+
+    def take(self, loc: str, nbytes: int) -> bool:
+        """Reserve `nbytes` at `loc` ("gb" or "a[LO:HI]") if it has room."""
+        if loc == "gb":
+            if self.gb_free < nbytes:
+                return False
+            self.gb_free -= nbytes
+            return True
+        lo, hi = (int(x) for x in loc[2:-1].split(":"))
+        share = -(-nbytes // (hi - lo))
+        if any(self.array_free.get(a, -1) < share for a in range(lo, hi)):
+            return False
+        for a in range(lo, hi):
+            self.array_free[a] -= share
+        return True
+
+    def hold(self, t: int, region: tuple[int, int] | None) -> bool:
+        """Place tensor `t` whole where it survives into the next segment: across the
+        memory arrays `region` that stay in memory mode, else the global buffer."""
+        nbytes = self.graph.tensors[t].bytes
+        places = ([f"a[{region[0]}:{region[1]}]"] if region and region[1] > region[0] else [])
+        for loc in places + ["gb"]:
+            if self.take(loc, nbytes):
+                self.where[t] = (loc, nbytes)
+                self.held.add(t)
+                return True
+        return False
 
     def place(self, t: int, spilled: bool = False) -> tuple[str, int]:
         """(location, window bytes) of tensor `t` in this segment."""
@@ -86,8 +131,7 @@ class _Placer:
             return self.where[t]
         window = max(self.graph.working_set(t, c) for c in readers)
         for loc in self._candidates(readers):
-            if self.free.get(loc, 0) >= window:
-                self.free[loc] -= window
+            if self.take(loc, window):
                 self.where[t] = (loc, window)
                 return self.where[t]
         self.where[t] = ("dram", tensor.bytes)
@@ -102,14 +146,20 @@ class _Placer:
             mem = _range(self.graph.ops[index].op, "memory")
             if mem is None:
                 continue
-            loc = f"a[{mem[0]}:{mem[1]}]"
-            self.free.setdefault(loc, (mem[1] - mem[0]) * self.arch.array_bytes)
-            (own if index in readers else others).append(loc)
+            (own if index in readers else others).append(f"a[{mem[0]}:{mem[1]}]")
         return own[:1] + ["gb"] + own[1:] + others
 
 
 def _ref(graph: Graph, t: int, placer: _Placer) -> str:
     return f"{graph.tensors[t].name}@{placer.place(t)[0]}"
+
+
+def _window(gop: GraphOp, placer: _Placer) -> int | None:
+    """The streaming window of an op's outputs (the first's); None (whole tensors
+    stay) if one of them is held for the next segment."""
+    if placer.held.intersection(gop.outputs):
+        return None
+    return placer.where[gop.outputs[0]][1]
 
 
 def _lower_op(gop: GraphOp, graph: Graph, placer: _Placer, arch: Arch) -> list[Operation]:
@@ -120,10 +170,10 @@ def _lower_op(gop: GraphOp, graph: Graph, placer: _Placer, arch: Arch) -> list[O
     cost = gop.cost
     if isinstance(gop.op, VectorOp):
         ins = ",".join(_ref(graph, t, placer) for t in gop.inputs) or None
-        window = placer.where[gop.outputs[0]][1]
+        window = _window(gop, placer)
         return [metaop.VecOp(gop.op.kind.data, gop.name, cost.vector_ops, ins, outs, window)]
     lo, hi = _range(gop.op, "arrays")
-    window = placer.where[gop.outputs[0]][1]
+    window = _window(gop, placer)
     if isinstance(gop.op, DynMatmulOp):
         copies = (hi - lo) // cost.arrays
         write = metaop.WriteOperandOp(gop.name, lo, hi, _ref(graph, gop.inputs[1], placer),
@@ -142,9 +192,38 @@ def _tiles(gop: GraphOp) -> tuple[int, int]:
     return gop.cost.arrays // tn, tn
 
 
+def memory_arrays(graph: Graph, first: int, last: int) -> set[int]:
+    """The memory-mode arrays of operators ``first..last``."""
+    return {a for g in graph.ops[first:last + 1]
+            if (mem := _range(g.op, "memory")) is not None for a in range(*mem)}
+
+
+def _stay_region(now: set[int], after: set[int]) -> tuple[int, int] | None:
+    """The longest run of arrays in memory mode in both segments (a held tensor is
+    spread over it)."""
+    both = sorted(now & after)
+    best: tuple[int, int] | None = None
+    i = 0
+    while i < len(both):
+        j = i
+        while j + 1 < len(both) and both[j + 1] == both[j] + 1:
+            j += 1
+        if best is None or both[j] + 1 - both[i] > best[1] - best[0]:
+            best = (both[i], both[j] + 1)
+        i = j + 1
+    return best
+
+
 def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arch,
-                  modes: list[str]) -> metaop.SegmentOp:
-    """The `metaop.segment` of one allocated `cim.segment`."""
+                  modes: list[str], carried: dict[int, tuple[str, int]] | None = None,
+                  held_out: tuple[int, ...] = (), next_memory: set[int] | None = None
+                  ) -> metaop.SegmentOp:
+    """The `metaop.segment` of one allocated `cim.segment`.  `carried`: tensors held on
+    chip from the previous segment (id -> (location, bytes)), read in place; on return
+    it holds the tensors of `held_out` this segment managed to keep for the next one,
+    whose memory-mode arrays are `next_memory` (a held tensor that finds no room is
+    stored to DRAM and loaded again, as without holding)."""
+    carried = carried if carried is not None else {}
     gops = graph.ops[first:last + 1]
     compute = [_range(g.op, "arrays") for g in gops if g.cost.arrays]
     if any(r is None for r in compute):
@@ -158,11 +237,15 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
         copies = (hi - lo) // g.cost.arrays
         body.append(metaop.LoadWeightOp(g.name, lo, hi, _tiles(g), copies,
                                         g.cost.weight_bytes))
-    placer = _Placer(graph, first, last, arch)
+    placer = _Placer(graph, first, last, arch, carried)
+    region = _stay_region(memory_arrays(graph, first, last), next_memory or set())
+    kept = {t for t in held_out if placer.hold(t, region)}
     pipeline: list[Operation] = []
     live_in = sorted({t for g in gops for t in g.inputs
                       if (graph.tensors[t].producer is None or graph.tensors[t].producer < first)})
     for t in live_in:
+        if t in carried:
+            continue
         loc, window = placer.place(t)
         if loc != "dram":
             pipeline.append(metaop.MemLoadOp(graph.tensors[t].name, "dram", loc,
@@ -173,9 +256,11 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
             tensor = graph.tensors[t]
             outlives = tensor.is_output or any(c > last for c in tensor.consumers)
             loc = placer.where[t][0]
-            if outlives and loc != "dram":
+            if outlives and loc != "dram" and t not in kept:
                 pipeline.append(metaop.MemStoreOp(tensor.name, loc, "dram", tensor.bytes))
     body.append(metaop.ParallelOp(pipeline))
+    carried.clear()
+    carried.update({t: placer.where[t] for t in sorted(kept)})
     predicted = seg.attributes.get("predicted_cycles")
     return metaop.SegmentOp(seg.id.value.data, ",".join(g.name for g in gops),
                             predicted.value.data if predicted else 0, body)
@@ -195,8 +280,13 @@ class CimToMetaopPass(ModulePass):
         segments = segment_ops(func, self.name, "cim-segment and cim-allocate")
         graph = build_graph(func, arch)
         modes = ["C"] * arch.arrays
-        flow = [lower_segment(graph, seg, first, last, arch, modes)
-                for seg, (first, last) in zip(segments, segment_ranges(graph, segments))]
+        plan = held_plan(graph, segments)
+        carried: dict[int, tuple[str, int]] = {}
+        flow = []
+        for k, (seg, (first, last), _, held_out) in enumerate(plan):
+            after = memory_arrays(graph, *plan[k + 1][1]) if k + 1 < len(plan) else set()
+            flow.append(lower_segment(graph, seg, first, last, arch, modes, carried,
+                                      held_out, after))
         op.attributes[TENSORS_ATTR] = DictionaryAttr(
             {t.name: IntegerAttr(t.bytes, i64) for t in graph.tensors})
         op.attributes[INPUTS_ATTR] = ArrayAttr(

@@ -28,6 +28,7 @@ the answer does not depend on the solver.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sysconfig
@@ -105,8 +106,9 @@ def holdable(problem: SegmentProblem, arch: Arch) -> bool:
 def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     """A lower bound ``S`` of the segment's steady-state latency (cycles), >= 1: no
     allocation beats the most copies of an op, the digital unit, the run-time operand
-    writes, the DRAM traffic that must cross the boundary, or a feed through every
-    array left after one copy of each weight.  A tight ``S`` keeps ``T`` near 1 and the
+    writes, the DRAM traffic that must cross the boundary, a feed through every
+    array left after one copy of each weight, or the array-cycles of all MVM work and
+    feed spread over every array (each array computes or feeds).  A tight ``S`` keeps ``T`` near 1 and the
     ``z = y*T`` linearisation tight (GLPK's branch and bound depends on it)."""
     ops = problem.ops
     free = max(0, arch.arrays - sum(op.arrays for op in ops))
@@ -117,7 +119,24 @@ def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
               (problem.live_in + problem.live_out) / arch.external_bw_bytes]
     bounds += [op.compute / op.max_copies for op in ops if op.arrays]
     bounds += [op.feed / feed_bw for op in ops if op.arrays]
+    # every array either computes or feeds: sum_i a_i c_i / L + (sum_i f_i / L - gb_bw) / ib
+    # <= arrays, with ib = internal_bw bytes/cycle per memory-mode array
+    ib = arch.internal_bw_bits / 8
+    work = sum(op.arrays * op.compute for op in ops if op.arrays)
+    feed = sum(op.feed for op in ops if op.arrays)
+    if work:
+        bounds.append((work + feed / ib) / (arch.arrays + arch.global_buffer_bw_bytes / ib))
     return max(bounds)
+
+
+def cycles_lower_bound(problem: SegmentProblem, arch: Arch) -> float:
+    """Cycles no allocation of the segment beats: one copy of each weight loaded,
+    plus `latency_scale`, plus the pipeline fill — the DP skips a candidate whose bound
+    already loses (exact pruning: the load grows with the copies and the latency is
+    at least ``S``)."""
+    ones = tuple(1 if op.arrays else 0 for op in problem.ops)
+    fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
+    return load_cycles(problem, ones, arch) + latency_scale(problem, arch) + fill
 
 
 def edge_groups(problem: SegmentProblem) -> list[list[int]]:
@@ -231,16 +250,21 @@ def _run_solver(model, solver: str, time_limit: float | None) -> str:
     return tc
 
 
-def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
-                  time_limit: float | None = None) -> Allocation:
-    """Solve the segment MIP (two stages: max throughput, then the tie-break).
+@dataclass(frozen=True)
+class Throughput:
+    """Stage 1 of the segment MIP: the best scaled throughput `t` (latency
+    ``scale / t`` cycles), the solver `status`, and the stage-1 solution (`copies`,
+    `memory`, `kept`), kept in case the tie-break finds nothing."""
 
-    Raises CMSwitchError if the weights cannot fit (``sum a_i > arrays``), if the
-    solver is missing, or if no feasible solution is found within the time limit.
-    A time-out with a feasible solution returns it with ``status`` saying so.
-    """
-    import pyomo.environ as pyo
+    t: float
+    scale: float
+    status: str
+    copies: tuple[int, ...]
+    memory: tuple[int, ...]
+    kept: tuple[bool, ...]
 
+
+def _check(problem: SegmentProblem, arch: Arch, solver: str) -> None:
     if solver not in SOLVERS:
         raise CMSwitchError(f"unknown solver '{solver}' (choose from {', '.join(SOLVERS)})")
     need = sum(op.arrays for op in problem.ops)
@@ -250,6 +274,14 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     if not holdable(problem, arch):
         raise CMSwitchError(f"segment keeps {problem.held_in + problem.held_out} bytes on "
                             f"chip across its boundaries, more than its free memory")
+
+
+def solve_throughput(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
+                     time_limit: float | None = None) -> Throughput:
+    """Stage 1: maximise the throughput.  Raises CMSwitchError as `solve_segment`."""
+    import pyomo.environ as pyo
+
+    _check(problem, arch, solver)
     model, mat, scale = _build(problem, arch)
     model.obj = pyo.Objective(expr=model.T, sense=pyo.maximize)
     status = _run(model, solver, time_limit)
@@ -257,13 +289,51 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
         hint = "; allow more time (--time-limit, or time-limit= on the pass)" \
             if "time" in status.lower() else ""
         raise CMSwitchError(f"segment MIP found no feasible allocation ({status}){hint}")
-    t_best = max(pyo.value(model.T), 1e-12)
-    if mat:
-        model, status = _stage2(problem, arch, solver, time_limit, t_best, status, model)
+    copies, memory, kept = _solution(model, mat, problem)
+    return Throughput(max(pyo.value(model.T), 1e-12), scale, status, copies, memory, kept)
+
+
+def min_copies(problem: SegmentProblem, arch: Arch, thr: Throughput) -> tuple[int, ...]:
+    """The fewest copies sustaining the stage-2 throughput ``t*(1 - T_SLACK)``:
+    ``d_i = ceil(c_i t / S)``.  Copies appear only in the compute constraints and the
+    array budget, and fewer copies leave more arrays for memory, so these are feasible
+    whenever stage 1 is, and they are what stage 2's load objective picks: the DP
+    prices candidates with them and solves stage 2 only for the chosen segments."""
+    t = thr.t * (1 - T_SLACK)
+    return tuple(min(op.max_copies, max(1, math.ceil(op.compute * t / thr.scale - 1e-6)))
+                 if op.arrays else 0 for op in problem.ops)
+
+
+def price(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
+    """Predicted cycles of the segment at its optimum: weight loads of `min_copies`,
+    plus the latency ``S / t``, plus the pipeline fill (one MVM per matrix op)."""
+    fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
+    return load_cycles(problem, min_copies(problem, arch, thr), arch) + thr.scale / thr.t + fill
+
+
+def _solution(model, mat: list[int], problem: SegmentProblem):
     copies = tuple(round(model.d[i].value) if i in mat else 0 for i in range(len(problem.ops)))
     memory = tuple(round(model.m[i].value) if i in mat else 0 for i in range(len(problem.ops)))
     kept = tuple(bool(round(model.y[e].value)) for e in range(len(problem.edges)))
-    latency = scale / t_best
+    return copies, memory, kept
+
+
+def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
+                  time_limit: float | None = None, thr: Throughput | None = None) -> Allocation:
+    """Solve the segment MIP (two stages: max throughput — or `thr` if already
+    known — then the tie-break).
+
+    Raises CMSwitchError if the weights cannot fit (``sum a_i > arrays``), if the held
+    bytes cannot fit, if the solver is missing, or if no feasible solution is found
+    within the time limit.  A time-out with a feasible solution returns it with
+    ``status`` saying so.
+    """
+    if thr is None:
+        thr = solve_throughput(problem, arch, solver, time_limit)
+    copies, memory, kept, status = thr.copies, thr.memory, thr.kept, thr.status
+    if any(op.arrays for op in problem.ops):
+        (copies, memory, kept), status = _stage2(problem, arch, solver, time_limit, thr)
+    latency = thr.scale / thr.t
     load = load_cycles(problem, copies, arch)
     fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
     return Allocation(copies, memory, kept, latency, load, fill, load + latency + fill,
@@ -271,53 +341,77 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
 
 
 def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float | None,
-            t_best: float, status: str, stage1):
-    """Re-solve with the throughput fixed at its optimum for the tie-break objective.
-    If that finds no solution in time, keep the stage-1 solution and say so."""
+            thr: Throughput):
+    """Re-solve with the throughput fixed at ``t*(1 - T_SLACK)`` and the copies at
+    `min_copies` (the fewest weight-load cycles), minimising the memory-mode arrays
+    (tie-break, §9.9).  If that finds no solution in time, keep the stage-1 solution
+    and say so.  Returns ``((copies, memory, kept), status)``."""
     import pyomo.environ as pyo
 
-    model, mat, _ = _build(problem, arch, t_fixed=t_best * (1 - T_SLACK))
-    # Stage 2: the fewest weight-load cycles, then the fewest memory arrays.  Integer
-    # coefficients only: epsilon tie-break weights made GLPK's branch and bound crawl.
-    model.tie = pyo.Objective(
-        expr=sum(max(1, round(problem.ops[i].weight_bytes / arch.weight_write_bw_bytes))
-                 * model.d[i] if problem.ops[i].kind == "weight" else 0 for i in mat)
-        + sum(model.m[i] for i in mat),
-        sense=pyo.minimize,
-    )
+    model, mat, _ = _build(problem, arch, t_fixed=thr.t * (1 - T_SLACK))
+    copies = min_copies(problem, arch, thr)
+    for i in mat:
+        model.d[i].fix(copies[i])
+    model.tie = pyo.Objective(expr=sum(model.m[i] for i in mat), sense=pyo.minimize)
     status2 = _run(model, solver, time_limit)
-    if model.d[mat[0]].value is None:
-        return stage1, f"{status}; tie-break found no solution ({status2}), stage-1 plan kept"
-    if status2 != "optimal":
-        status = f"{status}; tie-break {status2}"
-    return model, status
+    if model.m[mat[0]].value is None:
+        return ((thr.copies, thr.memory, thr.kept),
+                f"{thr.status}; tie-break found no solution ({status2}), stage-1 plan kept")
+    status = thr.status if status2 == "optimal" else f"{thr.status}; tie-break {status2}"
+    return _solution(model, mat, problem), status
 
 
 @dataclass
 class SolveStats:
-    """Counters of the segment-MIP cache: `solves` actually run, `hits` served."""
+    """Counters of the segment-MIP caches: `solves` (distinct segment problems whose
+    throughput MIP actually ran) and `hits` (candidates served from a cache)."""
 
     solves: int = 0
     hits: int = 0
 
 
 STATS = SolveStats()
+_THROUGHPUT: dict[tuple, Throughput] = {}
 _CACHE: dict[tuple, Allocation] = {}
 
 
-def solve_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
-                 time_limit: float | None = None, label: str = "") -> Allocation:
-    """`solve_segment` behind a cache keyed by the problem's structure, the hardware
-    and the solver, so identical segments (repeated blocks) are solved once.  `label`
-    (e.g. ``conv1..relu``) names the segment in errors."""
+def throughput_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
+                      time_limit: float | None = None, label: str = "") -> Throughput:
+    """`solve_throughput` behind a cache keyed by the problem's structure, the
+    hardware and the solver, so identical segments (repeated blocks) are solved once.
+    `label` (e.g. ``conv1..relu``) names the segment in errors."""
     key = (problem, arch, solver)
-    hit = _CACHE.get(key)
+    hit = _THROUGHPUT.get(key)
     if hit is not None:
         STATS.hits += 1
         return hit
     STATS.solves += 1
     try:
-        _CACHE[key] = solve_segment(problem, arch, solver, time_limit)
+        _THROUGHPUT[key] = solve_throughput(problem, arch, solver, time_limit)
+    except CMSwitchError as e:
+        if not label:
+            raise
+        raise CMSwitchError(f"segment {label}: {e}") from None
+    return _THROUGHPUT[key]
+
+
+def price_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
+                 time_limit: float | None = None, label: str = "") -> float:
+    """Predicted cycles of a candidate segment (`price` of its cached throughput):
+    what the segmentation DP compares; one MIP per distinct problem."""
+    return price(problem, arch, throughput_cached(problem, arch, solver, time_limit, label))
+
+
+def solve_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
+                 time_limit: float | None = None, label: str = "") -> Allocation:
+    """The full allocation (`solve_segment`: throughput from the cache, then the
+    tie-break), cached too.  Raises CMSwitchError naming `label` on failure."""
+    key = (problem, arch, solver)
+    if key in _CACHE:
+        return _CACHE[key]
+    thr = throughput_cached(problem, arch, solver, time_limit, label)
+    try:
+        _CACHE[key] = solve_segment(problem, arch, solver, time_limit, thr)
     except CMSwitchError as e:
         if not label:
             raise

@@ -31,7 +31,13 @@ from cmswitch.arch import Arch
 from cmswitch.cost.graph import Graph, build_graph, held_tensors, segment_problem
 from cmswitch.dialects.cim import SegmentOp, YieldOp
 from cmswitch.errors import CMSwitchError
-from cmswitch.solver.mip import Allocation, holdable, solve_cached
+from cmswitch.solver.mip import (
+    Allocation,
+    cycles_lower_bound,
+    holdable,
+    price_cached,
+    solve_cached,
+)
 from cmswitch.transforms.common import check_options, check_solver, main_func, resolve_arch
 
 
@@ -100,16 +106,27 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
     last = len(starts) - 1
     ends = _next_ends(graph, starts, arch.arrays, window)
     boundary = 2 * arch.switch_cycles
-    priced: dict[tuple, Allocation | None] = {}
+    priced: dict[tuple, float | None] = {}
 
-    def price(b: int, c: int, held_in: tuple, held_out: tuple) -> Allocation | None:
+    def problem_of(b: int, c: int, held_in: tuple, held_out: tuple):
+        return segment_problem(graph, starts[b], starts[c] - 1, held_in, held_out)
+
+    def price(b: int, c: int, held_in: tuple, held_out: tuple,
+              budget: float = float("inf")) -> float | None:
+        """The segment's predicted cycles; None if its held bytes cannot fit, or if
+        its lower bound (`cycles_lower_bound`) already reaches `budget` (a dominated
+        candidate: not solved, not cached)."""
         key = (b, c, held_in, held_out)
-        if key not in priced:
-            first, stop = starts[b], starts[c] - 1
-            problem = segment_problem(graph, first, stop, held_in, held_out)
-            priced[key] = solve_cached(problem, arch, solver, time_limit,
-                                       graph.span(first, stop)) \
-                if holdable(problem, arch) else None
+        if key in priced:
+            return priced[key]
+        problem = problem_of(b, c, held_in, held_out)
+        if not holdable(problem, arch):
+            priced[key] = None
+            return None
+        if cycles_lower_bound(problem, arch) >= budget:
+            return None
+        label = graph.span(starts[b], starts[c] - 1)
+        priced[key] = price_cached(problem, arch, solver, time_limit, label)
         return priced[key]
 
     State = tuple[int, int, tuple]
@@ -122,18 +139,19 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
         for state in buckets[b]:
             _, c, held_in = state
             if c == last:
-                alloc = price(b, c, held_in, ())
-                if alloc is not None and value[state] + alloc.cycles + boundary < best_total:
-                    best_total, best_end = value[state] + alloc.cycles + boundary, state
+                cost = price(b, c, held_in, (), best_total - value[state] - boundary)
+                if cost is not None and value[state] + cost + boundary < best_total:
+                    best_total, best_end = value[state] + cost + boundary, state
                 continue
             for d in ends[c]:
                 hold = held_tensors(graph, starts[b], starts[c] - 1, starts[d] - 1)
                 for held_out in ((), hold) if hold else ((),):
-                    alloc = price(b, c, held_in, held_out)
-                    if alloc is None:
-                        continue
-                    total = value[state] + alloc.cycles + boundary
                     nxt = (c, d, held_out)
+                    budget = value.get(nxt, float("inf")) - value[state] - boundary
+                    cost = price(b, c, held_in, held_out, budget)
+                    if cost is None:
+                        continue
+                    total = value[state] + cost + boundary
                     if total < value.get(nxt, float("inf")):
                         if nxt not in value:
                             buckets[c].append(nxt)
@@ -144,8 +162,9 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
     state, held_out = best_end, ()
     while state is not None:
         b, c, held_in = state
-        result.append(SegmentChoice(starts[b], starts[c] - 1, price(b, c, held_in, held_out),
-                                    held_in, held_out))
+        alloc = solve_cached(problem_of(b, c, held_in, held_out), arch, solver, time_limit,
+                             graph.span(starts[b], starts[c] - 1))
+        result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out))
         state, held_out = back[state], held_in
     return result[::-1]
 

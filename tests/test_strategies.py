@@ -50,3 +50,54 @@ def test_cmswitch_never_predicted_slower_than_cimmlc(name):
     assert ours.predicted_cycles <= base.predicted_cycles
     assert all(s["memory_arrays"] == 0 for s in base.segments)
     assert base.simulate()["cycles"] > 0
+
+
+@pytest.fixture(scope="module")
+def plans():
+    """Every strategy on ResNet-18 (compiled once for the tests below)."""
+    from cmswitch.api import STRATEGIES
+
+    return {s: compile_model(MODELS / "resnet18.onnx", strategy=s) for s in STRATEGIES}
+
+
+def test_every_strategy_simulates(plans):
+    for strategy, plan in plans.items():
+        report = plan.simulate()
+        assert report["cycles"] > 0, strategy
+        ops = [o for s in plan.segments for o in s["operators"]]
+        assert len(ops) == len(set(ops)) == len(plan.operators), strategy
+
+
+def test_all_compute_strategies_use_no_memory_mode(plans):
+    for strategy in ("cimmlc", "puma", "occ", "dp-compute-only"):
+        assert all(s["memory_arrays"] == 0 for s in plans[strategy].segments), strategy
+        assert "CM.switch TOM" not in plans[strategy].flow, strategy
+
+
+def test_layerwise_strategies_run_one_matrix_op_per_segment(plans):
+    for strategy in ("puma", "occ"):
+        for seg in plans[strategy].segments:
+            assert len(seg["weight_copies"]) <= 1, strategy
+
+
+def test_occ_maps_each_weight_once_and_puma_fills_the_chip(plans):
+    # conv1: K = 7*7*3 = 147 rows -> 1 row tile, N = 64 outputs x 8 bits over 320 one-bit
+    # columns -> 2 column tiles: 2 arrays per copy.  PUMA replicates it into the 96
+    # arrays: 48 copies, capped by the useful copies (one per output pixel, 112*112).
+    occ = {o["name"]: o for o in plans["occ"].operators}
+    puma = {o["name"]: o for o in plans["puma"].operators}
+    assert occ["conv1"]["arrays_per_copy"] == 2
+    assert all(o["copies"] == 1 for o in occ.values() if o["kind"] == "weight")
+    assert puma["conv1"]["copies"] == 48
+
+
+def test_greedy_mip_keeps_cimmlc_segments_and_may_use_memory(plans):
+    greedy = [s["operators"] for s in plans["greedy-mip"].segments]
+    base = [s["operators"] for s in plans["cimmlc"].segments]
+    assert greedy == base
+    assert any(s["memory_arrays"] for s in plans["greedy-mip"].segments)
+    assert plans["greedy-mip"].predicted_cycles <= plans["cimmlc"].predicted_cycles
+
+
+def test_dual_mode_beats_its_all_compute_ablation(plans):
+    assert plans["cmswitch"].predicted_cycles <= plans["dp-compute-only"].predicted_cycles

@@ -185,6 +185,8 @@ class SegmentProblem:
     edges: tuple[Edge, ...]
     held_in: int = 0
     held_out: int = 0
+    memory_mode: bool = True
+    """False: no array may switch to memory mode (the all-compute ablation)."""
 
 
 def held_tensors(graph: Graph, first: int, last: int, next_last: int) -> tuple[int, ...]:
@@ -204,10 +206,11 @@ def held_tensors(graph: Graph, first: int, last: int, next_last: int) -> tuple[i
 
 
 def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...] = (),
-                    held_out: tuple[int, ...] = ()) -> SegmentProblem:
+                    held_out: tuple[int, ...] = (), memory_mode: bool = True) -> SegmentProblem:
     """The MIP input for operators ``first..last`` (inclusive) of `graph`; `held_in`
     / `held_out` are tensor ids kept on chip across the boundary before / after it
-    (from `held_tensors`), which leave the DRAM traffic for the capacity."""
+    (from `held_tensors`), which leave the DRAM traffic for the capacity;
+    `memory_mode` False forbids memory-mode arrays."""
     inside = range(first, last + 1)
     live_in: set[int] = set()
     live_out: set[int] = set()
@@ -233,4 +236,5 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
         edges=tuple(edges),
         held_in=sum(graph.tensors[t].bytes for t in held_in),
         held_out=sum(graph.tensors[t].bytes for t in held_out),
+        memory_mode=memory_mode,
     )

@@ -98,7 +98,7 @@ def holdable(problem: SegmentProblem, arch: Arch) -> bool:
     if not held:
         return True
     spare = arch.arrays - sum(op.arrays for op in problem.ops)
-    if not any(op.arrays for op in problem.ops):
+    if not any(op.arrays for op in problem.ops) or not problem.memory_mode:
         spare = 0
     return held <= arch.global_buffer_bytes + arch.array_bytes * spare
 
@@ -111,7 +111,7 @@ def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     feed spread over every array (each array computes or feeds).  A tight ``S`` keeps ``T`` near 1 and the
     ``z = y*T`` linearisation tight (GLPK's branch and bound depends on it)."""
     ops = problem.ops
-    free = max(0, arch.arrays - sum(op.arrays for op in ops))
+    free = max(0, arch.arrays - sum(op.arrays for op in ops)) if problem.memory_mode else 0
     feed_bw = arch.internal_bw_bits / 8 * free + arch.global_buffer_bw_bytes
     writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic")
     bounds = [1.0, sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
@@ -124,7 +124,7 @@ def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     ib = arch.internal_bw_bits / 8
     work = sum(op.arrays * op.compute for op in ops if op.arrays)
     feed = sum(op.feed for op in ops if op.arrays)
-    if work:
+    if work and problem.memory_mode:
         bounds.append((work + feed / ib) / (arch.arrays + arch.global_buffer_bw_bytes / ib))
     return max(bounds)
 
@@ -163,7 +163,7 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
     if t_fixed is not None:
         m.T.fix(t_fixed)
     m.d = pyo.Var(mat, domain=pyo.Integers, bounds=lambda _, i: (1, ops[i].max_copies))
-    m.m = pyo.Var(mat, domain=pyo.Integers, bounds=(0, arch.arrays))
+    m.m = pyo.Var(mat, domain=pyo.Integers, bounds=(0, arch.arrays if problem.memory_mode else 0))
     m.g = pyo.Var(mat, bounds=(0, arch.global_buffer_bw_bytes))
     m.y = pyo.Var(range(len(edges)), domain=pyo.Binary)
     if t_fixed is None:

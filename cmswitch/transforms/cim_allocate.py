@@ -11,6 +11,9 @@ Attributes written — on each matrix op: ``copies``, ``arrays = array<i64: lo, 
 (compute), ``memory = array<i64: lo, hi>`` (when ``m_i > 0``), ``spill`` (indices of
 outputs sent to DRAM); on each segment: ``compute_arrays``, ``memory_arrays``,
 ``predicted_cycles``, ``load_cycles``, ``latency_cycles`` and ``solver_status``.
+Read from `cim-segment`: a segment's ``hold`` (its tensors passed only to the next
+segment stay on chip: the held bytes enter both MIPs) and ``compute_only`` (no
+memory-mode arrays: the all-compute ablation).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from cmswitch.cost.graph import Graph, build_graph, held_tensors, segment_proble
 from cmswitch.dialects.cim import SegmentOp, YieldOp, array_prop
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, solve_cached
-from cmswitch.transforms.cim_segment import HOLD_ATTR
+from cmswitch.transforms.cim_segment import COMPUTE_ONLY_ATTR, HOLD_ATTR
 from cmswitch.transforms.common import (
     check_options,
     check_solver,
@@ -110,7 +113,8 @@ class CimAllocatePass(ModulePass):
         segments = segment_ops(func, self.name, "cim-segment")
         graph = build_graph(func, arch)
         for seg, (first, last), held_in, held_out in held_plan(graph, segments):
-            problem = segment_problem(graph, first, last, held_in, held_out)
+            problem = segment_problem(graph, first, last, held_in, held_out,
+                                      COMPUTE_ONLY_ATTR not in seg.attributes)
             alloc = solve_cached(problem, arch, self.solver, self.time_limit or None,
                                  graph.span(first, last))
             write_allocation(graph, seg, first, last, alloc, arch)

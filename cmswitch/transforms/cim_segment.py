@@ -45,6 +45,9 @@ HOLD_ATTR = "hold"
 """Unit attribute on a `cim.segment`: the tensors it passes only to the next segment
 (`held_tensors`) stay on chip across the boundary instead of going through DRAM."""
 
+COMPUTE_ONLY_ATTR = "compute_only"
+"""Unit attribute on a `cim.segment`: allocate it without memory-mode arrays."""
+
 DEFAULT_WINDOW = 6
 """Matrix operators per candidate segment (the DP window).  The array budget already
 bounds it; this bound keeps the MIPs small for models of many small layers
@@ -86,7 +89,8 @@ def _next_ends(graph: Graph, starts: list[int], arrays: int, window: int) -> lis
 
 
 def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
-                time_limit: float | None = None, window: int = 0) -> list[SegmentChoice]:
+                time_limit: float | None = None, window: int = 0,
+                hold: bool = True, memory_mode: bool = True) -> list[SegmentChoice]:
     """The DP: the cheapest sequence of segments covering all operators, each with at
     most `window` matrix operators (0: no limit besides the array budget), and at
     each boundary the choice to keep the tensors passed to the next segment on chip.
@@ -94,7 +98,9 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
     State ``(b, c, H)``: the next segment runs positions ``b..c-1`` and receives the
     tensors ``H`` held on chip; its value is the cost of everything before it.  From it,
     for every next end ``d`` and ``h in {0, 1}``, the segment is priced with
-    ``held_out = held_tensors(b, c, d) if h else ()``.  Raises CMSwitchError if one
+    ``held_out = held_tensors(b, c, d) if h else ()`` (``h = 0`` only when `hold` is
+    False; `memory_mode` False forbids memory-mode arrays — the all-compute
+    ablation).  Raises CMSwitchError if one
     operator's single weight copy exceeds the chip (run `cim-partition` first)."""
     for o in graph.ops:
         if o.cost.arrays > arch.arrays:
@@ -109,7 +115,7 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
     priced: dict[tuple, float | None] = {}
 
     def problem_of(b: int, c: int, held_in: tuple, held_out: tuple):
-        return segment_problem(graph, starts[b], starts[c] - 1, held_in, held_out)
+        return segment_problem(graph, starts[b], starts[c] - 1, held_in, held_out, memory_mode)
 
     def price(b: int, c: int, held_in: tuple, held_out: tuple,
               budget: float = float("inf")) -> float | None:
@@ -144,8 +150,9 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
                     best_total, best_end = value[state] + cost + boundary, state
                 continue
             for d in ends[c]:
-                hold = held_tensors(graph, starts[b], starts[c] - 1, starts[d] - 1)
-                for held_out in ((), hold) if hold else ((),):
+                held = held_tensors(graph, starts[b], starts[c] - 1, starts[d] - 1) \
+                    if hold else ()
+                for held_out in ((), held) if held else ((),):
                     nxt = (c, d, held_out)
                     budget = value.get(nxt, float("inf")) - value[state] - boundary
                     cost = price(b, c, held_in, held_out, budget)
@@ -207,6 +214,11 @@ class CimSegmentPass(ModulePass):
     solver: str = "glpk"
     time_limit: float | int = 0.0
     window: int = DEFAULT_WINDOW
+    hold: bool = True
+    """Let tensors passed to the next segment stay on chip (DESIGN.md §9.3)."""
+    memory_mode: bool = True
+    """False: every array computes (the ablation "DP segmentation without memory
+    mode"); segments get the `compute_only` unit attribute for `cim-allocate`."""
 
     def __post_init__(self) -> None:
         check_options(self.name, time_limit=self.time_limit, window=self.window)
@@ -218,8 +230,11 @@ class CimSegmentPass(ModulePass):
         if any(isinstance(o, SegmentOp) for o in func.body.block.ops):
             raise CMSwitchError("cim-segment: the model is already segmented")
         graph = build_graph(func, arch)
-        plan = dp_segments(graph, arch, self.solver, self.time_limit or None, self.window)
+        plan = dp_segments(graph, arch, self.solver, self.time_limit or None, self.window,
+                           self.hold, self.memory_mode)
         for seg, choice in zip(wrap_segments(func, graph, plan), plan):
             seg.attributes["predicted_cycles"] = IntegerAttr(round(choice.alloc.cycles), i64)
             if choice.held_out:
                 seg.attributes[HOLD_ATTR] = UnitAttr()
+            if not self.memory_mode:
+                seg.attributes[COMPUTE_ONLY_ATTR] = UnitAttr()

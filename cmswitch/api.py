@@ -19,7 +19,11 @@ from cmswitch.dialects.cim import SegmentOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.transforms.common import ARCH_ATTR, main_func
 
-STRATEGIES = ("cmswitch", "cimmlc")
+STRATEGIES = ("cmswitch", "cimmlc", "puma", "occ", "dp-compute-only", "greedy-mip")
+"""`cmswitch` (DP + MIP, dual-mode); the all-compute baselines `cimmlc`
+(strategies/cimmlc.py), `puma` and `occ` (strategies/layerwise.py); and two ablations
+of CMSwitch: `dp-compute-only` (its DP segmentation, no memory-mode arrays) and
+`greedy-mip` (CIM-MLC's greedy segmentation, the dual-mode MIP per segment)."""
 
 
 @dataclass
@@ -37,6 +41,9 @@ class Plan:
     compile_seconds: float
     flow: str
     mip: dict[str, int] = field(default_factory=dict)
+    #: the allocated `cim` module the flow was lowered from (a copy, kept only when
+    #: `compile(..., keep_module=True)`; functional mode reads operator semantics there)
+    module: ModuleOp | None = None
 
     def report(self) -> dict[str, Any]:
         """The JSON report of `cmswitch compile` (cycles are integers)."""
@@ -163,15 +170,28 @@ def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict
     return segments, operators
 
 
-def _apply_cimmlc(module: ModuleOp, arch: Arch) -> None:
-    """Segment and allocate with the all-compute CIM-MLC baseline."""
-    from cmswitch.strategies.cimmlc import cimmlc_plan
+def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
+                time_limit: float | None) -> None:
+    """Segment and allocate with a strategy other than the DP passes: wrap its
+    segments and write its allocations, as `cim-segment` + `cim-allocate` would."""
+    from cmswitch.strategies.cimmlc import cimmlc_plan, greedy_segments
+    from cmswitch.strategies.layerwise import layerwise_plan
+    from cmswitch.cost.graph import segment_problem
+    from cmswitch.solver.mip import solve_cached
     from cmswitch.transforms.cim_allocate import write_allocation
-    from cmswitch.transforms.cim_segment import wrap_segments
+    from cmswitch.transforms.cim_segment import SegmentChoice, wrap_segments
 
     func = main_func(module)
     graph = build_graph(func, arch)
-    plan = cimmlc_plan(graph, arch)
+    if strategy == "cimmlc":
+        plan = cimmlc_plan(graph, arch)
+    elif strategy == "greedy-mip":
+        plan = [SegmentChoice(first, last, solve_cached(
+                    segment_problem(graph, first, last), arch, solver, time_limit,
+                    graph.span(first, last)))
+                for first, last in greedy_segments(graph, arch)]
+    else:
+        plan = layerwise_plan(graph, arch, strategy)
     for seg, choice in zip(wrap_segments(func, graph, plan), plan):
         write_allocation(graph, seg, choice.first, choice.last, choice.alloc, arch)
 
@@ -179,9 +199,11 @@ def _apply_cimmlc(module: ModuleOp, arch: Arch) -> None:
 def compile(model: str | Path | ModuleOp, arch: str | None = None,
             strategy: str = "cmswitch", solver: str = "glpk",
             dims: dict[str, int] | None = None, time_limit: float | None = None,
-            batch: int | None = None, seq: int | None = None) -> Plan:
+            batch: int | None = None, seq: int | None = None,
+            keep_module: bool = False) -> Plan:
     """Compile a model (path to `.onnx`/`.mlir`, or a `cim` module) for a hardware
     preset or file: cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
+    `keep_module=True` keeps a copy of the allocated `cim` module in `Plan.module`.
     Raises CMSwitchError for bad input, unknown strategy or hardware."""
     from cmswitch.asm.printer import print_flow
     from cmswitch.solver.mip import STATS
@@ -201,16 +223,18 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
     ctx = Context()
     _all_dialects(ctx)
     CimPartitionPass().apply(ctx, module)
-    if strategy == "cimmlc":
-        _apply_cimmlc(module, hw)
-    else:
-        CimSegmentPass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
+    if strategy in ("cmswitch", "dp-compute-only"):
+        CimSegmentPass(solver=solver, time_limit=time_limit or 0.0,
+                       memory_mode=strategy == "cmswitch").apply(ctx, module)
         CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
+    else:
+        _apply_plan(module, hw, strategy, solver, time_limit)
     func = main_func(module)
     graph = build_graph(func, hw)
     segments, operators = _segment_rows(graph, func, hw)
     bound = lower_bound(graph, hw)
     predicted = sum(s["predicted_cycles"] for s in segments)
+    kept = module.clone() if keep_module else None
     CimToMetaopPass().apply(ctx, module)
     text = io.StringIO()
     print_flow(module, text)
@@ -221,4 +245,5 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
         predicted_cycles=predicted, lower_bound_cycles=bound,
         compile_seconds=time.perf_counter() - start, flow=text.getvalue(),
         mip={"solves": STATS.solves - solves, "cache_hits": STATS.hits - hits},
+        module=kept,
     )

@@ -4,7 +4,8 @@
 
 Pass flags run in the order given (after any ``-p`` pipeline); options are
 ``--cim-allocate=solver=highs,time-limit=5``.  INPUT is `.mlir`, `.onnx` (imported on
-the fly) or `-`/absent (stdin, MLIR).  ``--emit=asm`` prints the `.cmsasm` flow.
+the fly), `.cmsasm` (a flow, parsed back to `metaop`) or `-`/absent (stdin, MLIR).
+``--emit=asm`` prints the `.cmsasm` flow.
 Exit codes: 0 success, 1 a diagnosed input error (one message, no traceback),
 2 usage error.
 """
@@ -29,7 +30,8 @@ def _pass_summary(name: str) -> str:
 
 
 class CMSwitchOptMain(xDSLOptMain):
-    """xDSL's opt driver with an `.onnx` frontend and an epilog listing our passes."""
+    """xDSL's opt driver with `.onnx` and `.cmsasm` frontends and an epilog listing our
+    passes."""
 
     def register_all_frontends(self) -> None:
         super().register_all_frontends()
@@ -41,6 +43,13 @@ class CMSwitchOptMain(xDSLOptMain):
                                filename=self.args.input_file)
 
         self.available_frontends["onnx"] = parse_onnx
+
+        def parse_cmsasm(io: IO[bytes]):
+            from cmswitch.asm.parser import parse_flow
+
+            return parse_flow(io.read(), filename=self.args.input_file or "<stdin>")
+
+        self.available_frontends["cmsasm"] = parse_cmsasm
 
     def register_all_arguments(self, arg_parser: argparse.ArgumentParser) -> None:
         super().register_all_arguments(arg_parser)

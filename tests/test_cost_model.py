@@ -124,3 +124,26 @@ def test_compute_and_data_cycles():
     assert compute_cycles(c, 3) == 2048 / 3
     # 22 memory arrays x 4 B/cycle + the whole 32 B/cycle global buffer = 120 B/cycle.
     assert data_cycles(c, 22, ARCH, gb_share=32) == 81920 / 120
+
+
+def test_working_sets_stream_rows_or_hold_whole_tensors():
+    """A matmul reads each input vector once: 64 rows of 320 bytes (8-bit activations)
+    of the 256 x 320 input stay on chip, 20480 of its 81920 bytes.  A ReLU of the same
+    shape streams the same way; a transpose needs the whole tensor."""
+    from cmswitch.cost.graph import build_graph
+    from cmswitch.dialects.cim import VectorOp
+
+    block = Block(arg_types=[TensorType(f32, [256, 320])])
+    x = block.args[0]
+    relu = VectorOp("relu", [x], [x.type])
+    mm = MatmulOp(relu.outputs[0], TensorType(f32, [256, 64]), "w")
+    tr = VectorOp("transpose", [relu.outputs[0]], [TensorType(f32, [320, 256])])
+    block.add_ops([relu, mm, tr])
+    block.add_op(func.ReturnOp(mm.output, tr.outputs[0]))
+    f = func.FuncOp("main", ([x.type], [mm.output.type, tr.outputs[0].type]), Region(block))
+    graph = build_graph(f, ARCH)
+    t_in, t_relu = 0, graph.ops[0].outputs[0]
+    assert graph.tensors[t_relu].bytes == 81920
+    assert graph.working_set(t_in, 0) == 64 * 320       # relu streams its input
+    assert graph.working_set(t_relu, 1) == 64 * 320     # the matmul streams rows
+    assert graph.working_set(t_relu, 2) == 81920        # the transpose needs it all

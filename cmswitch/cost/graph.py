@@ -20,7 +20,15 @@ from xdsl.ir import Operation, SSAValue
 
 from cmswitch.arch import Arch
 from cmswitch.cost.model import OpCost, op_cost, tensor_bytes
-from cmswitch.dialects.cim import Conv2dOp, SegmentOp, YieldOp, tensor_shape
+from cmswitch.dialects.cim import (
+    Conv2dOp,
+    DynMatmulOp,
+    MatmulOp,
+    SegmentOp,
+    VectorOp,
+    YieldOp,
+    tensor_shape,
+)
 from cmswitch.errors import CMSwitchError
 
 
@@ -64,17 +72,51 @@ class Graph:
         return f"{self.ops[first].name}..{self.ops[last].name}"
 
     def working_set(self, tensor: int, consumer: int) -> int:
-        """On-chip bytes a streaming consumer needs of a tensor: a convolution's line
-        buffer ``(dil*(kh-1)+1 + stride-1) rows x W x C`` (§9.2); any other consumer
-        the whole tensor."""
-        op = self.ops[consumer].op
-        t = self.tensors[tensor]
-        if not isinstance(op, Conv2dOp):
+        """On-chip bytes a streaming consumer needs of a tensor (§9.2):
+        - a convolution: its line buffer ``(dil*(kh-1)+1 + stride-1) rows x W x C``;
+        - a row-streaming consumer — the activation operand of a matmul (each input
+          vector is used once), an element-wise or last-axis vector op whose operand
+          has the output's shape, a reshape — `STREAM_ROWS` rows of the last axis;
+        - any other consumer (transpose, concat, pools, a broadcast operand, the
+          stationary operand of a dynamic matmul): the whole tensor."""
+        gop = self.ops[consumer]
+        op, t = gop.op, self.tensors[tensor]
+        if isinstance(op, Conv2dOp):
+            h = tensor_shape(op.input)[2]
+            kh = op.kernel.get_values()[0]
+            rows = op.dilations.get_values()[0] * (kh - 1) + 1 + op.strides.get_values()[0] - 1
+            return min(t.bytes, -(-t.bytes * min(rows, h) // h))
+        operand = op.operands[gop.inputs.index(tensor)]
+        shape = tensor_shape(operand)
+        if not shape or not _row_streams(op, operand):
             return t.bytes
-        h = tensor_shape(op.input)[2]
-        kh = op.kernel.get_values()[0]
-        rows = op.dilations.get_values()[0] * (kh - 1) + 1 + op.strides.get_values()[0] - 1
-        return min(t.bytes, -(-t.bytes * min(rows, h) // h))
+        rows = max(1, t.bytes // max(1, shape[-1]))
+        return min(t.bytes, -(-t.bytes * STREAM_ROWS // rows))
+
+
+STREAM_ROWS = 64
+"""Rows (input vectors) a row-streaming consumer buffers: two of the simulator's
+default 32-vector chunks of a 2048-vector stream, double-buffered.  [A] assumption."""
+
+ROW_KINDS = frozenset((
+    "add", "sub", "mul", "div", "neg", "pow", "sqrt", "reciprocal", "exp", "erf", "tanh",
+    "sigmoid", "relu", "clip", "gelu", "silu", "cos", "sin", "where", "isnan", "not",
+    "equal", "less", "greater", "and", "or", "cast", "max", "min", "softmax", "layernorm",
+    "rmsnorm", "psum_add", "reshape", "identity", "squeeze", "unsqueeze", "flatten",
+))
+"""Vector kinds that consume their operands row by row in order (element-wise, or
+normalising over the last axis, or a view that keeps row-major order)."""
+
+
+def _row_streams(op: Operation, operand: SSAValue) -> bool:
+    """Whether `op` reads `operand` once, row by row, in order."""
+    if isinstance(op, (MatmulOp, DynMatmulOp)):
+        return operand is op.operands[0]
+    if not isinstance(op, VectorOp) or op.kind.data not in ROW_KINDS:
+        return False
+    if op.kind.data in ("reshape", "flatten", "squeeze", "unsqueeze", "identity"):
+        return True
+    return all(tensor_shape(r) == tensor_shape(operand) for r in op.results)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.:/$-]")

@@ -84,8 +84,10 @@ def load_module(model: str | Path, dims: dict[str, int] | None = None,
     default 1, `seq` default 128) into a `cim` module.  For ONNX, `dims`, `batch`,
     `seq` bind dynamic input dimensions.  Raises
     CMSwitchError for a missing/unreadable/invalid file or an unused binding."""
+    from cmswitch.frontend.configs import CONFIGS
+
     path = Path(model)
-    if not path.exists() and not path.suffix:
+    if not path.exists() and (not path.suffix or str(model) in CONFIGS):
         from cmswitch.frontend.configs import build_transformer
 
         if dims:
@@ -217,11 +219,14 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
             strategy: str = "cmswitch", solver: str = "glpk",
             dims: dict[str, int] | None = None, time_limit: float | None = None,
             batch: int | None = None, seq: int | None = None,
-            keep_module: bool = False) -> Plan:
+            keep_module: bool = False, chunk_arrays: int | None = None) -> Plan:
     """Compile a model (path to `.onnx`/`.mlir`, or a `cim` module) for a hardware
     preset or file: cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
     `keep_module=True` keeps a copy of the allocated `cim` module in `Plan.module`.
-    Raises CMSwitchError for bad input, unknown strategy or hardware."""
+    `chunk_arrays` pins the arrays per piece of split operators (default: the
+    `cmswitch` and `dp-compute-only` strategies try `chunk_candidates`, the others use
+    half the chip).  Raises CMSwitchError for bad input, unknown strategy or hardware,
+    or a `chunk_arrays` outside 1..arrays."""
     from cmswitch.asm.printer import print_flow
     from cmswitch.solver.mip import STATS
     from cmswitch.transforms.cim_allocate import CimAllocatePass
@@ -239,10 +244,12 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
         module.attributes[ARCH_ATTR] = StringAttr(arch)
     ctx = Context()
     _all_dialects(ctx)
-    chunk = hw.arrays // 2
+    if chunk_arrays is not None and not 0 < chunk_arrays <= hw.arrays:
+        raise CMSwitchError(f"chunk_arrays={chunk_arrays}: must be 1..{hw.arrays}")
+    chunk = chunk_arrays or hw.arrays // 2
     if strategy in ("cmswitch", "dp-compute-only"):
         best = None
-        for limit in chunk_candidates(hw):
+        for limit in (chunk_arrays,) if chunk_arrays else chunk_candidates(hw):
             trial = module.clone()
             before = _count_ops(trial)
             CimPartitionPass(max_arrays=limit).apply(ctx, trial)
@@ -258,7 +265,7 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
                 break  # nothing was split: the chunk size does not matter
         _, module, chunk = best
     else:
-        CimPartitionPass().apply(ctx, module)
+        CimPartitionPass(max_arrays=chunk).apply(ctx, module)
         _apply_plan(module, hw, strategy, solver, time_limit)
     func = main_func(module)
     graph = build_graph(func, hw)

@@ -52,10 +52,15 @@ def generic(module: ModuleOp) -> str:
 
 @pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2", "bert_base"])
 def compiled(request) -> tuple[ModuleOp, str]:
-    """(metaop module, flow text) of a bundled model.  api.compile lowers the module it
-    is given in place, so that module is the one cim-to-metaop built."""
-    module = api.load_module(MODELS / f"{request.param}.onnx")
-    plan = api.compile(module)
+    """(metaop module, flow text) of a bundled model: the plan keeps the allocated
+    `cim` module, which `cim-to-metaop` lowers to the module the flow was printed from."""
+    from xdsl.context import Context
+
+    from cmswitch.transforms.cim_to_metaop import CimToMetaopPass
+
+    plan = api.compile(MODELS / f"{request.param}.onnx", keep_module=True)
+    module = plan.module
+    CimToMetaopPass().apply(Context(), module)
     assert any(isinstance(op, metaop.SegmentOp) for op in module.ops)
     return module, plan.flow
 

@@ -1,5 +1,5 @@
 """Functional mode: the flow, executed on real numbers, computes what onnxruntime
-computes for the same ONNX model (cmswitch/sim/functional.py, docs/functional.md).
+computes for the same ONNX model (cmswitch/functional.py, docs/functional.md).
 
 The reference values come from onnxruntime, an independent implementation; the
 expected partition pieces and tile counts are derived by hand from the rules in
@@ -21,7 +21,7 @@ import cmswitch.api as cms
 from cmswitch.arch import arch_from_dict
 from cmswitch.dialects.cim import Conv2dOp, MatmulOp, VectorOp
 from cmswitch.errors import CMSwitchError
-from cmswitch.sim.functional import check_against_onnxruntime, compare, weight_tiles
+from cmswitch.functional import check_against_onnxruntime, compare, weight_tiles
 from cmswitch.tools.cli import main as cli_main
 
 from conftest import MODELS
@@ -123,7 +123,8 @@ def cnn(work):
 @pytest.fixture(scope="module")
 def mlp(work, tiny_arch):
     path = _mlp(work / "mlp.onnx")
-    return path, cms.compile(path, arch=tiny_arch, keep_module=True)
+    # pieces of half the chip, as the hand-computed slices below assume
+    return path, cms.compile(path, arch=tiny_arch, keep_module=True, chunk_arrays=4)
 
 
 def _ops(plan, kind):
@@ -178,7 +179,7 @@ def test_mlp_split_along_k_and_n_matches_onnxruntime(mlp):
 
 def test_partitioned_conv_and_pools_match_onnxruntime(work, tiny_arch):
     path = _big_conv(work / "big_conv.onnx")
-    plan = cms.compile(path, arch=tiny_arch, keep_module=True)
+    plan = cms.compile(path, arch=tiny_arch, keep_module=True, chunk_arrays=4)
     # K = 16 channels x 9 = 144 rows (9 row tiles): 4 row tiles hold 64 rows = 7 whole
     # channels (63 rows); N = 20 in columns of 8.
     k_cuts = sorted({s[:2] for s in _slices(plan, Conv2dOp, "w")})
@@ -352,7 +353,8 @@ def test_cli_functional_mismatch_exits_1(mlp, tiny_arch, monkeypatch, capsys):
         return plan
 
     monkeypatch.setattr(cms, "compile", corrupted)
-    assert cli_main(["compile", str(path), "--arch", tiny_arch, "--functional"]) == 1
+    assert cli_main(["compile", str(path), "--arch", tiny_arch, "--chunk-arrays", "4",
+                     "--functional"]) == 1
     captured = capsys.readouterr()
     assert "DIFFERS from onnxruntime" in captured.out
     assert captured.err.startswith("error: the flow's outputs differ")

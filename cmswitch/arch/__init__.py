@@ -17,6 +17,7 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -29,19 +30,26 @@ from cmswitch.errors import CMSwitchError
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_ARCH = "dynaplasia"
 
+#: Sanity limits of a hardware description.  The compiler and simulator keep per-array
+#: state, so an absurd array count (a typo such as 99999999999) would exhaust memory
+#: instead of being reported; the largest real CIM chips have thousands of arrays.
+MAX_ARRAYS = 1 << 20
+MAX_ARRAY_SIDE = 1 << 16  #: rows or cols of one array
+MAX_BITS = 64             #: cell, weight and activation precision
+
 
 class Arch(BaseModel):
     """A dual-mode CIM chip.  Sizes in bytes or bits as named, times in cycles."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]  #: flow-safe name
-    arrays: PositiveInt                 #: number of dual-mode arrays
-    rows: PositiveInt                   #: cells per array column (weight rows, K direction)
-    cols: PositiveInt                   #: cells per array row
-    cell_bits: PositiveInt              #: bits stored per cell
-    weight_bits: PositiveInt            #: weight precision, bits
-    act_bits: PositiveInt               #: activation precision, bits
+    arrays: Annotated[int, Field(gt=0, le=MAX_ARRAYS)]   #: number of dual-mode arrays
+    rows: Annotated[int, Field(gt=0, le=MAX_ARRAY_SIDE)]  #: cells per array column (K direction)
+    cols: Annotated[int, Field(gt=0, le=MAX_ARRAY_SIDE)]  #: cells per array row
+    cell_bits: Annotated[int, Field(gt=0, le=MAX_BITS)]   #: bits stored per cell
+    weight_bits: Annotated[int, Field(gt=0, le=MAX_BITS)]  #: weight precision, bits
+    act_bits: Annotated[int, Field(gt=0, le=MAX_BITS)]    #: activation precision, bits
     mvm_cycles: PositiveInt             #: cycles for one input vector through one array
     internal_bw_bits: PositiveInt       #: bits/cycle a memory-mode array reads or writes
     external_bw_bytes: PositiveFloat    #: bytes/cycle between chip and DRAM
@@ -95,13 +103,38 @@ def _validate(data: Any, origin: str) -> Arch:
     return arch
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice (plain YAML keeps the last one, so
+    a pasted duplicate line would silently override a value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValueError(f"field '{key}' is given twice "
+                                 f"(line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_keys(pairs: list) -> dict:
+    """`json.loads` hook: the object, refusing a key given twice."""
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"field '{key}' is given twice")
+    return dict(pairs)
+
+
 @cache
 def load_arch(spec: str | None = None) -> Arch:
     """Load a preset by name (``dynaplasia``, ``prime``) or a YAML/JSON file path.
 
     ``None`` gives the default preset.  Raises CMSwitchError (one line naming the file
     and field) for an unknown preset, unreadable file, unknown key, missing field, or a
-    zero/negative size.
+    zero/negative size, a key given twice, a value above the sanity limits
+    (`MAX_ARRAYS`, `MAX_ARRAY_SIDE`, `MAX_BITS`), or an infinite/NaN rate.
     """
     spec = spec or DEFAULT_ARCH
     preset = PRESET_DIR / f"{spec}.yaml"
@@ -113,7 +146,8 @@ def load_arch(spec: str | None = None) -> Arch:
         )
     try:
         text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = (json.loads(text, object_pairs_hook=_unique_json_keys) if path.suffix == ".json"
+                else yaml.load(text, Loader=_UniqueKeyLoader))
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise CMSwitchError(f"{path}: cannot read hardware description: "
                             f"{str(e).splitlines()[0]}") from None

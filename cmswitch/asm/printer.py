@@ -73,7 +73,7 @@ def print_flow(module: ModuleOp, out: IO[str]) -> None:
     outputs = {a.data for a in module.attributes.get(OUTPUTS_ATTR, ArrayAttr([]))}
     out.write("; CMSwitch meta-operator flow (grammar: docs/cmsasm.md)\n")
     out.write(".arch " + " ".join(
-        [arch.name] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        [arch.name] + [f"{k}={_number(v)}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in arch.header_fields().items() if k != "name"]) + "\n")
     out.write(f".model {model.data if isinstance(model, StringAttr) else 'model'}\n")
     for name, size in tensors.data.items():
@@ -103,3 +103,9 @@ class CmsasmTarget(Target):
 
     def emit(self, ctx: Context, module: ModuleOp, output: IO[str]) -> None:
         print_flow(module, output)
+
+
+def _number(value: float) -> str:
+    """A hardware rate exactly as given: an integer-valued float without ``.0``, any
+    other with every digit (`repr`), so a flow never misstates its hardware."""
+    return str(int(value)) if value.is_integer() else repr(value)

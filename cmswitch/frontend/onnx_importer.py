@@ -4,7 +4,8 @@ written in the `cim` dialect.
 Pipeline (each step raises `CMSwitchError` with a one-line message on bad input):
 
 1. decode the protobuf (`onnx.ModelProto`); external weight data is never loaded, so
-   weight-stripped models import fine;
+   weight-stripped models import fine.  A model older than opset `MIN_OPSET` is
+   upgraded with onnx's version converter; one newer than the installed onnx is refused;
 2. inline model-local functions, bind symbolic input dims from ``dims``;
 3. classify every node: a node whose inputs are all constants (initializers, `Constant`
    outputs, values computed only from constants, or `Shape`/`Size` of a statically
@@ -34,6 +35,7 @@ from pathlib import Path
 import onnx
 import onnx.inliner
 import onnx.shape_inference
+import onnx.version_converter
 from onnx import AttributeProto, TensorProto, numpy_helper
 
 from xdsl.dialects import func
@@ -93,6 +95,8 @@ VECTOR_OP_KINDS: dict[str, str] = {
     "GatherND": "gather", "Expand": "expand", "Squeeze": "squeeze",
     "Unsqueeze": "unsqueeze", "Flatten": "flatten", "Identity": "identity",
     "Dropout": "identity", "Range": "range",
+    # quantized (QDQ) activations: a scaled cast; constant scales and zero points fold
+    "QuantizeLinear": "cast", "DequantizeLinear": "cast",
 }
 
 #: Operators with a dedicated lowering (weight or dynamic matrix ops).
@@ -134,6 +138,11 @@ _ELEM_TYPES: dict[int, Attribute] = {
 }
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+
+#: Oldest default-domain opset imported as is; an older model is converted to it first
+#: (Slice took its starts/ends as inputs from opset 10, Clip and Pad from 11, Split,
+#: Squeeze, Unsqueeze and ReduceSum their axes from 13).
+MIN_OPSET = 13
 
 
 # --------------------------------------------------------------------------- helpers
@@ -177,6 +186,7 @@ class _Ctx:
     """
 
     label: str
+    opset: int | None = None
     consts: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     data: dict[str, TensorProto] = field(default_factory=dict)
@@ -212,6 +222,37 @@ def _read_model(source: str | bytes | os.PathLike, label: str) -> onnx.ModelProt
             f"{label}: not an ONNX model or truncated (graph has no nodes or outputs)"
         )
     return model
+
+
+def _default_opset(model: onnx.ModelProto) -> int | None:
+    """The model's opset of the default ONNX domain, or None if it imports none."""
+    for imp in model.opset_import:
+        if imp.domain in _DEFAULT_DOMAINS:
+            return imp.version
+    return None
+
+
+def _upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Bring an old model up to `MIN_OPSET` with onnx's version converter (operators
+    whose attributes later became inputs, e.g. Slice, Clip, Split, Squeeze, get their
+    current form).  Raises CMSwitchError for an opset newer than the installed onnx
+    knows, or an old model the converter cannot convert."""
+    version = _default_opset(model)
+    newest = onnx.defs.onnx_opset_version()
+    if version is None or MIN_OPSET <= version <= newest:
+        return model
+    if version > newest:
+        raise CMSwitchError(
+            f"{label}: opset {version} is newer than the installed onnx "
+            f"{onnx.__version__} supports ({newest}); upgrade onnx or export at a lower opset"
+        )
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        raise CMSwitchError(
+            f"{label}: opset {version} is older than {MIN_OPSET} and onnx's version "
+            f"converter cannot upgrade it: {_one_line(exc)}; re-export at opset {MIN_OPSET} or newer"
+        ) from None
 
 
 def _bind_dims(model: onnx.ModelProto, dims: dict[str, int], label: str,
@@ -304,9 +345,10 @@ def _classify(graph: onnx.GraphProto, ctx: _Ctx) -> list[bool]:
                 raise CMSwitchError(
                     f"{ctx.label}: node '{label}' uses '{name}' before it is defined"
                 )
+        _check_in_opset(node, label, ctx)
         is_const = _node_is_constant(node, ctx)
         if not is_const:
-            _check_supported(node, label)
+            _check_supported(node, label, ctx.label)
         if is_const:
             _record_constant(node, ctx)
         folded.append(is_const)
@@ -332,13 +374,32 @@ def _node_is_constant(node: onnx.NodeProto, ctx: _Ctx) -> bool:
     return all(name in ctx.consts for name in node.input if name)
 
 
-def _check_supported(node: onnx.NodeProto, label: str) -> None:
-    """Raise CMSwitchError unless the (non-constant) node has a mapping."""
+def _check_in_opset(node: onnx.NodeProto, label: str, ctx: _Ctx) -> None:
+    """Raise CMSwitchError if a default-domain node's operator does not exist at the
+    model's opset (e.g. Gelu before opset 20): shape inference would skip it and leave
+    its outputs without shapes."""
+    if ctx.opset is None or not _is_default_domain(node) or not onnx.defs.has(node.op_type):
+        return
+    try:
+        onnx.defs.get_schema(node.op_type, ctx.opset, "")
+    except onnx.defs.SchemaError:
+        first = min(s.since_version for s in onnx.defs.get_all_schemas_with_history()
+                    if s.name == node.op_type and s.domain == "")
+        raise CMSwitchError(
+            f"{ctx.label}: node '{label}': operator '{node.op_type}' does not exist in "
+            f"opset {ctx.opset} (it was added in opset {first}); export at opset {first} "
+            "or newer"
+        ) from None
+
+
+def _check_supported(node: onnx.NodeProto, label: str, source: str) -> None:
+    """Raise CMSwitchError (naming the file ``source``, the operator and the node)
+    unless the (non-constant) node has a mapping."""
     known = node.op_type in MATRIX_OPS or node.op_type in VECTOR_OP_KINDS
     if _is_default_domain(node) and known:
         return
     op = node.op_type if _is_default_domain(node) else f"{node.domain}.{node.op_type}"
-    raise CMSwitchError(f"unsupported ONNX operator '{op}' at node '{label}'")
+    raise CMSwitchError(f"{source}: unsupported ONNX operator '{op}' at node '{label}'")
 
 
 def _record_constant(node: onnx.NodeProto, ctx: _Ctx) -> None:
@@ -569,6 +630,11 @@ def _lower_conv(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     from the weight.  Raises CMSwitchError for non-2-D or dynamic-weight convolutions
     a non-constant bias, or an output shape that disagrees with shape inference."""
     x_name, w_name = node.input[0], node.input[1]
+    if w_name in ctx.values and w_name not in ctx.consts:
+        raise CMSwitchError(
+            f"{ctx.label}: Conv node '{label}': weight '{w_name}' is computed at run time "
+            "or a graph input; only constant (initializer) weights are supported"
+        )
     if x_name in ctx.consts or w_name not in ctx.consts:
         raise CMSwitchError(
             f"{ctx.label}: Conv node '{label}' needs an activation input and a constant "
@@ -751,7 +817,8 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
     filename: label for error messages when ``source`` is bytes.
 
     Raises CMSwitchError (one line, naming the file, node or tensor) for: unreadable /
-    non-ONNX / truncated input, an unbound symbolic input dim, failed shape inference,
+    non-ONNX / truncated input, an opset newer than onnx knows or too old to convert,
+    an unbound symbolic input dim, failed shape inference,
     an unsupported operator, a tensor whose shape cannot be determined, a zero-size
     tensor, or an element type without an xDSL counterpart.
     """
@@ -759,6 +826,7 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
     label = (filename or name or "<bytes>") if is_bytes else os.fspath(source)
     label = str(label)
     model = _read_model(source, label)
+    model = _upgrade_opset(model, label)
     if model.functions:
         try:
             model = onnx.inliner.inline_local_functions(model)
@@ -766,7 +834,7 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
             raise CMSwitchError(f"{label}: cannot inline local functions: {_one_line(exc)}") from None
     graph = model.graph
     model_name = name or (None if is_bytes else Path(label).stem) or graph.name or "model"
-    ctx = _Ctx(label=label)
+    ctx = _Ctx(label=label, opset=_default_opset(model))
     _bind_dims(model, dims or {}, label, batch, seq)
     folded = _classify(graph, ctx)
     model = _infer(model, label)

@@ -114,15 +114,20 @@ _RATE_FIELDS = ("internal_bw_bits", "external_bw_bytes", "global_buffer_bw_bytes
                 "weight_write_bw_bytes", "vector_ops_per_cycle", "clock_mhz")
 
 
-def simulate(flow: str | os.PathLike, arch_override: dict | None = None) -> dict:
+def simulate(flow: str | os.PathLike, arch_override: dict | None = None,
+             trace: bool = False) -> dict:
     """Check and time a flow (its text, or a path); return the report dict.
 
-    Raises CMSwitchError naming the file and line of the first rule the flow breaks,
-    OSError when the file cannot be read.
+    With `trace`, the report also holds "trace": one dict per statement, in flow order,
+    {"segment", "line", "opcode", "op", "parallel" (line of its block or None),
+    "start", "end"} with start/end in cycles from the start of the flow (floats; a
+    block's statements overlap; its cycles are rounded up as a whole).  Off, it costs
+    nothing.  Raises CMSwitchError naming the file and line of the first rule the flow
+    breaks, OSError when the file cannot be read.
     """
     source = FlowSource(flow)
     accesses = _access_lines(iter_accesses(source.lines()))
-    machine = _Machine(source.name, accesses, arch_override)
+    machine = _Machine(source.name, accesses, arch_override, trace)
     for record in iter_records(source.lines(), source.name):
         machine.feed(record)
     return machine.report()
@@ -439,6 +444,43 @@ class _BlockRun:
         self.now = at
 
 
+class _TracedBlockRun(_BlockRun):
+    """A `_BlockRun` that also records when each statement's first chunk starts and its
+    last chunk ends (cycles from the block's start)."""
+
+    def __init__(self, streams: list, capacity) -> None:
+        super().__init__(streams, capacity)
+        self.first: list = [None] * self.count
+        self.last: list = [None] * self.count
+
+    def commit(self, at: float) -> None:
+        for s in self.active:
+            starts, ends, _ = self.times[s]
+            if self.first[s] is None and starts and starts[0] <= at:
+                self.first[s] = starts[0]
+            finished = bisect_right(ends, at)
+            if finished and self.done[s] + finished == self.chunks[s]:
+                self.last[s] = ends[finished - 1]
+        super().commit(at)
+
+
+_SPAN_MEMO: dict = {}
+
+
+def _block_spans(streams: list, capacity) -> tuple:
+    """(makespan, [(start, end) per statement]) of a parallel block (cycles), memoized."""
+    key = _block_signature(streams, capacity)
+    result = _SPAN_MEMO.get(key)
+    if result is None:
+        run = _TracedBlockRun(streams, capacity)
+        while run.activate():
+            run.epoch()
+        result = (run.now, list(zip(run.first, run.last)))
+        if len(_SPAN_MEMO) < _BLOCK_MEMO_LIMIT:
+            _SPAN_MEMO[key] = result
+    return result
+
+
 # ----------------------------------------------------------------------------------
 # the machine
 
@@ -466,12 +508,14 @@ class _Block:
         self.switched: set = set()
         self.data: set = set()
         self.touched: set = set()
+        self.records: list = []   # its statements, kept only when tracing
 
 
 class _Machine:
     """Executes records one by one; see the module docstring for the semantics."""
 
-    def __init__(self, name: str, accesses: dict, arch_override: dict | None) -> None:
+    def __init__(self, name: str, accesses: dict, arch_override: dict | None,
+                 trace: bool = False) -> None:
         self.name = name
         self.accesses = accesses
         self.cursor: dict = {}
@@ -491,6 +535,7 @@ class _Machine:
         self.statements = 0
         self.array_cycles = 0
         self.line = 0
+        self.trace: list | None = [] if trace else None
 
     # -- errors and dispatch -------------------------------------------------------
 
@@ -600,13 +645,26 @@ class _Machine:
         streams = block.streams
         if streams:
             _split_array_ports(streams)
-            cycles = _ceil(_block_time(streams, self.capacity))
+            if self.trace is None:
+                cycles = _ceil(_block_time(streams, self.capacity))
+            else:
+                makespan, spans = _block_spans(streams, self.capacity)
+                cycles = _ceil(makespan)
+                origin = sum(self.totals.values())
+                for st, (start, end) in zip(block.records, spans):
+                    self.trace_span(st, origin + start, origin + end, block.line)
             kind = _attribute(streams, self.capacity)
             self.charge(cycles, kind, sum(stream.array_cycles for stream in streams))
         for key in list(self.streamed):
             self.release(key, f"was only streamed (window=) in the parallel block "
                               f"at line {block.line}")
         self.retire(block.touched, self.line)
+
+    def trace_span(self, st: Statement, start: float, end: float, block: int | None) -> None:
+        """Record one statement's start and end (cycles from the start of the flow)."""
+        self.trace.append({"segment": self.segment.record.id, "line": st.line,
+                           "opcode": st.opcode, "op": st.op, "parallel": block,
+                           "start": round(start, 3), "end": round(end, 3)})
 
     # -- statements --------------------------------------------------------------------
 
@@ -618,8 +676,13 @@ class _Machine:
         if self.block is not None:
             self.block.streams.append(stream)
             self.block.touched |= touched
+            if self.trace is not None:
+                self.block.records.append(st)
             return
         cycles = _ceil(_time_alone(stream, self.capacity))
+        if self.trace is not None:
+            origin = sum(self.totals.values())
+            self.trace_span(st, origin, origin + cycles, None)
         self.charge(cycles, _attribute([stream], self.capacity), stream.array_cycles)
         self.retire(touched, st.line)
 
@@ -929,6 +992,7 @@ class _Machine:
             "segments": self.segments,
             "statements": self.statements,
             "arch_fields": dict(self.arch),
+            **({"trace": self.trace} if self.trace is not None else {}),
             "units": {"cycles": "clock cycles", "seconds": "s", "breakdown": "clock cycles",
                       "switch_share": "fraction of cycles",
                       "utilization": "fraction of array-cycles doing MVM work"},

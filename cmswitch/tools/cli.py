@@ -1,7 +1,11 @@
 """`cmswitch`: the whole pipeline in one step (DESIGN.md §8).
 
 ``cmswitch compile MODEL [--arch PRESET|FILE] [--strategy cmswitch] [--batch N]
-[--seq L] [--dim NAME=VALUE] [-o FLOW.cmsasm] [--json REPORT.json] [--summary]``
+[--seq L] [--dim NAME=VALUE] [-o FLOW.cmsasm] [--json REPORT.json] [--summary]
+[--functional] [--plot DIR]``
+
+``cmswitch bench [--models ...] [--arch ...] [--json FILE] [--plot DIR] [--sweep]``
+(the evaluation table: cmswitch/bench/evaluate.py)
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from cmswitch.api import STRATEGIES
 from cmswitch.errors import CMSwitchError
 
 
@@ -62,20 +67,60 @@ def _compile(args: argparse.Namespace) -> int:
 
     _check_writable(args.output)
     _check_writable(args.json)
+    if args.plot:
+        from cmswitch.plot import ensure_folder
+
+        ensure_folder(args.plot)
+    if args.functional:
+        from cmswitch.functional import require_onnx
+
+        require_onnx(args.model)
     plan = compile_model(args.model, arch=args.arch, strategy=args.strategy,
                          solver=args.solver, dims=_dims(args),
-                         time_limit=args.time_limit, batch=args.batch, seq=args.seq)
+                         time_limit=args.time_limit, batch=args.batch, seq=args.seq,
+                         keep_module=args.functional, chunk_arrays=args.chunk_arrays)
     if args.output == "-":
         sys.stdout.write(plan.flow)
     elif args.output:
         with open(args.output, "w") as f:
             f.write(plan.flow)
+    report = plan.report()
+    if args.simulate:
+        sim = plan.simulate()
+        report["simulated_cycles"] = sim["cycles"]
+        report["prediction_error"] = round(plan.predicted_cycles / sim["cycles"] - 1, 4)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(plan.report(), f, indent=1)
+            json.dump(report, f, indent=1)
             f.write("\n")
-    if args.summary or not (args.output or args.json):
+    if args.plot:
+        from cmswitch.plot import plot_plan
+
+        for path in plot_plan(plan, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.summary or not (args.output or args.json or args.functional):
         print_summary(plan)
+    if args.simulate:
+        print(f"simulated cycles: {report['simulated_cycles']}   predicted / simulated - 1: "
+              f"{report['prediction_error']:+.1%} (the cost model's error; cmswitch-sim "
+              f"shares no timing code with it)")
+    if args.functional:
+        return _functional(plan, args)
+    return 0
+
+
+def _functional(plan, args: argparse.Namespace) -> int:
+    """--functional: run the flow on seeded random inputs and in onnxruntime; print the
+    errors (to stderr when the flow goes to stdout); 1 if beyond the tolerance."""
+    from cmswitch.functional import compare, format_report
+
+    report = compare(plan, args.model)
+    out = sys.stderr if args.output == "-" else sys.stdout
+    out.write(format_report(report))
+    if not report["ok"]:
+        print("error: the flow's outputs differ from onnxruntime beyond the tolerance",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -98,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="an .onnx or .mlir model, or a published configuration: "
                    "bert-base, bert-large, llama2-7b, opt-6.7b, opt-13b")
     c.add_argument("--arch", default=None, help="hardware preset (dynaplasia, prime) or YAML/JSON file")
-    c.add_argument("--strategy", default="cmswitch", choices=["cmswitch", "cimmlc"],
-                   help="cmswitch (DP + MIP, dual-mode) or the all-compute CIM-MLC baseline")
+    c.add_argument("--strategy", default="cmswitch", choices=list(STRATEGIES),
+                   help="cmswitch (DP + MIP, dual-mode); all-compute baselines cimmlc, puma, "
+                   "occ; ablations dp-compute-only, greedy-mip")
     c.add_argument("--solver", default="glpk", choices=["glpk", "highs"], help="MIP solver")
     c.add_argument("--time-limit", type=_positive(float), default=None,
                    help="seconds per MIP solve (default 60)")
@@ -110,8 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic dimension")
     c.add_argument("-o", "--output", help="write the .cmsasm flow here (- for stdout)")
     c.add_argument("--json", help="write the JSON report here")
+    c.add_argument("--chunk-arrays", type=_positive(int), default=None, metavar="N",
+                   help="arrays per piece of operators split by cim-partition (default: "
+                   "cmswitch tries half and whole chip, keeps the faster prediction)")
     c.add_argument("--summary", action="store_true", help="print the segment table")
+    c.add_argument("--simulate", action="store_true",
+                   help="also run the flow in cmswitch-sim: simulated cycles beside the "
+                   "prediction (printed, and simulated_cycles / prediction_error in --json)")
+    c.add_argument("--plot", metavar="DIR", help="draw the segment map and one segment's "
+                   "pipeline timeline (PNG) into this folder")
+    c.add_argument("--functional", action="store_true",
+                   help="run the flow on seeded random inputs (numpy) and compare with "
+                   "onnxruntime (.onnx models with weights; docs/functional.md)")
     c.set_defaults(func=_compile)
+    from cmswitch.bench.evaluate import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -125,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as e:
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError as e:  # a binary file given as .mlir
+        print(f"error: {args.model}: not UTF-8 text ({e.reason} at byte {e.start})",
+              file=sys.stderr)
         return 1
 
 

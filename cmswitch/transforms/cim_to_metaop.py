@@ -8,12 +8,15 @@ Per segment, in order:
    of weight ops, `VEC.*` of vector ops, and `MEM.store` of the tensors that outlive
    the segment.
 
-Where a tensor lives inside a segment: in the memory-mode arrays of the first matrix
-op that reads it (its feed buffer), else the global buffer, else any memory-mode
-arrays of the segment, else DRAM — the first with room for its streaming window
-(`Graph.working_set`); tensors the MIP spilled, and tensors no operator of the
-segment reads, go to DRAM.  K-split partial
-sums are reduced explicitly by the `psum_add` vector ops `cim-partition` created.
+Where a tensor lives inside a segment: striped over the pool of memory-mode arrays
+(the longest run of arrays in memory mode, as the MIP sums every operator's memory
+arrays into one feed budget) or in the global buffer — whichever keeps its traffic per
+byte/cycle of bandwidth lower and has room for the tensor's streaming window
+(`Graph.working_set`) — else DRAM.  Tensors the MIP spilled, and tensors no operator
+of the segment reads, go to DRAM.  Tensors held for the next segment (`hold`) are
+placed whole in arrays the next segment leaves in memory mode, and read there in
+place.  K-split partial sums are reduced explicitly by the `psum_add` vector ops
+`cim-partition` created.
 """
 
 from __future__ import annotations
@@ -67,23 +70,49 @@ def switch_ops(modes: list[str], compute: list[tuple[int, int]],
     return ops
 
 
+def _runs(arrays: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs ``(lo, hi)`` of consecutive array indices in sorted `arrays`."""
+    runs: list[tuple[int, int]] = []
+    for a in arrays:
+        if runs and runs[-1][1] == a:
+            runs[-1] = (runs[-1][0], a + 1)
+        else:
+            runs.append((a, a + 1))
+    return runs
+
+
+def _longest(arrays: list[int]) -> tuple[int, int] | None:
+    """The longest run of consecutive arrays (the highest on a tie), or None."""
+    runs = _runs(arrays)
+    return max(runs, key=lambda r: (r[1] - r[0], r[0])) if runs else None
+
+
 class _Placer:
     """Chooses a location per tensor of one segment, within capacities (bytes).
 
-    Capacity is tracked per memory-mode array, as the simulator counts it: a tensor
-    window of ``W`` bytes at ``a[LO:HI]`` takes ``ceil(W/(HI-LO))`` bytes of every
-    array in the range.  `carried` are tensors held on chip from the previous segment:
-    ``tensor id -> (location, bytes)``; they occupy their place from the start."""
+    Memory-mode arrays serve the segment as one pool, as the MIP sums them: a tensor
+    placed in the pool is striped over its longest run of memory-mode arrays
+    (``a[LO:HI]``, read and written at ``(HI-LO) * internal_bw`` bytes/cycle), so every
+    stream shares all their ports.  Between the pool and the global buffer each tensor
+    goes to the one whose traffic per unit of bandwidth stays lowest, if it has room
+    for the tensor's window; else to the other; else to DRAM.  Capacity is tracked per
+    memory-mode array, as the simulator counts it: a window of ``W`` bytes at
+    ``a[LO:HI]`` takes ``ceil(W/(HI-LO))`` bytes of every array in the range.
+    `memory` are the arrays in memory mode during the segment; `carried` the tensors
+    held on chip from the previous segment (``id -> (location, bytes)``), which
+    occupy their place from the start."""
 
     def __init__(self, graph: Graph, first: int, last: int, arch: Arch,
-                 carried: dict[int, tuple[str, int]]):
+                 memory: list[int], carried: dict[int, tuple[str, int]]):
         self.graph, self.first, self.last, self.arch = graph, first, last, arch
         self.gb_free = arch.global_buffer_bytes
-        self.array_free: dict[int, int] = {}
-        for index in range(first, last + 1):
-            mem = _range(graph.ops[index].op, "memory")
-            for a in range(*mem) if mem else ():
-                self.array_free[a] = arch.array_bytes
+        self.array_free = dict.fromkeys(memory, arch.array_bytes)
+        self.pool = _longest(memory)
+        ib = arch.internal_bw_bits / 8
+        self.bandwidth = {"gb": arch.global_buffer_bw_bytes}
+        if self.pool:
+            self.bandwidth[self.loc(self.pool)] = (self.pool[1] - self.pool[0]) * ib
+        self.traffic = dict.fromkeys(self.bandwidth, 0)
         self.where: dict[int, tuple[str, int]] = {}
         self.held: set[int] = set()
         """Tensors placed whole to survive into the next segment (written unstreamed)."""
@@ -92,6 +121,15 @@ class _Placer:
                 raise CMSwitchError(f"tensor {graph.tensors[t].name} held at {loc} does not "
                                     f"fit the memory of the next segment")
             self.where[t] = (loc, nbytes)
+            if loc in self.traffic:
+                self.traffic[loc] += nbytes * self._reads(t)
+
+    @staticmethod
+    def loc(run: tuple[int, int]) -> str:
+        return f"a[{run[0]}:{run[1]}]"
+
+    def _reads(self, t: int) -> int:
+        return sum(1 for c in self.graph.tensors[t].consumers if self.first <= c <= self.last)
 
     def take(self, loc: str, nbytes: int) -> bool:
         """Reserve `nbytes` at `loc` ("gb" or "a[LO:HI]") if it has room."""
@@ -108,12 +146,13 @@ class _Placer:
             self.array_free[a] -= share
         return True
 
-    def hold(self, t: int, region: tuple[int, int] | None) -> bool:
+    def hold(self, t: int, stay: list[int]) -> bool:
         """Place tensor `t` whole where it survives into the next segment: across the
-        memory arrays `region` that stay in memory mode, else the global buffer."""
+        longest run of the memory-mode arrays `stay` the next segment does not switch,
+        else the global buffer."""
         nbytes = self.graph.tensors[t].bytes
-        places = ([f"a[{region[0]}:{region[1]}]"] if region and region[1] > region[0] else [])
-        for loc in places + ["gb"]:
+        run = _longest(stay)
+        for loc in ([self.loc(run)] if run else []) + ["gb"]:
             if self.take(loc, nbytes):
                 self.where[t] = (loc, nbytes)
                 self.held.add(t)
@@ -130,24 +169,16 @@ class _Placer:
             self.where[t] = ("dram", tensor.bytes)
             return self.where[t]
         window = max(self.graph.working_set(t, c) for c in readers)
-        for loc in self._candidates(readers):
+        traffic = tensor.bytes * (1 + len(readers))
+        order = sorted(self.bandwidth, key=lambda loc: (
+            (self.traffic[loc] + traffic) / self.bandwidth[loc], loc))
+        for loc in order:
             if self.take(loc, window):
+                self.traffic[loc] += traffic
                 self.where[t] = (loc, window)
                 return self.where[t]
         self.where[t] = ("dram", tensor.bytes)
         return self.where[t]
-
-    def _candidates(self, readers: list[int]) -> list[str]:
-        """The memory arrays of the tensor's first matrix reader (its feed buffer),
-        then the global buffer, then any other memory-mode arrays of the segment: the
-        MIP's capacity constraint pools them all."""
-        own, others = [], []
-        for index in range(self.first, self.last + 1):
-            mem = _range(self.graph.ops[index].op, "memory")
-            if mem is None:
-                continue
-            (own if index in readers else others).append(f"a[{mem[0]}:{mem[1]}]")
-        return own[:1] + ["gb"] + own[1:] + others
 
 
 def _ref(graph: Graph, t: int, placer: _Placer) -> str:
@@ -192,36 +223,20 @@ def _tiles(gop: GraphOp) -> tuple[int, int]:
     return gop.cost.arrays // tn, tn
 
 
-def memory_arrays(graph: Graph, first: int, last: int) -> set[int]:
-    """The memory-mode arrays of operators ``first..last``."""
+def compute_arrays(graph: Graph, first: int, last: int) -> set[int]:
+    """The compute arrays of operators ``first..last``."""
     return {a for g in graph.ops[first:last + 1]
-            if (mem := _range(g.op, "memory")) is not None for a in range(*mem)}
-
-
-def _stay_region(now: set[int], after: set[int]) -> tuple[int, int] | None:
-    """The longest run of arrays in memory mode in both segments (a held tensor is
-    spread over it)."""
-    both = sorted(now & after)
-    best: tuple[int, int] | None = None
-    i = 0
-    while i < len(both):
-        j = i
-        while j + 1 < len(both) and both[j + 1] == both[j] + 1:
-            j += 1
-        if best is None or both[j] + 1 - both[i] > best[1] - best[0]:
-            best = (both[i], both[j] + 1)
-        i = j + 1
-    return best
+            if (arr := _range(g.op, "arrays")) is not None for a in range(*arr)}
 
 
 def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arch,
                   modes: list[str], carried: dict[int, tuple[str, int]] | None = None,
-                  held_out: tuple[int, ...] = (), next_memory: set[int] | None = None
+                  held_out: tuple[int, ...] = (), next_compute: set[int] | None = None
                   ) -> metaop.SegmentOp:
     """The `metaop.segment` of one allocated `cim.segment`.  `carried`: tensors held on
     chip from the previous segment (id -> (location, bytes)), read in place; on return
     it holds the tensors of `held_out` this segment managed to keep for the next one,
-    whose memory-mode arrays are `next_memory` (a held tensor that finds no room is
+    whose compute arrays are `next_compute` (a held tensor that finds no room is
     stored to DRAM and loaded again, as without holding)."""
     carried = carried if carried is not None else {}
     gops = graph.ops[first:last + 1]
@@ -237,9 +252,10 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
         copies = (hi - lo) // g.cost.arrays
         body.append(metaop.LoadWeightOp(g.name, lo, hi, _tiles(g), copies,
                                         g.cost.weight_bytes))
-    placer = _Placer(graph, first, last, arch, carried)
-    region = _stay_region(memory_arrays(graph, first, last), next_memory or set())
-    kept = {t for t in held_out if placer.hold(t, region)}
+    in_memory = [a for a, mode in enumerate(modes) if mode == "M"]
+    placer = _Placer(graph, first, last, arch, in_memory, carried)
+    stay = [a for a in in_memory if a not in (next_compute or set())]
+    kept = {t for t in held_out if placer.hold(t, stay)}
     pipeline: list[Operation] = []
     live_in = sorted({t for g in gops for t in g.inputs
                       if (graph.tensors[t].producer is None or graph.tensors[t].producer < first)})
@@ -284,7 +300,7 @@ class CimToMetaopPass(ModulePass):
         carried: dict[int, tuple[str, int]] = {}
         flow = []
         for k, (seg, (first, last), _, held_out) in enumerate(plan):
-            after = memory_arrays(graph, *plan[k + 1][1]) if k + 1 < len(plan) else set()
+            after = compute_arrays(graph, *plan[k + 1][1]) if k + 1 < len(plan) else set()
             flow.append(lower_segment(graph, seg, first, last, arch, modes, carried,
                                       held_out, after))
         op.attributes[TENSORS_ATTR] = DictionaryAttr(

@@ -8,7 +8,8 @@ latency ``L`` the fewest copies are ``ceil(c_i / L)`` and the memory-mode arrays
 are handed out greedily — whole arrays to whole units of unmet feed first, then to the
 largest remainders, which is optimal because every array supplies the same
 ``internal_bw`` — with the rest of the feed from the global buffer.  Then the weight
-loads of the fewest copies, the pipeline fill and the boundary are added.  The DP must
+loads of the fewest copies, the pipeline fill and the boundary are added, at that
+latency or any slower one where an operator needs fewer copies.  The DP must
 reach the exhaustive optimum."""
 
 import itertools
@@ -96,10 +97,15 @@ def reference_cost(p, arch) -> float:
         for _ in range(200):
             mid = (lo * hi) ** 0.5
             lo, hi = (lo, mid) if _fits(p, arch, kept, mid) is not None else (mid, hi)
-        copies = iter(_fits(p, arch, kept, hi))
-        full = tuple(next(copies) if op.arrays else 0 for op in p.ops)
+        # a slower pipeline may need fewer copies: try every latency where some
+        # operator's fewest copies drop (compute / k), above the fastest
         fill = sum(arch.mvm_cycles for op in p.ops if op.arrays)
-        best = min(best, hi + load_cycles(p, full, arch) + fill)
+        lats = [hi] + [op.compute / k for op in p.ops if op.arrays and op.compute
+                       for k in range(1, op.max_copies + 1) if op.compute / k > hi]
+        for lat in lats:
+            copies = iter(_fits(p, arch, kept, lat))
+            full = tuple(next(copies) if op.arrays else 0 for op in p.ops)
+            best = min(best, lat + load_cycles(p, full, arch) + fill)
     return best + 2 * arch.switch_cycles
 
 

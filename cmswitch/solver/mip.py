@@ -20,10 +20,15 @@ per copy, ``v`` digital-unit ops, ``b_e``/``w_e`` bytes/window of internal edge 
 
 ``ib = internal_bw_bits/8`` bytes/cycle per memory-mode array; ``held`` the bytes kept
 on chip across the segment's boundaries (held_in + held_out, DESIGN.md §9.3: they
-are not DRAM traffic but occupy memory all along).  A second solve fixes
-``T`` at its optimum and minimises the weight-load cycles of the copies, then memory
-arrays (tie-break, §9.9), with an index-weighted epsilon so the optimum is unique and
-the answer does not depend on the solver.
+are not DRAM traffic but occupy memory all along).
+
+Stage 1 (`solve_throughput`) finds the best throughput ``t*``.  The segment's cost is
+then ``load + S/t + fill`` minimised over ``t <= t*`` (`best_rate`: a slower pipeline
+may save the loads of copies it no longer needs), with the fewest copies
+``ceil(c_i t/S)`` (`min_copies`) — exact, because lowering ``T`` keeps every
+constraint and fewer copies only free arrays.  The DP prices candidates this way
+(`price_cached`); stage 2 (`solve_segment`), only for chosen segments, fixes that
+``t`` and the copies and minimises the memory-mode arrays (tie-break, §9.9).
 """
 
 from __future__ import annotations
@@ -293,22 +298,47 @@ def solve_throughput(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     return Throughput(max(pyo.value(model.T), 1e-12), scale, status, copies, memory, kept)
 
 
-def min_copies(problem: SegmentProblem, arch: Arch, thr: Throughput) -> tuple[int, ...]:
-    """The fewest copies sustaining the stage-2 throughput ``t*(1 - T_SLACK)``:
-    ``d_i = ceil(c_i t / S)``.  Copies appear only in the compute constraints and the
-    array budget, and fewer copies leave more arrays for memory, so these are feasible
-    whenever stage 1 is, and they are what stage 2's load objective picks: the DP
-    prices candidates with them and solves stage 2 only for the chosen segments."""
-    t = thr.t * (1 - T_SLACK)
+def min_copies(problem: SegmentProblem, arch: Arch, thr: Throughput,
+               t: float | None = None) -> tuple[int, ...]:
+    """The fewest copies sustaining the throughput ``t*(1 - T_SLACK)`` (default
+    ``t = best_rate``): ``d_i = ceil(c_i t / S)``.  Copies appear only in the compute
+    constraints and the array budget, and fewer copies leave more arrays for memory,
+    so these are feasible for every ``t`` up to the stage-1 optimum; they are what
+    stage 2 fixes."""
+    t = (best_rate(problem, arch, thr) if t is None else t) * (1 - T_SLACK)
     return tuple(min(op.max_copies, max(1, math.ceil(op.compute * t / thr.scale - 1e-6)))
                  if op.arrays else 0 for op in problem.ops)
 
 
+def _cycles_at(problem: SegmentProblem, arch: Arch, thr: Throughput, t: float) -> float:
+    fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
+    return load_cycles(problem, min_copies(problem, arch, thr, t), arch) + thr.scale / t + fill
+
+
+def best_rate(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
+    """The throughput ``t <= t*`` with the fewest predicted cycles ``load + S/t +
+    fill``: a slower pipeline may pay back the weight loads of copies it no longer
+    needs (§9.1).  Every ``t <= t*`` is feasible (all constraints bound ``T`` from above,
+    and fewer copies free arrays), the load only changes where some op's copies do, at
+    ``t = k S / c_i``, and between those points a larger ``t`` is better — so the
+    candidates are ``t*`` and those breakpoints.  Ties go to the larger ``t``."""
+    candidates = {thr.t}
+    for op in problem.ops:
+        if not op.arrays or not op.compute:
+            continue
+        for k in range(1, op.max_copies + 1):
+            t = k * thr.scale / op.compute
+            if t < thr.t:
+                candidates.add(t)
+    return min(sorted(candidates, reverse=True),
+               key=lambda t: _cycles_at(problem, arch, thr, t))
+
+
 def price(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
     """Predicted cycles of the segment at its optimum: weight loads of `min_copies`,
-    plus the latency ``S / t``, plus the pipeline fill (one MVM per matrix op)."""
-    fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
-    return load_cycles(problem, min_copies(problem, arch, thr), arch) + thr.scale / thr.t + fill
+    plus the latency ``S / t``, plus the pipeline fill (one MVM per matrix op), at
+    ``t = best_rate``."""
+    return _cycles_at(problem, arch, thr, best_rate(problem, arch, thr))
 
 
 def _solution(model, mat: list[int], problem: SegmentProblem):
@@ -333,7 +363,7 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     copies, memory, kept, status = thr.copies, thr.memory, thr.kept, thr.status
     if any(op.arrays for op in problem.ops):
         (copies, memory, kept), status = _stage2(problem, arch, solver, time_limit, thr)
-    latency = thr.scale / thr.t
+    latency = thr.scale / best_rate(problem, arch, thr)
     load = load_cycles(problem, copies, arch)
     fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
     return Allocation(copies, memory, kept, latency, load, fill, load + latency + fill,
@@ -348,7 +378,8 @@ def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float 
     and say so.  Returns ``((copies, memory, kept), status)``."""
     import pyomo.environ as pyo
 
-    model, mat, _ = _build(problem, arch, t_fixed=thr.t * (1 - T_SLACK))
+    model, mat, _ = _build(problem, arch,
+                           t_fixed=best_rate(problem, arch, thr) * (1 - T_SLACK))
     copies = min_copies(problem, arch, thr)
     for i in mat:
         model.d[i].fix(copies[i])

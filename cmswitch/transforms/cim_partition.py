@@ -23,9 +23,9 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 
 from cmswitch.arch import Arch
-from cmswitch.cost.model import tiles_for
-from cmswitch.dialects.cim import Conv2dOp, MatmulOp, VectorOp, tensor_shape
-from cmswitch.errors import CMSwitchError
+from cmswitch.cost.model import op_cost, tiles_for
+from cmswitch.dialects.cim import Conv2dOp, DynMatmulOp, MatmulOp, VectorOp, tensor_shape
+from cmswitch.errors import CMSwitchError, ModelTooLargeError
 from cmswitch.transforms.common import check_options, main_func, resolve_arch
 
 
@@ -128,11 +128,30 @@ def _plan_for(op: Conv2dOp | MatmulOp, arch: Arch, max_arrays: int) -> _Plan | N
         ks, ns = plan_split(k, 1, n, arch, max_arrays)
         return _Plan(len(tensor_shape(op.input)) - 1, 1, ks, ns)
     if op.group_count != 1:
-        raise CMSwitchError(f"grouped convolution '{_base(op)}' needs {tk * tn} arrays per "
-                            f"group, more than the chip's {arch.arrays}")
+        raise ModelTooLargeError(
+            f"grouped convolution '{_base(op)}' needs {tk * tn} arrays per group, more "
+            f"than the chip's {arch.arrays} (grouped convolutions are not split)")
     kh, kw = op.kernel.get_values()
     ks, ns = plan_split(tensor_shape(op.input)[1], kh * kw, n, arch, max_arrays)
     return _Plan(1, kh * kw, ks, ns)
+
+
+def _refuse_unsplittable(op: Operation, arch: Arch) -> None:
+    """Raise ModelTooLargeError for an operator this pass cannot split whose one copy
+    exceeds the chip: a dynamic matmul (its run-time operand is written whole), or a
+    grouped convolution whose groups, packed into arrays, need more than the chip."""
+    if not isinstance(op, (DynMatmulOp, Conv2dOp)):
+        return
+    if isinstance(op, Conv2dOp) and op.group_count == 1:
+        return
+    need = op_cost(op, "", arch).arrays
+    if need <= arch.arrays:
+        return
+    what = "dynamic matmul" if isinstance(op, DynMatmulOp) else "grouped convolution"
+    name = op.results[0].name_hint or op.name
+    raise ModelTooLargeError(
+        f"{what} '{name}' needs {need} arrays for one copy, the chip has {arch.arrays}; "
+        f"cim-partition does not split {what}s")
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,7 @@ class CimPartitionPass(ModulePass):
             raise CMSwitchError(f"cim-partition: max-arrays={limit} exceeds the chip's {arch.arrays} arrays")
         func = main_func(op)
         for inner in list(func.walk()):
+            _refuse_unsplittable(inner, arch)
             if not isinstance(inner, (Conv2dOp, MatmulOp)):
                 continue
             plan = _plan_for(inner, arch, limit)

@@ -75,15 +75,21 @@ def segment_starts(graph: Graph) -> list[int]:
 def _next_ends(graph: Graph, starts: list[int], arrays: int, window: int) -> list[list[int]]:
     """For each start position ``b``, the end positions ``c > b`` such that operators
     ``starts[b]..starts[c]-1`` fit one weight copy each in the chip and hold at most
-    `window` matrix operators (0: no bound)."""
+    `window` matrix operators (0: no bound) — plus, beyond the window, the longest
+    segment from ``b`` that fits (the greedy packing CIM-MLC would choose), so the
+    DP's space contains the all-compute baseline's segmentation."""
     ends: list[list[int]] = []
     for b in range(len(starts) - 1):
         used, row = 0, []
         for c in range(b + 1, len(starts)):
             used += sum(o.cost.arrays for o in graph.ops[starts[c - 1]:starts[c]])
-            if used > arrays or (window and c - b > window):
+            if used > arrays:
                 break
-            row.append(c)
+            if not window or c - b <= window:
+                row.append(c)
+            elif c == len(starts) - 1 or used + sum(
+                    o.cost.arrays for o in graph.ops[starts[c]:starts[c + 1]]) > arrays:
+                row.append(c)  # the greedy packing from b: CIM-MLC's segment is a candidate
         ends.append(row)
     return ends
 

@@ -111,12 +111,29 @@ def load_module(model: str | Path, dims: dict[str, int] | None = None,
     _all_dialects(ctx)
     try:
         module = Parser(ctx, path.read_text(), str(path)).parse_module()
-        module.verify()
-    except (ParseError, VerifyException) as e:
+    except ParseError as e:
         raise CMSwitchError(" ".join(str(e).split())) from None
+    try:
+        module.verify()
+    except VerifyException as e:
+        raise CMSwitchError(f"{path}: {_failing_op(module)}{' '.join(str(e).split())}") from None
     if "cim.model" not in module.attributes:
         module.attributes["cim.model"] = StringAttr(path.stem)
     return module
+
+
+def _failing_op(module: ModuleOp) -> str:
+    """``op 'NAME' (%result, the Nth op of the file): `` for the first operation whose
+    own verifier fails (xDSL's verifier messages do not name the op), else ''."""
+    from xdsl.utils.exceptions import VerifyException
+
+    for index, op in enumerate(module.walk()):
+        try:
+            op.verify_()
+        except VerifyException:
+            result = f"%{op.results[0].name_hint}, " if op.results and op.results[0].name_hint else ""
+            return f"op '{op.name}' ({result}operation {index} of the module): "
+    return ""
 
 
 def lower_bound(graph: Graph, arch: Arch) -> int:

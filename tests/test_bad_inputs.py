@@ -200,6 +200,10 @@ ONNX_CASES = {
     "gemm_no_bias": (gemm([4, 8], [8, 16], bias=False), [], [("weight", 4, 8, 16, 1)]),
     "gemm_trans_ab_no_bias": (gemm([8, 4], [16, 8], bias=False, transA=1, transB=1), [],
                               [("weight", 4, 8, 16, 1)]),
+    "gemm_alpha_refused": (gemm([4, 8], [8, 16], bias=True, alpha=2.0), [],
+                           r"Gemm with alpha=2\.0 is not supported"),
+    "gemm_beta_refused": (gemm([4, 8], [8, 16], bias=True, beta=0.5), [],
+                          r"Gemm with beta=0\.5 is not supported"),
     # [2,5,8] @ [8,16]: 10 vectors
     "matmul_rank3_weight": (matmul_weight([2, 5, 8], [8, 16]), [], [("weight", 10, 8, 16, 1)]),
     # [2,1,4,8] @ [3,8,5] -> [2,3,4,5]: six 4x8 @ 8x5 instances, priced per instance

@@ -792,6 +792,10 @@ def _lower_node(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
         _lower_conv(node, ctx, label)
         return
     if node.op_type == "Gemm":
+        for key in ("alpha", "beta"):
+            if float(_get_attr(node, key, 1.0)) != 1.0:
+                raise CMSwitchError(f"{label}: Gemm with {key}={_get_attr(node, key, 1.0)} is "
+                                    f"not supported (only alpha = beta = 1)")
         _lower_product(node, ctx, label, bool(_get_attr(node, "transA", 0)),
                        bool(_get_attr(node, "transB", 0)))
         return

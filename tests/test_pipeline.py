@@ -119,3 +119,30 @@ def test_glpk_and_highs_agree_on_cycles(tmp_path):
     _, highs = _compile_cli(tmp_path, "h", "--solver", "highs")
     assert glpk["predicted_cycles"] == highs["predicted_cycles"]
     assert [s["operators"] for s in glpk["segments"]] == [s["operators"] for s in highs["segments"]]
+
+
+def test_resnet18_flow_switches_and_is_refused_without_its_switches(tmp_path):
+    """The issue's acceptance run: compile ResNet-18 to a flow with `CM.switch` lines and
+    `parallel` blocks that `cmswitch-sim --json` accepts; with every switch-to-compute
+    line removed, the simulator refuses it (a TOM switch left the arrays in memory mode,
+    so an MVM or weight load hits memory-mode arrays)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    flow = tmp_path / "f.cmsasm"
+    subprocess.run([bin_dir / "cmswitch", "compile", MODELS / "resnet18.onnx", "-o", flow],
+                   check=True, capture_output=True)
+    text = flow.read_text()
+    assert "CM.switch TOM" in text and "CM.switch TOC" in text and "parallel {" in text
+    ok = subprocess.run([bin_dir / "cmswitch-sim", flow, "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["cycles"] > 0
+    broken = tmp_path / "broken.cmsasm"
+    broken.write_text("".join(line for line in text.splitlines(keepends=True)
+                              if "CM.switch TOC" not in line))
+    bad = subprocess.run([bin_dir / "cmswitch-sim", broken], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: ") and "memory mode" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -214,8 +214,9 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
                 for first, last in greedy_segments(graph, arch)]
     else:
         plan = layerwise_plan(graph, arch, strategy)
+    busy: set[int] = set()
     for seg, choice in zip(wrap_segments(func, graph, plan), plan):
-        write_allocation(graph, seg, choice.first, choice.last, choice.alloc, arch)
+        busy = write_allocation(graph, seg, choice.first, choice.last, choice.alloc, arch, busy)
 
 
 def chunk_candidates(arch: Arch) -> tuple[int, ...]:

@@ -146,3 +146,22 @@ def test_resnet18_flow_switches_and_is_refused_without_its_switches(tmp_path):
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: ") and "memory mode" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_next_weights_load_during_the_previous_segment_when_their_arrays_are_free():
+    """§9.1: a weight op of segment k+1 whose compute arrays segment k leaves unused is
+    loaded inside segment k's parallel block, once, and the simulator accepts it."""
+    from cmswitch.sim.simulator import simulate
+
+    plan = compile_model(MODELS / "resnet18.onnx")
+    segments = plan.flow.split(".segment ")[1:]
+    early = []
+    for k, text in enumerate(segments):
+        block = text[text.index("parallel {"):]
+        early += [(k, line.split()[1]) for line in block.splitlines()
+                  if line.strip().startswith("CIM.load_weight")]
+    assert early, "no weight load overlaps a pipeline"
+    for k, op in early:
+        assert f",{op}," in f",{segments[k + 1].split()[1][4:]},"  # an op of the next segment
+        assert plan.flow.count(f"CIM.load_weight {op} ") == 1
+    assert simulate(plan.flow)["cycles"] > 0

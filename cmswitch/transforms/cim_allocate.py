@@ -3,9 +3,10 @@
 For every `cim.segment` (from `cim-segment`) the segment MIP
 (`cmswitch.solver.mip`) gives weight copies ``d_i`` and memory-mode arrays ``m_i`` per
 matrix operator and which internal tensors stay on chip.  Concrete addresses follow:
-compute arrays are assigned from array 0 upward and memory-mode arrays from the top
-down, in operator order, so consecutive segments keep most arrays in the same mode
-and only the boundary between the two regions switches.
+memory-mode arrays from the top down, in operator order, so consecutive segments keep
+most arrays in memory mode; compute arrays contiguous from the lowest array that
+misses the previous segment's compute and memory arrays (else from array 0), so the
+next weights can be loaded while the previous segment still runs (§9.1).
 
 Attributes written — on each matrix op: ``copies``, ``arrays = array<i64: lo, hi>``
 (compute), ``memory = array<i64: lo, hi>`` (when ``m_i > 0``), ``spill`` (indices of
@@ -62,10 +63,27 @@ def held_plan(graph: Graph, segments: list[SegmentOp]):
             for k, (seg, rng) in enumerate(zip(segments, ranges))]
 
 
+def compute_base(need: int, memory: int, avoid: set[int], arch: Arch) -> int:
+    """First array of a segment's `need` compute arrays: the lowest start whose range
+    misses the arrays `avoid` (the previous segment's compute and memory arrays) and
+    the segment's own `memory` arrays at the top, so its weights can be loaded while
+    the previous segment runs (§9.1, `cim-to-metaop` prefetches them); 0 if none."""
+    limit = arch.arrays - memory
+    for start in [0] + sorted({a + 1 for a in avoid}):
+        if start + need <= limit and not any(a in avoid for a in range(start, start + need)):
+            return start
+    return 0
+
+
 def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
-                     alloc: Allocation, arch: Arch) -> None:
-    """Annotate a segment and its matrix ops with `alloc` and concrete array ranges."""
-    low, high = 0, arch.arrays
+                     alloc: Allocation, arch: Arch, avoid: set[int] | None = None) -> set[int]:
+    """Annotate a segment and its matrix ops with `alloc` and concrete array ranges:
+    compute arrays contiguous from `compute_base` (given the previous segment's busy
+    arrays `avoid`), memory-mode arrays from the top down.  Returns this segment's
+    busy arrays (compute and memory), the next segment's `avoid`."""
+    need = sum(gop.cost.arrays * d for gop, d in zip(graph.ops[first:last + 1], alloc.copies))
+    base = compute_base(need, sum(alloc.memory), avoid or set(), arch)
+    low, high = base, arch.arrays
     kept = iter(alloc.kept)
     for local, gop in enumerate(graph.ops[first:last + 1]):
         spill = []
@@ -85,12 +103,13 @@ def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
             high -= m
     assert low <= high, "MIP exceeded the array budget"
     attrs = seg.attributes
-    attrs["compute_arrays"] = IntegerAttr(low, i64)
+    attrs["compute_arrays"] = IntegerAttr(low - base, i64)
     attrs["memory_arrays"] = IntegerAttr(arch.arrays - high, i64)
     attrs["predicted_cycles"] = IntegerAttr(round(alloc.cycles), i64)
     attrs["load_cycles"] = IntegerAttr(round(alloc.load), i64)
     attrs["latency_cycles"] = IntegerAttr(round(alloc.latency), i64)
     attrs["solver_status"] = StringAttr(alloc.status)
+    return set(range(base, low)) | set(range(high, arch.arrays))
 
 
 @dataclass(frozen=True)
@@ -112,9 +131,10 @@ class CimAllocatePass(ModulePass):
         func = main_func(op)
         segments = segment_ops(func, self.name, "cim-segment")
         graph = build_graph(func, arch)
+        busy: set[int] = set()
         for seg, (first, last), held_in, held_out in held_plan(graph, segments):
             problem = segment_problem(graph, first, last, held_in, held_out,
                                       COMPUTE_ONLY_ATTR not in seg.attributes)
             alloc = solve_cached(problem, arch, self.solver, self.time_limit or None,
                                  graph.span(first, last))
-            write_allocation(graph, seg, first, last, alloc, arch)
+            busy = write_allocation(graph, seg, first, last, alloc, arch, busy)

@@ -229,24 +229,50 @@ def compute_arrays(graph: Graph, first: int, last: int) -> set[int]:
             if (arr := _range(g.op, "arrays")) is not None for a in range(*arr)}
 
 
+def _prefetchable(ops: list[GraphOp], busy: list[tuple[int, int]],
+                  carried: dict[int, tuple[str, int]]) -> list[GraphOp]:
+    """The weight ops among `ops` (the next segment's) whose compute arrays miss this
+    segment's `busy` ranges and the arrays holding `carried` data."""
+    taken = {a for lo, hi in busy for a in range(lo, hi)}
+    for loc, _ in carried.values():
+        if loc.startswith("a["):
+            lo, hi = (int(x) for x in loc[2:-1].split(":"))
+            taken.update(range(lo, hi))
+    early = []
+    for g in ops:
+        arrays = _range(g.op, "arrays")
+        if g.cost.kind != "weight" or arrays is None:
+            continue
+        if not taken.intersection(range(*arrays)):
+            early.append(g)
+    return early
+
+
 def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arch,
                   modes: list[str], carried: dict[int, tuple[str, int]] | None = None,
-                  held_out: tuple[int, ...] = (), next_compute: set[int] | None = None
+                  held_out: tuple[int, ...] = (), next_compute: set[int] | None = None,
+                  prefetch: list[GraphOp] | None = None, preloaded: set[str] | None = None
                   ) -> metaop.SegmentOp:
     """The `metaop.segment` of one allocated `cim.segment`.  `carried`: tensors held on
     chip from the previous segment (id -> (location, bytes)), read in place; on return
     it holds the tensors of `held_out` this segment managed to keep for the next one,
     whose compute arrays are `next_compute` (a held tensor that finds no room is
-    stored to DRAM and loaded again, as without holding)."""
+    stored to DRAM and loaded again, as without holding).  `prefetch`: the next
+    segment's weight ops, whose weights are loaded inside this segment's pipeline if
+    their arrays are free here (§9.1); their names are added to `preloaded`, and this
+    segment skips the loads of ops already in it."""
     carried = carried if carried is not None else {}
+    preloaded = preloaded if preloaded is not None else set()
     gops = graph.ops[first:last + 1]
     compute = [_range(g.op, "arrays") for g in gops if g.cost.arrays]
     if any(r is None for r in compute):
         raise CMSwitchError(f"segment {seg.id.value.data} is not allocated: run cim-allocate first")
     memory = [r for g in gops if (r := _range(g.op, "memory")) is not None]
-    body: list[Operation] = switch_ops(modes, compute, memory)
+    early = _prefetchable(prefetch or [], compute + memory, carried)
+    body: list[Operation] = switch_ops(modes, compute + [_range(g.op, "arrays") for g in early],
+                                       memory)
     for g in gops:
-        if g.cost.kind != "weight":
+        if g.cost.kind != "weight" or g.name in preloaded:
             continue
         lo, hi = _range(g.op, "arrays")
         copies = (hi - lo) // g.cost.arrays
@@ -274,6 +300,11 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
             loc = placer.where[t][0]
             if outlives and loc != "dram" and t not in kept:
                 pipeline.append(metaop.MemStoreOp(tensor.name, loc, "dram", tensor.bytes))
+    for g in early:
+        lo, hi = _range(g.op, "arrays")
+        pipeline.append(metaop.LoadWeightOp(g.name, lo, hi, _tiles(g), (hi - lo) // g.cost.arrays,
+                                            g.cost.weight_bytes))
+        preloaded.add(g.name)
     body.append(metaop.ParallelOp(pipeline))
     carried.clear()
     carried.update({t: placer.where[t] for t in sorted(kept)})
@@ -299,10 +330,13 @@ class CimToMetaopPass(ModulePass):
         plan = held_plan(graph, segments)
         carried: dict[int, tuple[str, int]] = {}
         flow = []
+        preloaded: set[str] = set()
         for k, (seg, (first, last), _, held_out) in enumerate(plan):
-            after = compute_arrays(graph, *plan[k + 1][1]) if k + 1 < len(plan) else set()
+            nxt = plan[k + 1][1] if k + 1 < len(plan) else None
+            after = compute_arrays(graph, *nxt) if nxt else set()
+            ahead = graph.ops[nxt[0]:nxt[1] + 1] if nxt else []
             flow.append(lower_segment(graph, seg, first, last, arch, modes, carried,
-                                      held_out, after))
+                                      held_out, after, ahead, preloaded))
         op.attributes[TENSORS_ATTR] = DictionaryAttr(
             {t.name: IntegerAttr(t.bytes, i64) for t in graph.tensors})
         op.attributes[INPUTS_ATTR] = ArrayAttr(

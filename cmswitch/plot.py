@@ -77,20 +77,22 @@ def array_modes(flow: str | os.PathLike) -> list[dict[str, Any]]:
                                 for mode, mem in zip(current["modes"], memory_mode)]
             current = None
         elif isinstance(record, Statement) and current is not None:
-            _mark(current["modes"], memory_mode, record)
+            _mark(current["modes"], memory_mode, record, current["ops"])
     if memory_mode is None:
         raise CMSwitchError(f"{source.name}: the flow has no `.arch` header")
     return segments
 
 
-def _mark(modes: list[str], memory_mode: list[bool], st: Statement) -> None:
+def _mark(modes: list[str], memory_mode: list[bool], st: Statement, ops: list[str]) -> None:
     """Record the arrays one statement uses (a compute role wins over a data role) and
-    the mode a `CM.switch` leaves its arrays in."""
+    the mode a `CM.switch` leaves its arrays in.  A `load_weight` of an op outside the
+    segment's `ops` (the next segment's weights, loaded ahead) leaves its arrays idle
+    here."""
     if st.kind == "CM.switch":
         for i in range(st.arrays.lo, min(st.arrays.hi, len(modes))):
             memory_mode[i] = st.mode == "TOM"
         return
-    if st.kind.startswith("CIM."):
+    if st.kind.startswith("CIM.") and (not ops or st.op in ops):
         for i in range(st.arrays.lo, min(st.arrays.hi, len(modes))):
             modes[i] = "compute"
     for ref in (*st.reads, *st.writes):

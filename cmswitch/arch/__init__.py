@@ -134,7 +134,8 @@ def load_arch(spec: str | None = None) -> Arch:
     ``None`` gives the default preset.  Raises CMSwitchError (one line naming the file
     and field) for an unknown preset, unreadable file, unknown key, missing field, or a
     zero/negative size, a key given twice, a value above the sanity limits
-    (`MAX_ARRAYS`, `MAX_ARRAY_SIDE`, `MAX_BITS`), or an infinite/NaN rate.
+    (`MAX_ARRAYS`, `MAX_ARRAY_SIDE`, `MAX_BITS`), an infinite/NaN rate, or a file that
+    takes a preset's name with other numbers.
     """
     spec = spec or DEFAULT_ARCH
     preset = PRESET_DIR / f"{spec}.yaml"
@@ -151,7 +152,11 @@ def load_arch(spec: str | None = None) -> Arch:
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise CMSwitchError(f"{path}: cannot read hardware description: "
                             f"{str(e).splitlines()[0]}") from None
-    return _validate(data, str(path))
+    arch = _validate(data, str(path))
+    if path != preset and arch.name in preset_names() and arch != load_arch(arch.name):
+        raise CMSwitchError(f"{path}: name '{arch.name}' is a preset's but the numbers differ; "
+                            f"give this hardware its own name (reports and flows use it)")
+    return arch
 
 
 def arch_from_dict(data: dict[str, Any], origin: str = "hardware description") -> Arch:

@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from cmswitch.tools import console
 from cmswitch.api import STRATEGIES
 from cmswitch.errors import CMSwitchError
 
@@ -25,6 +26,8 @@ def _dims(args: argparse.Namespace) -> dict[str, int]:
         name, sep, value = item.partition("=")
         if not sep or not value.isdigit() or int(value) <= 0:
             raise CMSwitchError(f"--dim expects NAME=POSITIVE_INT, got '{item}'")
+        if dims.get(name, int(value)) != int(value):
+            raise CMSwitchError(f"--dim {name} bound twice, to {dims[name]} and {value}")
         dims[name] = int(value)
     return dims
 
@@ -65,8 +68,11 @@ def _check_writable(path: str | None) -> None:
 def _compile(args: argparse.Namespace) -> int:
     from cmswitch.api import compile as compile_model
 
+    if args.output == "-" and args.json == "-":
+        raise CMSwitchError("-o - and --json - both want stdout; send one to a file")
     _check_writable(args.output)
     _check_writable(args.json)
+    text_out = sys.stderr if "-" in (args.output, args.json) else sys.stdout
     if args.plot:
         from cmswitch.plot import ensure_folder
 
@@ -89,7 +95,10 @@ def _compile(args: argparse.Namespace) -> int:
         sim = plan.simulate()
         report["simulated_cycles"] = sim["cycles"]
         report["prediction_error"] = round(plan.predicted_cycles / sim["cycles"] - 1, 4)
-    if args.json:
+    if args.json == "-":
+        json.dump(report, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
             f.write("\n")
@@ -99,11 +108,11 @@ def _compile(args: argparse.Namespace) -> int:
         for path in plot_plan(plan, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     if args.summary or not (args.output or args.json or args.functional):
-        print_summary(plan)
+        print_summary(plan, text_out)
     if args.simulate:
         print(f"simulated cycles: {report['simulated_cycles']}   predicted / simulated - 1: "
               f"{report['prediction_error']:+.1%} (the cost model's error; cmswitch-sim "
-              f"shares no timing code with it)")
+              f"shares no timing code with it)", file=text_out)
     if args.functional:
         return _functional(plan, args)
     return 0
@@ -115,7 +124,7 @@ def _functional(plan, args: argparse.Namespace) -> int:
     from cmswitch.functional import compare, format_report
 
     report = compare(plan, args.model)
-    out = sys.stderr if args.output == "-" else sys.stdout
+    out = sys.stderr if "-" in (args.output, args.json) else sys.stdout
     out.write(format_report(report))
     if not report["ok"]:
         print("error: the flow's outputs differ from onnxruntime beyond the tolerance",
@@ -155,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind a dynamic sequence dimension (a dim named *seq*)")
     c.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic dimension")
     c.add_argument("-o", "--output", help="write the .cmsasm flow here (- for stdout)")
-    c.add_argument("--json", help="write the JSON report here")
+    c.add_argument("--json", help="write the JSON report here (- for stdout)")
     c.add_argument("--chunk-arrays", type=_positive(int), default=None, metavar="N",
                    help="arrays per piece of operators split by cim-partition (default: "
                    "cmswitch tries half and whole chip, keeps the faster prediction)")
@@ -175,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `cmswitch`; returns the exit code (1: input error, 2: usage)."""
     args = build_parser().parse_args(argv)

@@ -20,6 +20,7 @@ from typing import IO
 from xdsl.utils.exceptions import ArgSpecParseError, DiagnosticException, ParseError
 from xdsl.xdsl_opt_main import xDSLOptMain
 
+from cmswitch.tools import console
 from cmswitch.errors import CMSwitchError
 from cmswitch.universe import ALL_PASSES
 
@@ -97,6 +98,7 @@ def split_pass_flags(argv: Sequence[str]) -> list[str]:
     return (["-p", full] if full else []) + ["-" if a == "-" else a for a in rest]
 
 
+@console
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `cmswitch-opt`; returns the exit code."""
     args = split_pass_flags(sys.argv[1:] if argv is None else argv)

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from cmswitch.tools import console
 from cmswitch.errors import CMSwitchError
 from cmswitch.sim.simulator import simulate
 
@@ -18,6 +19,7 @@ MAX_SEGMENT_ROWS = 40
 """Segments listed in the text report; --json has all of them."""
 
 
+@console
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:

@@ -30,6 +30,16 @@ def _pass_summary(name: str) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
+def _pass_options(name: str) -> str:
+    """The pass's options as they are spelled on the command line, with defaults."""
+    import dataclasses
+
+    cls = ALL_PASSES[name]()
+    opts = [f"{f.name.replace('_', '-')}={'' if f.default is None else str(f.default).lower()}"
+            for f in dataclasses.fields(cls) if f.name != "name"]
+    return "options: " + ", ".join(opts) if opts else ""
+
+
 class CMSwitchOptMain(xDSLOptMain):
     """xDSL's opt driver with `.onnx` and `.cmsasm` frontends and an epilog listing our
     passes."""
@@ -57,7 +67,10 @@ class CMSwitchOptMain(xDSLOptMain):
         arg_parser.prog = "cmswitch-opt"
         arg_parser.formatter_class = argparse.RawDescriptionHelpFormatter
         lines = ["CMSwitch passes (give them as --NAME[=opt=value,...], in order):"]
-        lines += [f"  --{n:<16} {_pass_summary(n)}" for n in ALL_PASSES]
+        for n in ALL_PASSES:
+            lines.append(f"  --{n:<16} {_pass_summary(n)}")
+            if _pass_options(n):
+                lines.append(f"  {'':<18} {_pass_options(n)}")
         lines += ["", "  --emit=asm         print the .cmsasm flow (same as -t cmsasm)"]
         arg_parser.epilog = "\n".join(lines)
 

@@ -156,7 +156,7 @@ def _refuse_unsplittable(op: Operation, arch: Arch) -> None:
 
 @dataclass(frozen=True)
 class CimPartitionPass(ModulePass):
-    """Split operators larger than the chip into pieces of at most `max_arrays`
+    """Split operators larger than the chip into pieces of at most `max-arrays`
     arrays (0: half the chip's arrays, leaving room for memory-mode arrays)."""
 
     name = "cim-partition"

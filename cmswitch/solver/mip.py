@@ -37,7 +37,7 @@ import math
 import os
 import shutil
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cmswitch.arch import Arch
@@ -95,6 +95,11 @@ def load_cycles(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch) ->
     return total
 
 
+def fill_cycles(problem: SegmentProblem, arch: Arch) -> float:
+    """Pipeline fill: one MVM (`mvm_cycles`) per matrix operator of the segment."""
+    return sum(arch.mvm_cycles for op in problem.ops if op.arrays)
+
+
 def holdable(problem: SegmentProblem, arch: Arch) -> bool:
     """Whether the bytes held across the boundaries fit the most memory the segment
     can have: the global buffer plus every array left after one copy of each weight
@@ -140,7 +145,7 @@ def cycles_lower_bound(problem: SegmentProblem, arch: Arch) -> float:
     already loses (exact pruning: the load grows with the copies and the latency is
     at least ``S``)."""
     ones = tuple(1 if op.arrays else 0 for op in problem.ops)
-    fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
+    fill = fill_cycles(problem, arch)
     return load_cycles(problem, ones, arch) + latency_scale(problem, arch) + fill
 
 
@@ -267,6 +272,9 @@ class Throughput:
     copies: tuple[int, ...]
     memory: tuple[int, ...]
     kept: tuple[bool, ...]
+    rate: float = 0.0
+    """`best_rate`: the throughput ``<= t`` the plan runs at (set by
+    `solve_throughput`, so callers share one computation)."""
 
 
 def _check(problem: SegmentProblem, arch: Arch, solver: str) -> None:
@@ -295,23 +303,24 @@ def solve_throughput(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
             if "time" in status.lower() else ""
         raise CMSwitchError(f"segment MIP found no feasible allocation ({status}){hint}")
     copies, memory, kept = _solution(model, mat, problem)
-    return Throughput(max(pyo.value(model.T), 1e-12), scale, status, copies, memory, kept)
+    thr = Throughput(max(pyo.value(model.T), 1e-12), scale, status, copies, memory, kept)
+    return replace(thr, rate=best_rate(problem, arch, thr))
 
 
 def min_copies(problem: SegmentProblem, arch: Arch, thr: Throughput,
                t: float | None = None) -> tuple[int, ...]:
     """The fewest copies sustaining the throughput ``t*(1 - T_SLACK)`` (default
-    ``t = best_rate``): ``d_i = ceil(c_i t / S)``.  Copies appear only in the compute
+    ``t = thr.rate``): ``d_i = ceil(c_i t / S)``.  Copies appear only in the compute
     constraints and the array budget, and fewer copies leave more arrays for memory,
     so these are feasible for every ``t`` up to the stage-1 optimum; they are what
     stage 2 fixes."""
-    t = (best_rate(problem, arch, thr) if t is None else t) * (1 - T_SLACK)
+    t = (thr.rate if t is None else t) * (1 - T_SLACK)
     return tuple(min(op.max_copies, max(1, math.ceil(op.compute * t / thr.scale - 1e-6)))
                  if op.arrays else 0 for op in problem.ops)
 
 
 def _cycles_at(problem: SegmentProblem, arch: Arch, thr: Throughput, t: float) -> float:
-    fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
+    fill = fill_cycles(problem, arch)
     return load_cycles(problem, min_copies(problem, arch, thr, t), arch) + thr.scale / t + fill
 
 
@@ -337,8 +346,8 @@ def best_rate(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
 def price(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
     """Predicted cycles of the segment at its optimum: weight loads of `min_copies`,
     plus the latency ``S / t``, plus the pipeline fill (one MVM per matrix op), at
-    ``t = best_rate``."""
-    return _cycles_at(problem, arch, thr, best_rate(problem, arch, thr))
+    ``t = thr.rate`` (`best_rate`)."""
+    return _cycles_at(problem, arch, thr, thr.rate)
 
 
 def _solution(model, mat: list[int], problem: SegmentProblem):
@@ -363,9 +372,9 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     copies, memory, kept, status = thr.copies, thr.memory, thr.kept, thr.status
     if any(op.arrays for op in problem.ops):
         (copies, memory, kept), status = _stage2(problem, arch, solver, time_limit, thr)
-    latency = thr.scale / best_rate(problem, arch, thr)
+    latency = thr.scale / thr.rate
     load = load_cycles(problem, copies, arch)
-    fill = sum(arch.mvm_cycles for op in problem.ops if op.arrays)
+    fill = fill_cycles(problem, arch)
     return Allocation(copies, memory, kept, latency, load, fill, load + latency + fill,
                       "optimal" if status == "optimal" else status)
 
@@ -378,8 +387,7 @@ def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float 
     and say so.  Returns ``((copies, memory, kept), status)``."""
     import pyomo.environ as pyo
 
-    model, mat, _ = _build(problem, arch,
-                           t_fixed=best_rate(problem, arch, thr) * (1 - T_SLACK))
+    model, mat, _ = _build(problem, arch, t_fixed=thr.rate * (1 - T_SLACK))
     copies = min_copies(problem, arch, thr)
     for i in mat:
         model.d[i].fix(copies[i])
@@ -486,6 +494,6 @@ def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...],
             mid = (lo + high) / 2
             lo, high = (lo, mid) if fed(mid) else (mid, high)
     load = load_cycles(problem, copies, arch)
-    fill = sum(arch.mvm_cycles for op in ops if op.arrays)
+    fill = fill_cycles(problem, arch)
     return Allocation(tuple(copies), tuple(memory), tuple(kept), high, load, fill,
                       load + high + fill, status)

@@ -25,7 +25,7 @@ constraints the CMSwitch MIP optimises.
 from __future__ import annotations
 
 from cmswitch.arch import Arch
-from cmswitch.cost.graph import Graph, segment_problem
+from cmswitch.cost.graph import Graph, SegmentProblem, segment_problem
 from cmswitch.dialects.cim import Conv2dOp, tensor_shape
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, evaluate_allocation
@@ -91,11 +91,19 @@ def cimmlc_plan(graph: Graph, arch: Arch) -> list[SegmentChoice]:
         problem = segment_problem(graph, first, last)
         chosen = duplicate(graph, first, last, arch)
         d = tuple(chosen.get(i, 0) for i in range(first, last + 1))
-        kept, room = [], arch.global_buffer_bytes
-        for edge in problem.edges:  # activations through the global buffer while they fit
-            kept.append(edge.window <= room)
-            room -= edge.window if kept[-1] else 0
-        alloc: Allocation = evaluate_allocation(problem, d, (0,) * len(d), tuple(kept), arch,
-                                                status="cimmlc")
-        plan.append(SegmentChoice(first, last, alloc))
+        plan.append(SegmentChoice(first, last, all_compute(problem, d, arch, "cimmlc")))
     return plan
+
+
+def all_compute(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch,
+                status: str) -> Allocation:
+    """Price an all-compute allocation (no memory-mode arrays) with `copies`:
+    activations between its operators stay in the global buffer while they fit, in
+    order, the rest go through DRAM (`evaluate_allocation`).  Shared by the
+    all-compute baselines."""
+    kept, room = [], arch.global_buffer_bytes
+    for edge in problem.edges:
+        kept.append(edge.window <= room)
+        room -= edge.window if kept[-1] else 0
+    return evaluate_allocation(problem, copies, (0,) * len(copies), tuple(kept), arch,
+                               status=status)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from cmswitch.arch import Arch
 from cmswitch.cost.graph import Graph, segment_problem
 from cmswitch.errors import CMSwitchError
-from cmswitch.solver.mip import evaluate_allocation
+from cmswitch.strategies.cimmlc import all_compute
 from cmswitch.transforms.cim_segment import SegmentChoice, segment_starts
 
 LAYERWISE = ("puma", "occ")
@@ -54,11 +54,5 @@ def layerwise_plan(graph: Graph, arch: Arch, style: str) -> list[SegmentChoice]:
                 raise CMSwitchError(f"operator at index {first} needs {op.arrays} arrays, the "
                                     f"chip has {arch.arrays}: run cim-partition first")
             copies.append(min(max(op.m, 1), arch.arrays // op.arrays) if style == "puma" else 1)
-        kept, room = [], arch.global_buffer_bytes
-        for edge in problem.edges:  # activations through the global buffer while they fit
-            kept.append(edge.window <= room)
-            room -= edge.window if kept[-1] else 0
-        alloc = evaluate_allocation(problem, tuple(copies), (0,) * len(copies), tuple(kept),
-                                    arch, status=style)
-        plan.append(SegmentChoice(first, last, alloc))
+        plan.append(SegmentChoice(first, last, all_compute(problem, tuple(copies), arch, style)))
     return plan

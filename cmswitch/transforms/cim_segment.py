@@ -13,8 +13,9 @@ also carries what is held on chip at each boundary (DESIGN.md §9.3, bounded as 
 suggests: the tensors a segment passes only to the next one, all held or none), so
 ``cost`` depends on the held-in and held-out bytes; a segment that holds carries the
 `hold` unit attribute.  The DP is exact for its cost model.  Candidate segments are
-priced with `cmswitch.solver.mip.solve_cached` — the model `cim-allocate` uses.  Not
-modelled: weight loads overlapping the previous segment's compute (§9.1).
+priced with `cmswitch.solver.mip.price_cached` — the model `cim-allocate` solves.  Not
+priced: weight loads overlapping the previous segment's compute (§9.1), which the
+lowering does where arrays happen to be free.
 """
 
 from __future__ import annotations
@@ -78,17 +79,17 @@ def _next_ends(graph: Graph, starts: list[int], arrays: int, window: int) -> lis
     `window` matrix operators (0: no bound) — plus, beyond the window, the longest
     segment from ``b`` that fits (the greedy packing CIM-MLC would choose), so the
     DP's space contains the all-compute baseline's segmentation."""
+    need = [sum(o.cost.arrays for o in graph.ops[a:z]) for a, z in zip(starts, starts[1:])]
     ends: list[list[int]] = []
-    for b in range(len(starts) - 1):
+    for b in range(len(need)):
         used, row = 0, []
         for c in range(b + 1, len(starts)):
-            used += sum(o.cost.arrays for o in graph.ops[starts[c - 1]:starts[c]])
+            used += need[c - 1]
             if used > arrays:
                 break
             if not window or c - b <= window:
                 row.append(c)
-            elif c == len(starts) - 1 or used + sum(
-                    o.cost.arrays for o in graph.ops[starts[c]:starts[c + 1]]) > arrays:
+            elif c == len(need) or used + need[c] > arrays:
                 row.append(c)  # the greedy packing from b: CIM-MLC's segment is a candidate
         ends.append(row)
     return ends
@@ -141,6 +142,15 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
         priced[key] = price_cached(problem, arch, solver, time_limit, label)
         return priced[key]
 
+    held_of: dict[tuple[int, int, int], tuple[int, ...]] = {}
+
+    def holds(b: int, c: int, d: int) -> tuple[int, ...]:
+        """`held_tensors` of segment ``b..c-1`` before ``c..d-1``, once per triple
+        (every state of that segment asks)."""
+        if (b, c, d) not in held_of:
+            held_of[b, c, d] = held_tensors(graph, starts[b], starts[c] - 1, starts[d] - 1)
+        return held_of[b, c, d]
+
     State = tuple[int, int, tuple]
     value: dict[State, float] = {(0, c, ()): 0.0 for c in ends[0]}
     back: dict[State, State | None] = dict.fromkeys(value)
@@ -156,8 +166,7 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
                     best_total, best_end = value[state] + cost + boundary, state
                 continue
             for d in ends[c]:
-                held = held_tensors(graph, starts[b], starts[c] - 1, starts[d] - 1) \
-                    if hold else ()
+                held = holds(b, c, d) if hold else ()
                 for held_out in ((), held) if held else ((),):
                     nxt = (c, d, held_out)
                     budget = value.get(nxt, float("inf")) - value[state] - boundary

@@ -70,6 +70,14 @@ def switch_ops(modes: list[str], compute: list[tuple[int, int]],
     return ops
 
 
+def _arrays_of(loc: str) -> range:
+    """The arrays of a location: ``a[LO:HI]`` -> ``range(LO, HI)``; none for gb/dram."""
+    if not loc.startswith("a["):
+        return range(0)
+    lo, hi = (int(x) for x in loc[2:-1].split(":"))
+    return range(lo, hi)
+
+
 def _runs(arrays: list[int]) -> list[tuple[int, int]]:
     """Maximal runs ``(lo, hi)`` of consecutive array indices in sorted `arrays`."""
     runs: list[tuple[int, int]] = []
@@ -138,11 +146,11 @@ class _Placer:
                 return False
             self.gb_free -= nbytes
             return True
-        lo, hi = (int(x) for x in loc[2:-1].split(":"))
-        share = -(-nbytes // (hi - lo))
-        if any(self.array_free.get(a, -1) < share for a in range(lo, hi)):
+        arrays = _arrays_of(loc)
+        share = -(-nbytes // len(arrays))
+        if any(self.array_free.get(a, -1) < share for a in arrays):
             return False
-        for a in range(lo, hi):
+        for a in arrays:
             self.array_free[a] -= share
         return True
 
@@ -223,6 +231,13 @@ def _tiles(gop: GraphOp) -> tuple[int, int]:
     return gop.cost.arrays // tn, tn
 
 
+def _load_weight(gop: GraphOp) -> metaop.LoadWeightOp:
+    """`CIM.load_weight` of every copy of a weight op into its allocated arrays."""
+    lo, hi = _range(gop.op, "arrays")
+    return metaop.LoadWeightOp(gop.name, lo, hi, _tiles(gop), (hi - lo) // gop.cost.arrays,
+                               gop.cost.weight_bytes)
+
+
 def compute_arrays(graph: Graph, first: int, last: int) -> set[int]:
     """The compute arrays of operators ``first..last``."""
     return {a for g in graph.ops[first:last + 1]
@@ -235,9 +250,7 @@ def _prefetchable(ops: list[GraphOp], busy: list[tuple[int, int]],
     segment's `busy` ranges and the arrays holding `carried` data."""
     taken = {a for lo, hi in busy for a in range(lo, hi)}
     for loc, _ in carried.values():
-        if loc.startswith("a["):
-            lo, hi = (int(x) for x in loc[2:-1].split(":"))
-            taken.update(range(lo, hi))
+        taken.update(_arrays_of(loc))
     early = []
     for g in ops:
         arrays = _range(g.op, "arrays")
@@ -271,13 +284,8 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
     early = _prefetchable(prefetch or [], compute + memory, carried)
     body: list[Operation] = switch_ops(modes, compute + [_range(g.op, "arrays") for g in early],
                                        memory)
-    for g in gops:
-        if g.cost.kind != "weight" or g.name in preloaded:
-            continue
-        lo, hi = _range(g.op, "arrays")
-        copies = (hi - lo) // g.cost.arrays
-        body.append(metaop.LoadWeightOp(g.name, lo, hi, _tiles(g), copies,
-                                        g.cost.weight_bytes))
+    body += [_load_weight(g) for g in gops
+             if g.cost.kind == "weight" and g.name not in preloaded]
     in_memory = [a for a, mode in enumerate(modes) if mode == "M"]
     placer = _Placer(graph, first, last, arch, in_memory, carried)
     stay = [a for a in in_memory if a not in (next_compute or set())]
@@ -300,11 +308,8 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
             loc = placer.where[t][0]
             if outlives and loc != "dram" and t not in kept:
                 pipeline.append(metaop.MemStoreOp(tensor.name, loc, "dram", tensor.bytes))
-    for g in early:
-        lo, hi = _range(g.op, "arrays")
-        pipeline.append(metaop.LoadWeightOp(g.name, lo, hi, _tiles(g), (hi - lo) // g.cost.arrays,
-                                            g.cost.weight_bytes))
-        preloaded.add(g.name)
+    pipeline += [_load_weight(g) for g in early]
+    preloaded.update(g.name for g in early)
     body.append(metaop.ParallelOp(pipeline))
     carried.clear()
     carried.update({t: placer.where[t] for t in sorted(kept)})

@@ -109,3 +109,30 @@ def test_fixed_allocation_evaluator_agrees_with_mip(seed: int):
     got = solve_segment(p, arch, "highs")
     again = evaluate_allocation(p, got.copies, got.memory, got.kept, arch)
     assert again.latency == pytest.approx(got.latency, rel=2e-4)
+
+
+def test_canonical_memory_by_hand():
+    """internal_bw 32 bits = 4 B/cycle per array.  Feeds 10, 7, 2 B/cycle (t = 1):
+    whole arrays 2, 1, 0; remainders 2, 3, 2 -> with 5 arrays the two extra go to
+    op 1 (remainder 3), then op 0 (remainder 2, first of the tie): [3, 2, 0], 2 B/cycle
+    left for the global buffer.  With 8 arrays all three remainders are covered and
+    the 2 left over go to the first matrix op: [5, 2, 1]."""
+    from cmswitch.solver.mip import canonical_memory
+
+    arch = arch_from_dict(SMALL)
+    ops = (OpCost("", "weight", arrays=1, feed=10), OpCost("", "vector", vector_ops=5),
+           OpCost("", "weight", arrays=1, feed=7), OpCost("", "weight", arrays=1, feed=2))
+    p = SegmentProblem(ops, 0, 0, ())
+    assert canonical_memory(p, arch, 1.0, 5) == (3, 0, 2, 0)
+    assert canonical_memory(p, arch, 1.0, 8) == (5, 0, 2, 1)
+    # 40 B/cycle unmet with no arrays exceeds the 32 B/cycle global buffer
+    assert canonical_memory(p, arch, 2.0, 0) is None
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_glpk_and_highs_agree_on_the_whole_allocation(seed: int):
+    """§9.9: the same copies, memory arrays and kept edges from either solver."""
+    arch = arch_from_dict(SMALL)
+    p = _random_problem(random.Random(seed), arch)
+    g, h = solve_segment(p, arch, "glpk"), solve_segment(p, arch, "highs")
+    assert (g.copies, g.memory, g.kept) == (h.copies, h.memory, h.kept)

@@ -397,7 +397,79 @@ def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float 
         return ((thr.copies, thr.memory, thr.kept),
                 f"{thr.status}; tie-break found no solution ({status2}), stage-1 plan kept")
     status = thr.status if status2 == "optimal" else f"{thr.status}; tie-break {status2}"
-    return _solution(model, mat, problem), status
+    copies, memory, kept = _solution(model, mat, problem)
+    kept = _canonical_kept(model, mat, problem, solver, time_limit, sum(memory), kept)
+    t = thr.rate * (1 - T_SLACK)
+    memory = canonical_memory(problem, arch, t / thr.scale, sum(memory)) or memory
+    return (copies, memory, kept), status
+
+
+KEEP_WEIGHT_BITS = 30
+"""Edges ranked per stage-3 solve: weights ``2^29 .. 2^0`` stay exact in the solvers'
+doubles and far above their integrality tolerances; longer edge lists are ranked in
+several solves, 30 edges at a time."""
+
+
+def _canonical_kept(model, mat: list[int], problem: SegmentProblem, solver: str,
+                    time_limit: float | None, total_memory: int,
+                    kept: tuple[bool, ...]) -> tuple[bool, ...]:
+    """Stage 3 (§9.9, "never let the plan depend on which solver ran"): with the
+    throughput, the copies and the memory-array count of stage 2 fixed, the
+    lexicographically first set of on-chip edges — keep edge 0 if any optimal plan
+    can, then edge 1, ... — found by maximising ``sum_e y_e 2^(rank)`` over blocks of
+    `KEEP_WEIGHT_BITS` edges.  The weights make the optimum unique, so GLPK and HiGHS
+    agree.  Returns `kept` unchanged if a solve finds nothing (time-out)."""
+    import pyomo.environ as pyo
+
+    edges = range(len(problem.edges))
+    if not edges:
+        return kept
+    model.del_component(model.tie)
+    model.budget = pyo.Constraint(expr=sum(model.m[i] for i in mat) <= total_memory)
+    for start in range(0, len(edges), KEEP_WEIGHT_BITS):
+        block = edges[start:start + KEEP_WEIGHT_BITS]
+        model.rank = pyo.Objective(
+            expr=sum(2 ** (len(block) - 1 - j) * model.y[e] for j, e in enumerate(block)),
+            sense=pyo.maximize)
+        _run(model, solver, time_limit)
+        if any(model.y[e].value is None for e in block):
+            return kept
+        for e in block:
+            model.y[e].fix(round(model.y[e].value))
+        model.del_component(model.rank)
+    return tuple(bool(model.y[e].value) for e in edges)
+
+
+def canonical_memory(problem: SegmentProblem, arch: Arch, t: float,
+                     total: int) -> tuple[int, ...] | None:
+    """`total` memory-mode arrays handed to the matrix ops in one canonical way (so
+    the plan does not depend on the solver, §9.9): at throughput `t` (segments per
+    cycle, ``T/S``: op i must be fed ``f_i t`` bytes/cycle), whole arrays to whole ``internal_bw`` units of each op's feed in op
+    order, then one array each to the largest remainders (ties: op order), then
+    any rest to the first matrix op.  This minimises the feed left for the global
+    buffer (every array supplies the same bandwidth), so it is feasible whenever
+    the solver's split of the same `total` is; returns None if it is not (numerical
+    edge), and the caller keeps the solver's split."""
+    ib = arch.internal_bw_bits / 8
+    mat = [i for i, op in enumerate(problem.ops) if op.arrays]
+    if not mat or not problem.memory_mode:
+        return None
+    need = {i: problem.ops[i].feed * t for i in mat}
+    memory = dict.fromkeys(range(len(problem.ops)), 0)
+    left = total
+    for i in mat:
+        whole = min(left, int(need[i] // ib))
+        memory[i], left = whole, left - whole
+    rest = sorted((i for i in mat if need[i] - ib * memory[i] > 0),
+                  key=lambda i: (-(need[i] - ib * memory[i]), i))
+    for i in rest[:left]:
+        memory[i] += 1
+    left -= min(left, len(rest))
+    memory[mat[0]] += left
+    unmet = sum(max(0.0, need[i] - ib * memory[i]) for i in mat)
+    if unmet > arch.global_buffer_bw_bytes * (1 + 1e-9) + 1e-9:
+        return None
+    return tuple(memory[i] for i in range(len(problem.ops)))
 
 
 @dataclass

@@ -1,6 +1,12 @@
 """The DP of `cim-segment` against exhaustive search over every segmentation x every
-hold decision at every boundary, on random small graphs (chains and DAGs with residual
-adds, up to 7 matrix operators) on a 16-array chip.
+hold decision x every preload decision at every boundary, on random small graphs
+(chains and DAGs with residual adds, up to 7 matrix operators) on a 16-array chip.
+
+Preload choices (DESIGN.md §9.1), re-derived here: at a boundary, none, or the longest
+prefix of the next segment's leading weight ops whose single copies fit beside one
+copy of the current segment's weights.  The current segment then has that many fewer
+arrays and must stream those weight bytes through its DRAM and weight-write
+bandwidth; the next segment runs them with one copy and does not load them.
 
 Each segment is priced independently of the MIP: for every subset of internal edges
 kept on chip (enumerated), the smallest latency is found by bisection, where at a given
@@ -24,7 +30,6 @@ from xdsl.ir import Block, Region
 from cmswitch.arch import arch_from_dict, load_arch
 from cmswitch.cost.graph import build_graph, held_tensors, segment_problem
 from cmswitch.dialects.cim import MatmulOp, VectorOp
-from cmswitch.solver.mip import load_cycles
 from cmswitch.transforms.cim_segment import dp_segments, segment_starts
 
 ARCH16 = arch_from_dict(dict(load_arch("dynaplasia").model_dump(), name="tiny16", arrays=16,
@@ -63,14 +68,17 @@ def _fits(p, arch, kept, lat: float) -> tuple[int, ...] | None:
     copies = [max(1, c) for c in copies]
     if any(c > op.max_copies for c, op in zip(copies, mat)):
         return None
-    spare = arch.arrays - sum(op.arrays * c for op, c in zip(mat, copies))
+    spare = arch.arrays - p.reserve - sum(op.arrays * c for op, c in zip(mat, copies))
     if spare < 0:
         return None
     window = sum(e.window for e, k in zip(p.edges, kept) if k) + p.held_in + p.held_out
     if window > arch.global_buffer_bytes + arch.array_bytes * (spare if mat else 0):
         return None
-    dram = p.live_in + p.live_out + sum(2 * e.bytes for e, k in zip(p.edges, kept) if not k)
+    dram = p.live_in + p.live_out + p.prefetch
+    dram += sum(2 * e.bytes for e, k in zip(p.edges, kept) if not k)
     if dram / lat > arch.external_bw_bytes * (1 + 1e-9):
+        return None
+    if p.prefetch / lat > arch.weight_write_bw_bytes * (1 + 1e-9):
         return None
     if sum(op.vector_ops for op in p.ops) / lat > arch.vector_ops_per_cycle * (1 + 1e-9):
         return None
@@ -84,6 +92,15 @@ def _fits(p, arch, kept, lat: float) -> tuple[int, ...] | None:
     if unmet > arch.global_buffer_bw_bytes * (1 + 1e-9):
         return None
     return tuple(copies)
+
+
+def _load(p, copies, arch) -> float:
+    """Weight-load cycles: per weight op not preloaded, the slower of one DRAM read and
+    programming every copy."""
+    weights = [(op, d) for op, d in zip(p.ops, copies) if op.kind == "weight"]
+    return sum(max(op.weight_bytes / arch.external_bw_bytes,
+                   d * op.weight_bytes / arch.weight_write_bw_bytes)
+               for op, d in weights[p.preloaded:])
 
 
 def reference_cost(p, arch) -> float:
@@ -105,22 +122,41 @@ def reference_cost(p, arch) -> float:
         for lat in lats:
             copies = iter(_fits(p, arch, kept, lat))
             full = tuple(next(copies) if op.arrays else 0 for op in p.ops)
-            best = min(best, lat + load_cycles(p, full, arch) + fill)
+            best = min(best, lat + _load(p, full, arch) + fill)
     return best + 2 * arch.switch_cycles
 
 
-def exhaustive(graph, arch) -> float:
+def _preload_max(graph, a, b, c, arrays) -> int:
+    """Leading weight ops of segment b..c-1 whose single copies fit beside a..b-1."""
+    room = arrays - sum(o.cost.arrays for o in graph.ops[a:b])
+    count = 0
+    for o in graph.ops[b:c]:
+        if not o.cost.arrays:
+            continue
+        if o.cost.kind != "weight" or o.cost.arrays > room:
+            break
+        room -= o.cost.arrays
+        count += 1
+    return count
+
+
+def exhaustive(graph, arch, prefetch: bool = True) -> float:
     starts = segment_starts(graph)
     n = len(graph.ops)
     priced: dict = {}
 
-    def cost(first, last, held_in, held_out):
-        key = (first, last, held_in, held_out)
+    def cost(first, last, held_in, held_out, k_in, reserve, nbytes):
+        key = (first, last, held_in, held_out, k_in, reserve, nbytes)
         if key not in priced:
-            p = segment_problem(graph, first, last, held_in, held_out)
-            fits = sum(op.arrays for op in p.ops) <= arch.arrays
+            p = segment_problem(graph, first, last, held_in, held_out, True, k_in,
+                                reserve, nbytes)
+            fits = sum(op.arrays for op in p.ops) <= arch.arrays - reserve
             priced[key] = reference_cost(p, arch) if fits else math.inf
         return priced[key]
+
+    def lead(b, c, k):
+        ops = [o.cost for o in graph.ops[b:c] if o.cost.arrays][:k]
+        return sum(o.arrays for o in ops), sum(o.weight_bytes for o in ops)
 
     best = math.inf
     inner = starts[1:-1]
@@ -128,12 +164,18 @@ def exhaustive(graph, arch) -> float:
         for cut in itertools.combinations(inner, r):
             bounds = [0, *cut, n]
             segs = list(zip(bounds, bounds[1:]))
+            tops = [_preload_max(graph, a, b, segs[k + 1][1], arch.arrays) if prefetch else 0
+                    for k, (a, b) in enumerate(segs[:-1])]
             for holds in itertools.product([False, True], repeat=len(segs) - 1):
                 held = [held_tensors(graph, a, b - 1, segs[k + 1][1] - 1) if h else ()
                         for k, ((a, b), h) in enumerate(zip(segs, holds))] + [()]
-                total = sum(cost(a, b - 1, held[k - 1] if k else (), held[k])
-                            for k, (a, b) in enumerate(segs))
-                best = min(best, total)
+                for pre in itertools.product(*[sorted({0, t}) for t in tops]):
+                    pre = (0, *pre, 0)  # pre[k]: ops of segment k preloaded before it
+                    total = 0.0
+                    for k, (a, b) in enumerate(segs):
+                        nxt = lead(*segs[k + 1], pre[k + 1]) if k + 1 < len(segs) else (0, 0)
+                        total += cost(a, b - 1, held[k - 1] if k else (), held[k], pre[k], *nxt)
+                    best = min(best, total)
     return best
 
 
@@ -145,10 +187,29 @@ def test_dp_equals_exhaustive_segmentation(seed, dag):
     graph = build_graph(f, ARCH16)
     if any(o.cost.arrays > ARCH16.arrays for o in graph.ops):
         pytest.skip("an operator larger than the tiny chip")
-    want = exhaustive(graph, ARCH16)
-    plan = dp_segments(graph, ARCH16, "highs", window=0)
-    total = sum(c.alloc.cycles + 2 * ARCH16.switch_cycles for c in plan)
-    assert total == pytest.approx(want, rel=1e-3)
+    for prefetch in (True, False):
+        want = exhaustive(graph, ARCH16, prefetch)
+        plan = dp_segments(graph, ARCH16, "highs", window=0, prefetch=prefetch)
+        total = sum(c.alloc.cycles + 2 * ARCH16.switch_cycles for c in plan)
+        assert total == pytest.approx(want, rel=1e-3), f"prefetch={prefetch}"
+
+
+def test_preloading_is_exercised():
+    """At least one random graph is best with weights preloaded during the previous
+    segment, and then strictly cheaper than without (the property above then covers
+    the preload state of the DP)."""
+    gains = []
+    for seed in range(16):
+        rng = random.Random(seed)
+        _, f = _random_graph(rng, seed % 2 == 1, rng.randint(2, 7))
+        graph = build_graph(f, ARCH16)
+        if any(o.cost.arrays > ARCH16.arrays for o in graph.ops):
+            continue
+        plan = dp_segments(graph, ARCH16, "highs", window=0)
+        if any(c.preloaded for c in plan):
+            without = dp_segments(graph, ARCH16, "highs", window=0, prefetch=False)
+            gains.append(sum(c.alloc.cycles for c in without) - sum(c.alloc.cycles for c in plan))
+    assert gains and all(g >= 0 for g in gains) and max(gains) > 0
 
 
 def test_holding_is_exercised():

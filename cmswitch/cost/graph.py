@@ -229,6 +229,16 @@ class SegmentProblem:
     held_out: int = 0
     memory_mode: bool = True
     """False: no array may switch to memory mode (the all-compute ablation)."""
+    preloaded: int = 0
+    """The first `preloaded` matrix ops (weight ops, one copy each: their
+    ``max_copies`` is 1 here) were loaded while the previous segment ran (DESIGN.md
+    §9.1): no load cycles in this segment."""
+    reserve: int = 0
+    """Arrays this segment leaves unused (neither mode) for the next segment's
+    preloaded weights."""
+    prefetch: int = 0
+    """Bytes of the next segment's preloaded weights, read from DRAM and written
+    through the weight-write port during this segment's pipeline."""
 
 
 def held_tensors(graph: Graph, first: int, last: int, next_last: int) -> tuple[int, ...]:
@@ -247,12 +257,43 @@ def held_tensors(graph: Graph, first: int, last: int, next_last: int) -> tuple[i
     return tuple(held)
 
 
+def preloadable(graph: Graph, first: int, last: int) -> list[int]:
+    """Operator indices of segment ``first..last`` whose weights may be loaded while
+    the previous segment runs (DESIGN.md §9.1): its leading matrix operators, up to
+    the first one that is not a weight op (a run-time operand cannot be written before
+    its producer ran).  A DP choice preloads a prefix of this list."""
+    lead = []
+    for o in graph.ops[first:last + 1]:
+        if not o.cost.arrays:
+            continue
+        if o.cost.kind != "weight":
+            break
+        lead.append(o.index)
+    return lead
+
+
+def preload_of(graph: Graph, first: int, last: int, count: int) -> tuple[int, int]:
+    """``(arrays, bytes)`` of one weight copy of the first `count` `preloadable` ops of
+    segment ``first..last``: what the previous segment reserves and streams in."""
+    ops = [graph.ops[i].cost for i in preloadable(graph, first, last)[:count]]
+    return sum(o.arrays for o in ops), sum(o.weight_bytes for o in ops)
+
+
 def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...] = (),
-                    held_out: tuple[int, ...] = (), memory_mode: bool = True) -> SegmentProblem:
+                    held_out: tuple[int, ...] = (), memory_mode: bool = True,
+                    preloaded: int = 0, reserve: int = 0, prefetch: int = 0
+                    ) -> SegmentProblem:
     """The MIP input for operators ``first..last`` (inclusive) of `graph`; `held_in`
     / `held_out` are tensor ids kept on chip across the boundary before / after it
     (from `held_tensors`), which leave the DRAM traffic for the capacity;
-    `memory_mode` False forbids memory-mode arrays."""
+    `memory_mode` False forbids memory-mode arrays.  `preloaded`: how many leading
+    weight ops were loaded during the previous segment (one copy each); `reserve` /
+    `prefetch`: the arrays and bytes of the next segment's preload (`preload_of`).
+    Raises CMSwitchError if `preloaded` exceeds the `preloadable` ops."""
+    lead = set(preloadable(graph, first, last)[:preloaded])
+    if len(lead) < preloaded:
+        raise CMSwitchError(f"{graph.span(first, last)}: {preloaded} preloaded weight ops "
+                            f"asked, only {len(lead)} lead the segment")
     inside = range(first, last + 1)
     live_in: set[int] = set()
     live_out: set[int] = set()
@@ -272,11 +313,15 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
     live_in.difference_update(held_in)
     live_out.difference_update(held_out)
     return SegmentProblem(
-        ops=tuple(replace(graph.ops[i].cost, name="") for i in inside),
+        ops=tuple(replace(graph.ops[i].cost, name="", **({"max_copies": 1} if i in lead else {}))
+                  for i in inside),
         live_in=sum(graph.tensors[t].bytes for t in sorted(live_in)),
         live_out=sum(graph.tensors[t].bytes for t in sorted(live_out)),
         edges=tuple(edges),
         held_in=sum(graph.tensors[t].bytes for t in held_in),
         held_out=sum(graph.tensors[t].bytes for t in held_out),
         memory_mode=memory_mode,
+        preloaded=preloaded,
+        reserve=reserve,
+        prefetch=prefetch,
     )

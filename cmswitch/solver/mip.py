@@ -85,10 +85,14 @@ def glpsol_path() -> str | None:
 def load_cycles(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch) -> float:
     """Cycles to program a segment's weights: per weight op, the DRAM read of one copy
     (``bytes/external_bw``) or programming every copy (``d*bytes/weight_write_bw``),
-    whichever is slower; ops load one after another."""
-    total = 0.0
+    whichever is slower; ops load one after another.  The `preloaded` leading ops
+    were loaded during the previous segment (§9.1) and cost nothing here."""
+    total, skip = 0.0, problem.preloaded
     for op, d in zip(problem.ops, copies):
         if op.kind != "weight":
+            continue
+        if skip:
+            skip -= 1
             continue
         total += max(op.weight_bytes / arch.external_bw_bytes,
                      d * op.weight_bytes / arch.weight_write_bw_bytes)
@@ -107,10 +111,16 @@ def holdable(problem: SegmentProblem, arch: Arch) -> bool:
     held = problem.held_in + problem.held_out
     if not held:
         return True
-    spare = arch.arrays - sum(op.arrays for op in problem.ops)
+    spare = usable_arrays(problem, arch) - sum(op.arrays for op in problem.ops)
     if not any(op.arrays for op in problem.ops) or not problem.memory_mode:
         spare = 0
     return held <= arch.global_buffer_bytes + arch.array_bytes * spare
+
+
+def usable_arrays(problem: SegmentProblem, arch: Arch) -> int:
+    """The arrays the segment may use: the chip minus its `reserve` for the next
+    segment's preloaded weights."""
+    return arch.arrays - problem.reserve
 
 
 def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
@@ -121,12 +131,13 @@ def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     feed spread over every array (each array computes or feeds).  A tight ``S`` keeps ``T`` near 1 and the
     ``z = y*T`` linearisation tight (GLPK's branch and bound depends on it)."""
     ops = problem.ops
-    free = max(0, arch.arrays - sum(op.arrays for op in ops)) if problem.memory_mode else 0
+    arrays = usable_arrays(problem, arch)
+    free = max(0, arrays - sum(op.arrays for op in ops)) if problem.memory_mode else 0
     feed_bw = arch.internal_bw_bits / 8 * free + arch.global_buffer_bw_bytes
-    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic")
+    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic") + problem.prefetch
     bounds = [1.0, sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
               writes / arch.weight_write_bw_bytes,
-              (problem.live_in + problem.live_out) / arch.external_bw_bytes]
+              (problem.live_in + problem.live_out + problem.prefetch) / arch.external_bw_bytes]
     bounds += [op.compute / op.max_copies for op in ops if op.arrays]
     bounds += [op.feed / feed_bw for op in ops if op.arrays]
     # every array either computes or feeds: sum_i a_i c_i / L + (sum_i f_i / L - gb_bw) / ib
@@ -135,7 +146,7 @@ def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     work = sum(op.arrays * op.compute for op in ops if op.arrays)
     feed = sum(op.feed for op in ops if op.arrays)
     if work and problem.memory_mode:
-        bounds.append((work + feed / ib) / (arch.arrays + arch.global_buffer_bw_bytes / ib))
+        bounds.append((work + feed / ib) / (arrays + arch.global_buffer_bw_bytes / ib))
     return max(bounds)
 
 
@@ -196,10 +207,10 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
         for a, b in zip(members, members[1:]):
             m.c.add(m.y[a] >= m.y[b])
     spill = sum(2 * edge.bytes for edge in edges)
-    ext = (problem.live_in + problem.live_out + spill) / scale * m.T
+    ext = (problem.live_in + problem.live_out + problem.prefetch + spill) / scale * m.T
     ext -= sum(2 * edge.bytes / scale * z[e] for e, edge in enumerate(edges))
     m.c.add(ext <= arch.external_bw_bytes)
-    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic")
+    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic") + problem.prefetch
     if writes:
         m.c.add(writes / scale * m.T <= arch.weight_write_bw_bytes)
     vops = sum(op.vector_ops for op in ops)
@@ -210,7 +221,8 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
         m.c.add(sum(edge.window * m.y[e] for e, edge in enumerate(edges)) + held
                 <= arch.global_buffer_bytes + arch.array_bytes * sum(m.m[i] for i in mat))
     if mat:
-        m.c.add(sum(ops[i].arrays * m.d[i] + m.m[i] for i in mat) <= arch.arrays)
+        m.c.add(sum(ops[i].arrays * m.d[i] + m.m[i] for i in mat)
+                <= usable_arrays(problem, arch))
     return m, mat, scale
 
 
@@ -281,9 +293,10 @@ def _check(problem: SegmentProblem, arch: Arch, solver: str) -> None:
     if solver not in SOLVERS:
         raise CMSwitchError(f"unknown solver '{solver}' (choose from {', '.join(SOLVERS)})")
     need = sum(op.arrays for op in problem.ops)
-    if need > arch.arrays:
+    if need > usable_arrays(problem, arch):
         raise CMSwitchError(f"segment needs {need} arrays for one copy of its weights, "
-                            f"the chip has {arch.arrays}")
+                            f"the chip has {arch.arrays}"
+                            + (f" ({problem.reserve} reserved)" if problem.reserve else ""))
     if not holdable(problem, arch):
         raise CMSwitchError(f"segment keeps {problem.held_in + problem.held_out} bytes on "
                             f"chip across its boundaries, more than its free memory")
@@ -540,15 +553,15 @@ def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...],
     Raises CMSwitchError if the allocation exceeds the arrays or the capacity."""
     ops, ib = problem.ops, arch.internal_bw_bits / 8
     used = sum(op.arrays * d + m for op, d, m in zip(ops, copies, memory))
-    if used > arch.arrays:
+    if used > usable_arrays(problem, arch):
         raise CMSwitchError(f"allocation uses {used} arrays, the chip has {arch.arrays}")
     window = sum(e.window for e, k in zip(problem.edges, kept) if k)
     window += problem.held_in + problem.held_out
     if window > arch.global_buffer_bytes + arch.array_bytes * sum(memory):
         raise CMSwitchError("allocation keeps more data on chip than fits")
-    dram = problem.live_in + problem.live_out + sum(
+    dram = problem.live_in + problem.live_out + problem.prefetch + sum(
         2 * e.bytes for e, k in zip(problem.edges, kept) if not k)
-    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic")
+    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic") + problem.prefetch
     low = max([1.0, dram / arch.external_bw_bytes, writes / arch.weight_write_bw_bytes,
                sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle]
               + [op.compute / d for op, d in zip(ops, copies) if op.arrays])

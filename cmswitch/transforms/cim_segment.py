@@ -12,10 +12,13 @@ chip and holds at most ``window`` matrix operators (these bound the window).  Th
 also carries what is held on chip at each boundary (DESIGN.md §9.3, bounded as it
 suggests: the tensors a segment passes only to the next one, all held or none), so
 ``cost`` depends on the held-in and held-out bytes; a segment that holds carries the
-`hold` unit attribute.  The DP is exact for its cost model.  Candidate segments are
-priced with `cmswitch.solver.mip.price_cached` — the model `cim-allocate` solves.  Not
-priced: weight loads overlapping the previous segment's compute (§9.1), which the
-lowering does where arrays happen to be free.
+`hold` unit attribute.  It also carries how many leading weight ops of the next
+segment load while the current one runs (DESIGN.md §9.1: none, or as many as fit
+beside the current segment's weights — `preload_choices`): the current segment then
+runs on fewer arrays and streams those weights through its DRAM and weight-write
+bandwidth, and the next one skips their load; such a segment carries `preloaded`.
+The DP is exact for its cost model.  Candidate segments are priced with
+`cmswitch.solver.mip.price_cached` — the model `cim-allocate` solves.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from xdsl.ir import Block, Operation, Region
 from xdsl.passes import ModulePass
 
 from cmswitch.arch import Arch
-from cmswitch.cost.graph import Graph, build_graph, held_tensors, segment_problem
+from cmswitch.cost.graph import (
+    Graph,
+    build_graph,
+    held_tensors,
+    preload_of,
+    preloadable,
+    segment_problem,
+)
 from cmswitch.dialects.cim import SegmentOp, YieldOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import (
@@ -45,6 +55,11 @@ from cmswitch.transforms.common import check_options, check_solver, main_func, r
 HOLD_ATTR = "hold"
 """Unit attribute on a `cim.segment`: the tensors it passes only to the next segment
 (`held_tensors`) stay on chip across the boundary instead of going through DRAM."""
+
+PRELOADED_ATTR = "preloaded"
+"""Integer attribute on a `cim.segment`: its first N weight ops (`preloadable`, one
+copy each) are loaded while the previous segment runs, in arrays that segment leaves
+unused (§9.1)."""
 
 COMPUTE_ONLY_ATTR = "compute_only"
 """Unit attribute on a `cim.segment`: allocate it without memory-mode arrays."""
@@ -65,6 +80,8 @@ class SegmentChoice:
     alloc: Allocation
     held_in: tuple[int, ...] = ()
     held_out: tuple[int, ...] = ()
+    preloaded: int = 0
+    """Leading weight ops of this segment loaded while the previous one ran (§9.1)."""
 
 
 def segment_starts(graph: Graph) -> list[int]:
@@ -95,20 +112,42 @@ def _next_ends(graph: Graph, starts: list[int], arrays: int, window: int) -> lis
     return ends
 
 
+def preload_choices(graph: Graph, first: int, last: int, next_first: int, next_last: int,
+                    arrays: int) -> tuple[int, ...]:
+    """How many leading weight ops of the next segment ``next_first..next_last`` may
+    load while segment ``first..last`` runs (§9.1): none, or the longest `preloadable`
+    prefix whose single copies fit beside one copy of this segment's weights.  (Two
+    choices per boundary keep the DP's state space small.)"""
+    room = arrays - sum(o.cost.arrays for o in graph.ops[first:last + 1])
+    count, used = 0, 0
+    for i in preloadable(graph, next_first, next_last):
+        used += graph.ops[i].cost.arrays
+        if used > room:
+            break
+        count += 1
+    return (0, count) if count else (0,)
+
+
 def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
                 time_limit: float | None = None, window: int = 0,
-                hold: bool = True, memory_mode: bool = True) -> list[SegmentChoice]:
+                hold: bool = True, memory_mode: bool = True,
+                prefetch: bool = True) -> list[SegmentChoice]:
     """The DP: the cheapest sequence of segments covering all operators, each with at
     most `window` matrix operators (0: no limit besides the array budget), and at
     each boundary the choice to keep the tensors passed to the next segment on chip.
 
-    State ``(b, c, H)``: the next segment runs positions ``b..c-1`` and receives the
-    tensors ``H`` held on chip; its value is the cost of everything before it.  From it,
-    for every next end ``d`` and ``h in {0, 1}``, the segment is priced with
-    ``held_out = held_tensors(b, c, d) if h else ()`` (``h = 0`` only when `hold` is
-    False; `memory_mode` False forbids memory-mode arrays — the all-compute
-    ablation).  Raises CMSwitchError if one
-    operator's single weight copy exceeds the chip (run `cim-partition` first)."""
+    State ``(b, c, H, k)``: the next segment runs positions ``b..c-1``, receives the
+    tensors ``H`` held on chip and had its first ``k`` weight ops loaded while the
+    segment before it ran; its value is the cost of everything before it.  From it,
+    for every next end ``d``, ``h in {0, 1}`` and ``k' in preload_choices``, the
+    segment is priced with ``held_out = held_tensors(b, c, d) if h else ()`` and, for
+    ``k' > 0``, the next segment's ``k'`` weight copies reserved in its arrays and
+    streamed through its DRAM and weight-write bandwidth (`preload_of`) — so the DP
+    trades arrays taken from this segment for weight-load cycles hidden behind it
+    (§9.1).  ``h = 0`` only when `hold` is False, ``k' = 0`` only when `prefetch` is
+    False; `memory_mode` False forbids memory-mode arrays — the all-compute ablation.
+    Raises CMSwitchError if one operator's single weight copy exceeds the chip (run
+    `cim-partition` first)."""
     for o in graph.ops:
         if o.cost.arrays > arch.arrays:
             raise CMSwitchError(
@@ -121,18 +160,21 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
     boundary = 2 * arch.switch_cycles
     priced: dict[tuple, float | None] = {}
 
-    def problem_of(b: int, c: int, held_in: tuple, held_out: tuple):
-        return segment_problem(graph, starts[b], starts[c] - 1, held_in, held_out, memory_mode)
+    def problem_of(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
+                   d: int = 0, k_out: int = 0):
+        reserve, nbytes = preload_of(graph, starts[c], starts[d] - 1, k_out) if k_out else (0, 0)
+        return segment_problem(graph, starts[b], starts[c] - 1, held_in, held_out, memory_mode,
+                               k_in, reserve, nbytes)
 
-    def price(b: int, c: int, held_in: tuple, held_out: tuple,
-              budget: float = float("inf")) -> float | None:
+    def price(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0, d: int = 0,
+              k_out: int = 0, budget: float = float("inf")) -> float | None:
         """The segment's predicted cycles; None if its held bytes cannot fit, or if
         its lower bound (`cycles_lower_bound`) already reaches `budget` (a dominated
         candidate: not solved, not cached)."""
-        key = (b, c, held_in, held_out)
+        key = (b, c, held_in, held_out, k_in, d if k_out else 0, k_out)
         if key in priced:
             return priced[key]
-        problem = problem_of(b, c, held_in, held_out)
+        problem = problem_of(b, c, held_in, held_out, k_in, d, k_out)
         if not holdable(problem, arch):
             priced[key] = None
             return None
@@ -151,43 +193,54 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
             held_of[b, c, d] = held_tensors(graph, starts[b], starts[c] - 1, starts[d] - 1)
         return held_of[b, c, d]
 
-    State = tuple[int, int, tuple]
-    value: dict[State, float] = {(0, c, ()): 0.0 for c in ends[0]}
+    choices: dict[tuple[int, int, int], tuple[int, ...]] = {}
+
+    def preloads(b: int, c: int, d: int) -> tuple[int, ...]:
+        if not prefetch:
+            return (0,)
+        if (b, c, d) not in choices:
+            choices[b, c, d] = preload_choices(graph, starts[b], starts[c] - 1, starts[c],
+                                               starts[d] - 1, arch.arrays)
+        return choices[b, c, d]
+
+    State = tuple[int, int, tuple, int]
+    value: dict[State, float] = {(0, c, (), 0): 0.0 for c in ends[0]}
     back: dict[State, State | None] = dict.fromkeys(value)
     buckets: list[list[State]] = [[] for _ in starts]
     buckets[0] = list(value)
     best_total, best_end = float("inf"), None
     for b in range(last):
         for state in buckets[b]:
-            _, c, held_in = state
+            _, c, held_in, k_in = state
             if c == last:
-                cost = price(b, c, held_in, (), best_total - value[state] - boundary)
+                cost = price(b, c, held_in, (), k_in, budget=best_total - value[state] - boundary)
                 if cost is not None and value[state] + cost + boundary < best_total:
                     best_total, best_end = value[state] + cost + boundary, state
                 continue
             for d in ends[c]:
                 held = holds(b, c, d) if hold else ()
                 for held_out in ((), held) if held else ((),):
-                    nxt = (c, d, held_out)
-                    budget = value.get(nxt, float("inf")) - value[state] - boundary
-                    cost = price(b, c, held_in, held_out, budget)
-                    if cost is None:
-                        continue
-                    total = value[state] + cost + boundary
-                    if total < value.get(nxt, float("inf")):
-                        if nxt not in value:
-                            buckets[c].append(nxt)
-                        value[nxt], back[nxt] = total, state
+                    for k_out in preloads(b, c, d):
+                        nxt = (c, d, held_out, k_out)
+                        budget = value.get(nxt, float("inf")) - value[state] - boundary
+                        cost = price(b, c, held_in, held_out, k_in, d, k_out, budget)
+                        if cost is None:
+                            continue
+                        total = value[state] + cost + boundary
+                        if total < value.get(nxt, float("inf")):
+                            if nxt not in value:
+                                buckets[c].append(nxt)
+                            value[nxt], back[nxt] = total, state
     if best_end is None:
         raise CMSwitchError("no segmentation fits the chip")
     result: list[SegmentChoice] = []
-    state, held_out = best_end, ()
+    state, held_out, d, k_out = best_end, (), 0, 0
     while state is not None:
-        b, c, held_in = state
-        alloc = solve_cached(problem_of(b, c, held_in, held_out), arch, solver, time_limit,
-                             graph.span(starts[b], starts[c] - 1))
-        result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out))
-        state, held_out = back[state], held_in
+        b, c, held_in, k_in = state
+        alloc = solve_cached(problem_of(b, c, held_in, held_out, k_in, d, k_out), arch, solver,
+                             time_limit, graph.span(starts[b], starts[c] - 1))
+        result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out, k_in))
+        state, held_out, d, k_out = back[state], held_in, c, k_in
     return result[::-1]
 
 
@@ -234,6 +287,9 @@ class CimSegmentPass(ModulePass):
     memory_mode: bool = True
     """False: every array computes (the ablation "DP segmentation without memory
     mode"); segments get the `compute_only` unit attribute for `cim-allocate`."""
+    prefetch: bool = True
+    """Let the DP reserve arrays for the next segment's weights, loaded during this
+    segment's pipeline (DESIGN.md §9.1)."""
 
     def __post_init__(self) -> None:
         check_options(self.name, time_limit=self.time_limit, window=self.window)
@@ -246,10 +302,12 @@ class CimSegmentPass(ModulePass):
             raise CMSwitchError("cim-segment: the model is already segmented")
         graph = build_graph(func, arch)
         plan = dp_segments(graph, arch, self.solver, self.time_limit or None, self.window,
-                           self.hold, self.memory_mode)
+                           self.hold, self.memory_mode, self.prefetch)
         for seg, choice in zip(wrap_segments(func, graph, plan), plan):
             seg.attributes["predicted_cycles"] = IntegerAttr(round(choice.alloc.cycles), i64)
             if choice.held_out:
                 seg.attributes[HOLD_ATTR] = UnitAttr()
+            if choice.preloaded:
+                seg.attributes[PRELOADED_ATTR] = IntegerAttr(choice.preloaded, i64)
             if not self.memory_mode:
                 seg.attributes[COMPUTE_ONLY_ATTR] = UnitAttr()

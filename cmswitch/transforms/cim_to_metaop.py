@@ -154,13 +154,16 @@ class _Placer:
             self.array_free[a] -= share
         return True
 
-    def hold(self, t: int, stay: list[int]) -> bool:
+    def hold(self, t: int, stay: list[int], pool: set[int]) -> bool:
         """Place tensor `t` whole where it survives into the next segment: across the
-        longest run of the memory-mode arrays `stay` the next segment does not switch,
+        longest run of the memory-mode arrays `stay` the next segment does not switch
+        that are in its memory `pool` (where the MIP counted the held bytes, and out of
+        the way of the weights preloaded for the segment after it), else of `stay`,
         else the global buffer."""
         nbytes = self.graph.tensors[t].bytes
-        run = _longest(stay)
-        for loc in ([self.loc(run)] if run else []) + ["gb"]:
+        runs = [_longest([a for a in stay if a in pool]), _longest(stay)]
+        locs = list(dict.fromkeys(self.loc(run) for run in runs if run))
+        for loc in locs + ["gb"]:
             if self.take(loc, nbytes):
                 self.where[t] = (loc, nbytes)
                 self.held.add(t)
@@ -238,10 +241,11 @@ def _load_weight(gop: GraphOp) -> metaop.LoadWeightOp:
                                gop.cost.weight_bytes)
 
 
-def compute_arrays(graph: Graph, first: int, last: int) -> set[int]:
-    """The compute arrays of operators ``first..last``."""
+def compute_arrays(graph: Graph, first: int, last: int, kind: str = "arrays") -> set[int]:
+    """The compute arrays of operators ``first..last`` (their memory-mode arrays with
+    ``kind="memory"``)."""
     return {a for g in graph.ops[first:last + 1]
-            if (arr := _range(g.op, "arrays")) is not None for a in range(*arr)}
+            if (arr := _range(g.op, kind)) is not None for a in range(*arr)}
 
 
 def _prefetchable(ops: list[GraphOp], busy: list[tuple[int, int]],
@@ -264,12 +268,13 @@ def _prefetchable(ops: list[GraphOp], busy: list[tuple[int, int]],
 def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arch,
                   modes: list[str], carried: dict[int, tuple[str, int]] | None = None,
                   held_out: tuple[int, ...] = (), next_compute: set[int] | None = None,
-                  prefetch: list[GraphOp] | None = None, preloaded: set[str] | None = None
-                  ) -> metaop.SegmentOp:
+                  prefetch: list[GraphOp] | None = None, preloaded: set[str] | None = None,
+                  next_memory: set[int] | None = None) -> metaop.SegmentOp:
     """The `metaop.segment` of one allocated `cim.segment`.  `carried`: tensors held on
     chip from the previous segment (id -> (location, bytes)), read in place; on return
     it holds the tensors of `held_out` this segment managed to keep for the next one,
-    whose compute arrays are `next_compute` (a held tensor that finds no room is
+    whose compute and memory arrays are `next_compute` and `next_memory` (a held
+    tensor goes to the latter if it fits; one that finds no room is
     stored to DRAM and loaded again, as without holding).  `prefetch`: the next
     segment's weight ops, whose weights are loaded inside this segment's pipeline if
     their arrays are free here (§9.1); their names are added to `preloaded`, and this
@@ -289,7 +294,7 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
     in_memory = [a for a, mode in enumerate(modes) if mode == "M"]
     placer = _Placer(graph, first, last, arch, in_memory, carried)
     stay = [a for a in in_memory if a not in (next_compute or set())]
-    kept = {t for t in held_out if placer.hold(t, stay)}
+    kept = {t for t in held_out if placer.hold(t, stay, next_memory or set())}
     pipeline: list[Operation] = []
     live_in = sorted({t for g in gops for t in g.inputs
                       if (graph.tensors[t].producer is None or graph.tensors[t].producer < first)})
@@ -336,12 +341,13 @@ class CimToMetaopPass(ModulePass):
         carried: dict[int, tuple[str, int]] = {}
         flow = []
         preloaded: set[str] = set()
-        for k, (seg, (first, last), _, held_out) in enumerate(plan):
-            nxt = plan[k + 1][1] if k + 1 < len(plan) else None
+        for k, ctx in enumerate(plan):
+            nxt = (plan[k + 1].first, plan[k + 1].last) if k + 1 < len(plan) else None
             after = compute_arrays(graph, *nxt) if nxt else set()
             ahead = graph.ops[nxt[0]:nxt[1] + 1] if nxt else []
-            flow.append(lower_segment(graph, seg, first, last, arch, modes, carried,
-                                      held_out, after, ahead, preloaded))
+            pool = compute_arrays(graph, *nxt, kind="memory") if nxt else set()
+            flow.append(lower_segment(graph, ctx.seg, ctx.first, ctx.last, arch, modes,
+                                      carried, ctx.held_out, after, ahead, preloaded, pool))
         op.attributes[TENSORS_ATTR] = DictionaryAttr(
             {t.name: IntegerAttr(t.bytes, i64) for t in graph.tensors})
         op.attributes[INPUTS_ATTR] = ArrayAttr(

@@ -126,8 +126,9 @@ def reference_cost(p, arch) -> float:
     return best + 2 * arch.switch_cycles
 
 
-def _preload_max(graph, a, b, c, arrays) -> int:
-    """Leading weight ops of segment b..c-1 whose single copies fit beside a..b-1."""
+def _preload_max(graph, a, b, c, arrays, most) -> int:
+    """Leading weight ops of segment b..c-1 (at most `most`) whose single copies fit
+    beside a..b-1."""
     room = arrays - sum(o.cost.arrays for o in graph.ops[a:b])
     count = 0
     for o in graph.ops[b:c]:
@@ -137,10 +138,10 @@ def _preload_max(graph, a, b, c, arrays) -> int:
             break
         room -= o.cost.arrays
         count += 1
-    return count
+    return min(count, most)
 
 
-def exhaustive(graph, arch, prefetch: bool = True) -> float:
+def exhaustive(graph, arch, preload: int = 1) -> float:
     starts = segment_starts(graph)
     n = len(graph.ops)
     priced: dict = {}
@@ -164,7 +165,7 @@ def exhaustive(graph, arch, prefetch: bool = True) -> float:
         for cut in itertools.combinations(inner, r):
             bounds = [0, *cut, n]
             segs = list(zip(bounds, bounds[1:]))
-            tops = [_preload_max(graph, a, b, segs[k + 1][1], arch.arrays) if prefetch else 0
+            tops = [_preload_max(graph, a, b, segs[k + 1][1], arch.arrays, preload)
                     for k, (a, b) in enumerate(segs[:-1])]
             for holds in itertools.product([False, True], repeat=len(segs) - 1):
                 held = [held_tensors(graph, a, b - 1, segs[k + 1][1] - 1) if h else ()
@@ -187,11 +188,11 @@ def test_dp_equals_exhaustive_segmentation(seed, dag):
     graph = build_graph(f, ARCH16)
     if any(o.cost.arrays > ARCH16.arrays for o in graph.ops):
         pytest.skip("an operator larger than the tiny chip")
-    for prefetch in (True, False):
-        want = exhaustive(graph, ARCH16, prefetch)
-        plan = dp_segments(graph, ARCH16, "highs", window=0, prefetch=prefetch)
+    for preload in (1, 99, 0):
+        want = exhaustive(graph, ARCH16, preload)
+        plan = dp_segments(graph, ARCH16, "highs", window=0, preload=preload)
         total = sum(c.alloc.cycles + 2 * ARCH16.switch_cycles for c in plan)
-        assert total == pytest.approx(want, rel=1e-3), f"prefetch={prefetch}"
+        assert total == pytest.approx(want, rel=1e-3), f"preload={preload}"
 
 
 def test_preloading_is_exercised():
@@ -207,7 +208,7 @@ def test_preloading_is_exercised():
             continue
         plan = dp_segments(graph, ARCH16, "highs", window=0)
         if any(c.preloaded for c in plan):
-            without = dp_segments(graph, ARCH16, "highs", window=0, prefetch=False)
+            without = dp_segments(graph, ARCH16, "highs", window=0, preload=0)
             gains.append(sum(c.alloc.cycles for c in without) - sum(c.alloc.cycles for c in plan))
     assert gains and all(g >= 0 for g in gains) and max(gains) > 0
 

@@ -23,7 +23,7 @@ their bytes) and ``compute_only`` (no memory-mode arrays: the all-compute ablati
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, i64
@@ -140,53 +140,102 @@ def _fits_all(sizes: list[int], free: list[bool], limit: int) -> bool:
     return True
 
 
+def _runs(flags: list[bool], limit: int) -> list[tuple[int, int]]:
+    """Maximal runs ``[lo, hi)`` below `limit` of arrays whose flag is set."""
+    runs, lo = [], None
+    for a in range(limit + 1):
+        if a < limit and flags[a]:
+            lo = a if lo is None else lo
+        elif lo is not None:
+            runs.append((lo, a))
+            lo = None
+    return runs
+
+
+def _lead_options(sizes: list[int], free: list[bool], limit: int) -> list[list[int]]:
+    """Candidate starts of the preloaded ops (`sizes`) in the `free` arrays below
+    `limit`: side by side at either end of each free run that holds them all (an end
+    keeps the rest of the run in one piece), else first fit one by one, as many as fit."""
+    if not sizes:
+        return [[]]
+    group = sum(sizes)
+    options = []
+    for lo, hi in _runs(free, limit):
+        for base in dict.fromkeys((lo, hi - group)):
+            if hi - lo >= group:
+                options.append(list(itertools.accumulate([base] + sizes[:-1])))
+    if options:
+        return options
+    placed, free = [], list(free)
+    for size in sizes:
+        s = _fit(size, free, limit)
+        if s is None:
+            break
+        placed.append(s)
+        free[s:s + size] = [False] * size
+    return [placed]
+
+
 def place_compute(sizes: list[int], lead: int, limit: int, avoid: set[int], arrays: int,
                   ahead: tuple[list[int], int] | None = None) -> list[int]:
     """First array of each matrix op's compute range (`sizes`: ``d_i * a_i`` arrays, in
     op order) below `limit` (the segment's memory-mode arrays sit at the top).
 
-    - The first `lead` ops (preloaded, §9.1) go first fit into arrays missing `avoid`
-      (the previous segment's compute and memory arrays), where their weights can be
-      loaded while it runs.
-    - The others form one contiguous block, at the lowest start that (1) leaves the
+    - The first `lead` ops (preloaded, §9.1) go into arrays missing `avoid` (the
+      previous segment's compute and memory arrays), where their weights can be
+      loaded while it runs (`_lead_options`).
+    - The others form one contiguous block.
+    - Among those placements the first, in order of preference, that (1) leaves the
       next segment's preloaded ops (`ahead` = their sizes and its limit) a first-fit
-      place outside this segment's arrays, then (2) misses `avoid` (so they can be
-      loaded early too, opportunistically).
-    - If that block finds no room, each op first fit; if even that fails, every op
-      contiguous from array 0 (always fits: the MIP kept ``sum(sizes) <= limit``)."""
+      place outside this segment's arrays, (2) keeps the block clear of `avoid` too
+      (its weights can then load early as well), (3) by lead option, then lowest start.
+    - If no block fits, the others first fit one by one (largest first) around a
+      lead option; if
+      even that fails, every op contiguous from array 0 (always fits: the MIP kept
+      ``sum(sizes) <= limit``)."""
     free = [a not in avoid for a in range(arrays)]
-    taken = [False] * arrays
-    starts: list[int | None] = [None] * len(sizes)
-    for i in range(min(lead, len(sizes))):
-        s = _fit(sizes[i], [f and not t for f, t in zip(free, taken)], limit)
-        if s is None:
-            break
-        starts[i] = s
-        taken[s:s + sizes[i]] = [True] * sizes[i]
-    rest = [i for i, s in enumerate(starts) if s is None]
-    block = sum(sizes[i] for i in rest)
-    open_ = [not t for t in taken]
+    lead = min(lead, len(sizes))
+    candidates = []  # (block misses avoid, option index, block start, lead starts)
+    options = _lead_options(sizes[:lead], free, limit)
+    for o, option in enumerate(options):
+        taken = [False] * arrays
+        for s, size in zip(option, sizes):
+            taken[s:s + size] = [True] * size
+        block = sum(sizes[len(option):])
+        for s in range(limit - block + 1):
+            if not any(taken[s:s + block]):
+                candidates.append((not all(free[s:s + block]), o, s, option, taken))
+    candidates.sort(key=lambda c: c[:3])
 
-    def score(s: int) -> tuple[bool, bool, int]:
-        ok = True
-        if ahead is not None:
-            busy = [t or s <= a < s + block or a >= limit for a, t in enumerate(taken)]
-            ok = _fits_all(ahead[0], [not b for b in busy], ahead[1])
-        return (not ok, not all(free[s:s + block]), s)
+    def leaves_room(start: int, option: list[int], taken: list[bool]) -> bool:
+        block = sum(sizes[len(option):])
+        room = [not (t or start <= a < start + block or a >= limit) for a, t in enumerate(taken)]
+        return _fits_all(ahead[0], room, ahead[1])
 
-    candidates = [s for s in range(limit - block + 1) if all(open_[s:s + block])]
     if candidates:
-        s = min(candidates, key=score)
-        for i in rest:
-            starts[i], s = s, s + sizes[i]
-        return [int(x) for x in starts]
-    for i in rest:
-        s = _fit(sizes[i], open_, limit)
-        if s is None:
-            return list(itertools.accumulate([0] + sizes[:-1]))
-        starts[i] = s
-        open_[s:s + sizes[i]] = [False] * sizes[i]
-    return [int(x) for x in starts]
+        chosen = candidates[0]
+        if ahead is not None:
+            chosen = next((c for c in candidates if leaves_room(c[2], c[3], c[4])), chosen)
+        _, _, s, option, _ = chosen
+        starts = list(option)
+        for size in sizes[len(option):]:
+            starts.append(s)
+            s += size
+        return starts
+    for option in options + [[]]:
+        open_ = [a < limit for a in range(arrays)]
+        for s, size in zip(option, sizes):
+            open_[s:s + size] = [False] * size
+        starts: dict[int, int] = dict(enumerate(option))
+        for i in sorted(range(len(option), len(sizes)), key=lambda i: (-sizes[i], i)):
+            s = _fit(sizes[i], open_, limit)  # first fit, largest first
+            if s is None:
+                break
+            starts[i] = s
+            open_[s:s + sizes[i]] = [False] * sizes[i]
+        if len(starts) == len(sizes):
+            return [starts[i] for i in range(len(sizes))]
+    return list(itertools.accumulate([0] + sizes[:-1]))
 
 
 def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
@@ -206,6 +255,8 @@ def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
     high = arch.arrays
     kept = iter(alloc.kept)
     for local, gop in enumerate(gops):
+        for name in ("spill", "memory", "copies", "arrays"):  # a re-layout starts afresh
+            gop.op.attributes.pop(name, None)
         spill = []
         for pos, t in enumerate(gop.outputs):
             if any(c <= last for c in graph.tensors[t].consumers) and not next(kept):
@@ -229,6 +280,19 @@ def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
     attrs["latency_cycles"] = IntegerAttr(round(alloc.latency), i64)
     attrs["solver_status"] = StringAttr(alloc.status)
     return busy
+
+
+def _lead_placed(graph: Graph, ctx: SegmentContext, alloc: Allocation, busy: set[int],
+                 arch: Arch) -> bool:
+    """Whether `place_compute` puts the preloaded ops of `ctx` in arrays the previous
+    segment leaves unused (`busy` are its arrays)."""
+    gops = [g for g in graph.ops[ctx.first:ctx.last + 1] if g.cost.arrays]
+    local = [i for i, g in enumerate(graph.ops[ctx.first:ctx.last + 1]) if g.cost.arrays]
+    sizes = [alloc.copies[i] * g.cost.arrays for i, g in zip(local, gops)]
+    starts = place_compute(sizes, ctx.preloaded, arch.arrays - sum(alloc.memory), busy,
+                           arch.arrays)
+    return all(not busy.intersection(range(s, s + size))
+               for s, size in zip(starts[:ctx.preloaded], sizes))
 
 
 def _lead_sizes(graph: Graph, ctx: SegmentContext) -> list[int]:
@@ -256,13 +320,38 @@ class CimAllocatePass(ModulePass):
         segments = segment_ops(func, self.name, "cim-segment")
         graph = build_graph(func, arch)
         plan = held_plan(graph, segments)
-        allocs = [solve_cached(ctx.problem(graph), arch, self.solver, self.time_limit or None,
-                               graph.span(ctx.first, ctx.last)) for ctx in plan]
+
+        def solve(k: int) -> Allocation:
+            return solve_cached(plan[k].problem(graph), arch, self.solver,
+                                self.time_limit or None, graph.span(plan[k].first, plan[k].last))
+
+        def drop_preload(k: int) -> None:
+            """Segment k loads its leading weights itself after all (re-priced)."""
+            plan[k] = replace(plan[k], preloaded=0)
+            plan[k].seg.attributes.pop(PRELOADED_ATTR, None)
+            allocs[k] = solve(k)
+
+        allocs = [solve(k) for k in range(len(plan))]
         busy: set[int] = set()
-        for k, (ctx, alloc) in enumerate(zip(plan, allocs)):
-            ahead = None
-            if k + 1 < len(plan) and plan[k + 1].preloaded:
-                ahead = (_lead_sizes(graph, plan[k + 1]),
-                         arch.arrays - sum(allocs[k + 1].memory))
-            busy = write_allocation(graph, ctx.seg, ctx.first, ctx.last, alloc, arch, busy,
+        for k in range(len(plan)):
+            ctx = plan[k]
+            if ctx.preloaded and not _lead_placed(graph, ctx, allocs[k], busy, arch):
+                drop_preload(k)  # the previous segment's layout left no room
+                ctx = plan[k]
+            nxt = plan[k + 1] if k + 1 < len(plan) else None
+            ahead = (_lead_sizes(graph, nxt), arch.arrays - sum(allocs[k + 1].memory)) \
+                if nxt is not None and nxt.preloaded else None
+            done = write_allocation(graph, ctx.seg, ctx.first, ctx.last, allocs[k], arch, busy,
                                     ctx.preloaded, ahead)
+            if ahead is not None and not _lead_placed(graph, nxt, allocs[k + 1], done, arch):
+                # no layout of this segment leaves the next one's preloaded weights a
+                # place: both segments are re-priced without the preload (§9.1)
+                plan[k] = ctx = replace(ctx, reserve=0, prefetch=0)
+                allocs[k] = solve(k)
+                drop_preload(k + 1)
+                if ctx.preloaded and not _lead_placed(graph, ctx, allocs[k], busy, arch):
+                    drop_preload(k)  # its new allocation lost the place of its own
+                    ctx = plan[k]
+                done = write_allocation(graph, ctx.seg, ctx.first, ctx.last, allocs[k], arch,
+                                        busy, ctx.preloaded)
+            busy = done

@@ -157,13 +157,12 @@ class _Placer:
     def hold(self, t: int, stay: list[int], pool: set[int]) -> bool:
         """Place tensor `t` whole where it survives into the next segment: across the
         longest run of the memory-mode arrays `stay` the next segment does not switch
-        that are in its memory `pool` (where the MIP counted the held bytes, and out of
-        the way of the weights preloaded for the segment after it), else of `stay`,
-        else the global buffer."""
+        that are in its memory `pool` (where the MIP counted the held bytes; elsewhere
+        they could block the weights preloaded for the segment after it), else the
+        global buffer."""
         nbytes = self.graph.tensors[t].bytes
-        runs = [_longest([a for a in stay if a in pool]), _longest(stay)]
-        locs = list(dict.fromkeys(self.loc(run) for run in runs if run))
-        for loc in locs + ["gb"]:
+        run = _longest([a for a in stay if a in pool])
+        for loc in ([self.loc(run)] if run else []) + ["gb"]:
             if self.take(loc, nbytes):
                 self.where[t] = (loc, nbytes)
                 self.held.add(t)

@@ -74,6 +74,10 @@ def _fits(p, arch, kept, lat: float) -> tuple[int, ...] | None:
     window = sum(e.window for e, k in zip(p.edges, kept) if k) + p.held_in + p.held_out
     if window > arch.global_buffer_bytes + arch.array_bytes * (spare if mat else 0):
         return None
+    # held data larger than the global buffer on either side must sit in arrays
+    big = sum(h for h in (p.held_in, p.held_out) if h > arch.global_buffer_bytes)
+    if big > arch.array_bytes * (spare if mat else 0):
+        return None
     dram = p.live_in + p.live_out + p.prefetch
     dram += sum(2 * e.bytes for e, k in zip(p.edges, kept) if not k)
     if dram / lat > arch.external_bw_bytes * (1 + 1e-9):

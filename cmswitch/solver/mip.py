@@ -10,13 +10,18 @@ per copy, ``v`` digital-unit ops, ``b_e``/``w_e`` bytes/window of internal edge 
   maximize   T
   subject to c_i T / S <= d_i                         compute (weight and dynamic ops)
              f_i T / S <= ib*m_i + g_i, sum g_i <= gb_bw   feed from memory arrays / GB
-             (live_in + live_out + sum_e 2 b_e (1-y_e)) T / S <= ext_bw   DRAM
+             (live_in + live_out + P + sum_e 2 b_e (1-y_e)) T / S <= ext_bw   DRAM
                  (y_e T linearised as z_e: z_e <= T, z_e <= y_e, z_e >= T - (1 - y_e))
-             sum_dyn W_i T / S <= weight_write_bw         run-time operand writes
+             (sum_dyn W_i + P) T / S <= weight_write_bw   run-time operand writes
              v T / S <= vector_ops_per_cycle             digital unit
              sum_e w_e y_e + held <= gb_bytes + array_bytes * sum m_i   capacity
-             sum_i a_i d_i + m_i <= arrays               array budget
+             held_arrays <= array_bytes * sum m_i       held data too big for the GB
+             sum_i a_i d_i + m_i <= arrays - R           array budget
              d_i in {1..D_i}, m_i in {0..arrays}, y_e in {0,1}
+
+``P`` / ``R``: the bytes and arrays of the next segment's weights preloaded during this
+segment's pipeline (§9.1, `SegmentProblem.prefetch` / `reserve`); the segment's own
+preloaded ops have ``D_i = 1`` and no load cycles (`SegmentProblem.preloaded`).
 
 ``ib = internal_bw_bits/8`` bytes/cycle per memory-mode array; ``held`` the bytes kept
 on chip across the segment's boundaries (held_in + held_out, DESIGN.md §9.3: they
@@ -28,7 +33,9 @@ may save the loads of copies it no longer needs), with the fewest copies
 ``ceil(c_i t/S)`` (`min_copies`) — exact, because lowering ``T`` keeps every
 constraint and fewer copies only free arrays.  The DP prices candidates this way
 (`price_cached`); stage 2 (`solve_segment`), only for chosen segments, fixes that
-``t`` and the copies and minimises the memory-mode arrays (tie-break, §9.9).
+``t`` and the copies and minimises the memory-mode arrays (tie-break, §9.9); stage 3
+(`_canonical_kept`, `canonical_memory`) then picks one canonical plan among the equally
+good ones, so the plan never depends on the solver (§9.9).
 """
 
 from __future__ import annotations
@@ -104,6 +111,15 @@ def fill_cycles(problem: SegmentProblem, arch: Arch) -> float:
     return sum(arch.mvm_cycles for op in problem.ops if op.arrays)
 
 
+def held_in_arrays(problem: SegmentProblem, arch: Arch) -> int:
+    """Bytes held across the boundaries that must sit in memory-mode arrays: the
+    lowering places a held tensor whole, in the arrays that stay in memory mode or in
+    the global buffer, so data held on one side that exceeds the global buffer
+    (``held_in`` or ``held_out``) needs arrays (DESIGN.md §9.3)."""
+    return sum(h for h in (problem.held_in, problem.held_out)
+               if h > arch.global_buffer_bytes)
+
+
 def holdable(problem: SegmentProblem, arch: Arch) -> bool:
     """Whether the bytes held across the boundaries fit the most memory the segment
     can have: the global buffer plus every array left after one copy of each weight
@@ -114,7 +130,8 @@ def holdable(problem: SegmentProblem, arch: Arch) -> bool:
     spare = usable_arrays(problem, arch) - sum(op.arrays for op in problem.ops)
     if not any(op.arrays for op in problem.ops) or not problem.memory_mode:
         spare = 0
-    return held <= arch.global_buffer_bytes + arch.array_bytes * spare
+    return (held <= arch.global_buffer_bytes + arch.array_bytes * spare
+            and held_in_arrays(problem, arch) <= arch.array_bytes * spare)
 
 
 def usable_arrays(problem: SegmentProblem, arch: Arch) -> int:
@@ -217,6 +234,9 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
     if vops:
         m.c.add(vops / scale * m.T <= arch.vector_ops_per_cycle)
     held = problem.held_in + problem.held_out
+    must = held_in_arrays(problem, arch)
+    if must and mat:
+        m.c.add(must <= arch.array_bytes * sum(m.m[i] for i in mat))
     if edges or (held and mat):  # holdable() already checked held <= gb without arrays
         m.c.add(sum(edge.window * m.y[e] for e, edge in enumerate(edges)) + held
                 <= arch.global_buffer_bytes + arch.array_bytes * sum(m.m[i] for i in mat))
@@ -557,7 +577,8 @@ def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...],
         raise CMSwitchError(f"allocation uses {used} arrays, the chip has {arch.arrays}")
     window = sum(e.window for e, k in zip(problem.edges, kept) if k)
     window += problem.held_in + problem.held_out
-    if window > arch.global_buffer_bytes + arch.array_bytes * sum(memory):
+    if (window > arch.global_buffer_bytes + arch.array_bytes * sum(memory)
+            or held_in_arrays(problem, arch) > arch.array_bytes * sum(memory)):
         raise CMSwitchError("allocation keeps more data on chip than fits")
     dram = problem.live_in + problem.live_out + problem.prefetch + sum(
         2 * e.bytes for e, k in zip(problem.edges, kept) if not k)

@@ -443,3 +443,37 @@ def test_model_too_big_for_partition_chunk(tmp_path):
     r = _run(BIN / "cmswitch-opt", "--cim-partition=max-arrays=500", MODELS / "resnet18.onnx")
     err = _clean_error(r)
     assert "max-arrays=500 exceeds the chip's 96 arrays" in err
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", "preload must be >= 0, got -1"),
+    ("true", "preload must be a number of weight ops, got true"),
+])
+def test_bad_preload_option(value, message):
+    source = Path(__file__).parent.parent / "filecheck/transforms/cim-segment-preload.mlir"
+    r = _run(BIN / "cmswitch-opt", f"--cim-segment=preload={value}", source)
+    assert message in _clean_error(r, 2)
+
+
+@pytest.mark.parametrize("attr, message", [
+    ("preloaded = -1 : i64", "'preloaded' must be a non-negative integer"),
+    ("preloaded = 3 : i64", "3 preloaded weight ops asked, only 1 lead the segment"),
+])
+def test_bad_preloaded_attribute(tmp_path, attr, message):
+    """A hand-edited `preloaded` count that cim-allocate cannot honour is refused."""
+    src = tmp_path / "seg.mlir"
+    src.write_text(f"""
+func.func @m(%x: tensor<4x64xf32>) -> tensor<4x64xf32> {{
+  %s0 = cim.segment 0 attributes {{predicted_cycles = 0 : i64}} -> tensor<4x64xf32> {{
+    %a = cim.matmul %x {{weight = "A"}} : tensor<4x64xf32> -> tensor<4x64xf32>
+    cim.yield %a : tensor<4x64xf32>
+  }}
+  %s1 = cim.segment 1 attributes {{predicted_cycles = 0 : i64, {attr}}} -> tensor<4x64xf32> {{
+    %b = cim.matmul %s0 {{weight = "B"}} : tensor<4x64xf32> -> tensor<4x64xf32>
+    cim.yield %b : tensor<4x64xf32>
+  }}
+  func.return %s1 : tensor<4x64xf32>
+}}
+""")
+    r = _run(BIN / "cmswitch-opt", src, "--cim-allocate")
+    assert message in _clean_error(r)

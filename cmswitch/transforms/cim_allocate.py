@@ -326,32 +326,35 @@ class CimAllocatePass(ModulePass):
                                 self.time_limit or None, graph.span(plan[k].first, plan[k].last))
 
         def drop_preload(k: int) -> None:
-            """Segment k loads its leading weights itself after all (re-priced)."""
+            """Segment k loads its leading weights itself after all, and segment k-1
+            keeps no arrays for them: both re-priced (§9.1)."""
             plan[k] = replace(plan[k], preloaded=0)
             plan[k].seg.attributes.pop(PRELOADED_ATTR, None)
-            allocs[k] = solve(k)
+            plan[k - 1] = replace(plan[k - 1], reserve=0, prefetch=0)
+            allocs[k - 1], allocs[k] = solve(k - 1), solve(k)
 
         allocs = [solve(k) for k in range(len(plan))]
-        busy: set[int] = set()
-        for k in range(len(plan)):
-            ctx = plan[k]
-            if ctx.preloaded and not _lead_placed(graph, ctx, allocs[k], busy, arch):
-                drop_preload(k)  # the previous segment's layout left no room
-                ctx = plan[k]
+        busy: list[set[int]] = []  # busy[k]: the arrays segment k was laid out on
+        start = 0
+        while (failed := self._layout(graph, plan, allocs, arch, busy, start)) is not None:
+            drop_preload(failed)
+            # segment failed-2 chose its layout for failed-1's old allocation: redo from it
+            start = max(0, failed - 2)
+            del busy[start:]
+
+    @staticmethod
+    def _layout(graph: Graph, plan: list[SegmentContext], allocs: list[Allocation],
+                arch: Arch, busy: list[set[int]], start: int) -> int | None:
+        """Write the array ranges of segments `start`.. in order, appending their busy
+        arrays to `busy`; returns the first segment whose preloaded ops found no
+        arrays free of the previous segment's, or None."""
+        for k in range(start, len(plan)):
+            ctx, before = plan[k], busy[k - 1] if k else set()
+            if ctx.preloaded and not _lead_placed(graph, ctx, allocs[k], before, arch):
+                return k
             nxt = plan[k + 1] if k + 1 < len(plan) else None
             ahead = (_lead_sizes(graph, nxt), arch.arrays - sum(allocs[k + 1].memory)) \
                 if nxt is not None and nxt.preloaded else None
-            done = write_allocation(graph, ctx.seg, ctx.first, ctx.last, allocs[k], arch, busy,
-                                    ctx.preloaded, ahead)
-            if ahead is not None and not _lead_placed(graph, nxt, allocs[k + 1], done, arch):
-                # no layout of this segment leaves the next one's preloaded weights a
-                # place: both segments are re-priced without the preload (§9.1)
-                plan[k] = ctx = replace(ctx, reserve=0, prefetch=0)
-                allocs[k] = solve(k)
-                drop_preload(k + 1)
-                if ctx.preloaded and not _lead_placed(graph, ctx, allocs[k], busy, arch):
-                    drop_preload(k)  # its new allocation lost the place of its own
-                    ctx = plan[k]
-                done = write_allocation(graph, ctx.seg, ctx.first, ctx.last, allocs[k], arch,
-                                        busy, ctx.preloaded)
-            busy = done
+            busy.append(write_allocation(graph, ctx.seg, ctx.first, ctx.last, allocs[k], arch,
+                                         before, ctx.preloaded, ahead))
+        return None

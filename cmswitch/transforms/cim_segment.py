@@ -340,6 +340,9 @@ class CimSegmentPass(ModulePass):
     MIP solves without preloading, 2179 with 1, 6206 unbounded)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.preload, bool):  # xDSL parses true/false as bools, an int subclass
+            raise ValueError(f"{self.name}: preload must be a number of weight ops, "
+                             f"got {str(self.preload).lower()}")
         check_options(self.name, time_limit=self.time_limit, window=self.window,
                       preload=self.preload)
         check_solver(self.name, self.solver)

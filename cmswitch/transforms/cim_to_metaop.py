@@ -14,8 +14,10 @@ arrays into one feed budget) or in the global buffer — whichever keeps its tra
 byte/cycle of bandwidth lower and has room for the tensor's streaming window
 (`Graph.working_set`) — else DRAM.  Tensors the MIP spilled, and tensors no operator
 of the segment reads, go to DRAM.  Tensors held for the next segment (`hold`) are
-placed whole in arrays the next segment leaves in memory mode, and read there in
-place.  K-split partial sums are reduced explicitly by the `psum_add` vector ops
+placed whole in memory-mode arrays the next segment also uses as memory (or in the
+global buffer), and read there in place.  The next segment's weight ops whose arrays
+this segment leaves free — those `cim-segment` chose to preload, and any others that
+happen to be free — are loaded inside this segment's `parallel` block (§9.1).  K-split partial sums are reduced explicitly by the `psum_add` vector ops
 `cim-partition` created.
 """
 
@@ -158,11 +160,14 @@ class _Placer:
         """Place tensor `t` whole where it survives into the next segment: across the
         longest run of the memory-mode arrays `stay` the next segment does not switch
         that are in its memory `pool` (where the MIP counted the held bytes; elsewhere
-        they could block the weights preloaded for the segment after it), else the
-        global buffer."""
+        they could block the weights preloaded for the segment after it), or in the
+        global buffer — the one with more bandwidth first, if it has room."""
         nbytes = self.graph.tensors[t].bytes
         run = _longest([a for a in stay if a in pool])
-        for loc in ([self.loc(run)] if run else []) + ["gb"]:
+        ib = self.arch.internal_bw_bits / 8
+        locs = ([(self.loc(run), (run[1] - run[0]) * ib)] if run else []) + [
+            ("gb", self.arch.global_buffer_bw_bytes)]
+        for loc, _ in sorted(locs, key=lambda x: -x[1]):  # the faster place first
             if self.take(loc, nbytes):
                 self.where[t] = (loc, nbytes)
                 self.held.add(t)
@@ -286,8 +291,14 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
         raise CMSwitchError(f"segment {seg.id.value.data} is not allocated: run cim-allocate first")
     memory = [r for g in gops if (r := _range(g.op, "memory")) is not None]
     early = _prefetchable(prefetch or [], compute + memory, carried)
-    body: list[Operation] = switch_ops(modes, compute + [_range(g.op, "arrays") for g in early],
-                                       memory)
+    taken = compute + [_range(g.op, "arrays") for g in early]
+    if held_out:
+        # the next segment's memory arrays this segment does not use switch to memory
+        # mode now, so what it holds for the next one is striped over the pool the
+        # next one reads from (its MIP priced that pool's bandwidth)
+        used = {a for lo, hi in taken + memory for a in range(lo, hi)}
+        memory = memory + _runs(sorted(set(next_memory or ()) - used))
+    body: list[Operation] = switch_ops(modes, taken, memory)
     body += [_load_weight(g) for g in gops
              if g.cost.kind == "weight" and g.name not in preloaded]
     in_memory = [a for a, mode in enumerate(modes) if mode == "M"]

@@ -31,7 +31,7 @@ from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 
 from cmswitch.arch import Arch
-from cmswitch.cost.graph import Graph, GraphOp, build_graph
+from cmswitch.cost.graph import Graph, GraphOp, build_graph, preloadable
 from cmswitch.dialects import metaop
 from cmswitch.dialects.cim import DynMatmulOp, SegmentOp, VectorOp
 from cmswitch.errors import CMSwitchError
@@ -156,14 +156,14 @@ class _Placer:
             self.array_free[a] -= share
         return True
 
-    def hold(self, t: int, stay: list[int], pool: set[int]) -> bool:
+    def hold(self, t: int, stay: list[int], blocked: set[int]) -> bool:
         """Place tensor `t` whole where it survives into the next segment: across the
-        longest run of the memory-mode arrays `stay` the next segment does not switch
-        that are in its memory `pool` (where the MIP counted the held bytes; elsewhere
-        they could block the weights preloaded for the segment after it), or in the
-        global buffer — the one with more bandwidth first, if it has room."""
+        longest run of the memory-mode arrays `stay` the next segment does not switch,
+        leaving out the `blocked` arrays (where the segment after it preloads weights
+        while the next one runs), or in the global buffer — the one with more
+        bandwidth first, if it has room."""
         nbytes = self.graph.tensors[t].bytes
-        run = _longest([a for a in stay if a in pool])
+        run = _longest([a for a in stay if a not in blocked])
         ib = self.arch.internal_bw_bits / 8
         locs = ([(self.loc(run), (run[1] - run[0]) * ib)] if run else []) + [
             ("gb", self.arch.global_buffer_bw_bytes)]
@@ -273,13 +273,15 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
                   modes: list[str], carried: dict[int, tuple[str, int]] | None = None,
                   held_out: tuple[int, ...] = (), next_compute: set[int] | None = None,
                   prefetch: list[GraphOp] | None = None, preloaded: set[str] | None = None,
-                  next_memory: set[int] | None = None) -> metaop.SegmentOp:
+                  next_memory: set[int] | None = None, blocked: set[int] | None = None
+                  ) -> metaop.SegmentOp:
     """The `metaop.segment` of one allocated `cim.segment`.  `carried`: tensors held on
     chip from the previous segment (id -> (location, bytes)), read in place; on return
     it holds the tensors of `held_out` this segment managed to keep for the next one,
-    whose compute and memory arrays are `next_compute` and `next_memory` (a held
-    tensor goes to the latter if it fits; one that finds no room is
-    stored to DRAM and loaded again, as without holding).  `prefetch`: the next
+    whose compute and memory arrays are `next_compute` and `next_memory` (the latter
+    switch to memory mode now when something is held; a held tensor avoids the
+    `blocked` arrays; one that finds no room is stored to DRAM and loaded again, as
+    without holding).  `prefetch`: the next
     segment's weight ops, whose weights are loaded inside this segment's pipeline if
     their arrays are free here (§9.1); their names are added to `preloaded`, and this
     segment skips the loads of ops already in it."""
@@ -304,7 +306,7 @@ def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arc
     in_memory = [a for a, mode in enumerate(modes) if mode == "M"]
     placer = _Placer(graph, first, last, arch, in_memory, carried)
     stay = [a for a in in_memory if a not in (next_compute or set())]
-    kept = {t for t in held_out if placer.hold(t, stay, next_memory or set())}
+    kept = {t for t in held_out if placer.hold(t, stay, blocked or set())}
     pipeline: list[Operation] = []
     live_in = sorted({t for g in gops for t in g.inputs
                       if (graph.tensors[t].producer is None or graph.tensors[t].producer < first)})
@@ -356,8 +358,14 @@ class CimToMetaopPass(ModulePass):
             after = compute_arrays(graph, *nxt) if nxt else set()
             ahead = graph.ops[nxt[0]:nxt[1] + 1] if nxt else []
             pool = compute_arrays(graph, *nxt, kind="memory") if nxt else set()
+            later = plan[k + 2] if k + 2 < len(plan) else None
+            blocked = set()
+            if later is not None and later.preloaded:
+                lead = preloadable(graph, later.first, later.last)[:later.preloaded]
+                blocked = {a for i in lead for a in compute_arrays(graph, i, i)}
             flow.append(lower_segment(graph, ctx.seg, ctx.first, ctx.last, arch, modes,
-                                      carried, ctx.held_out, after, ahead, preloaded, pool))
+                                      carried, ctx.held_out, after, ahead, preloaded, pool,
+                                      blocked))
         op.attributes[TENSORS_ATTR] = DictionaryAttr(
             {t.name: IntegerAttr(t.bytes, i64) for t in graph.tensors})
         op.attributes[INPUTS_ATTR] = ArrayAttr(

@@ -316,12 +316,17 @@ MLIR_UNVERIFIED = """func.func @main(%x: tensor<4x320xf32>) -> tensor<4x40xf32> 
 """
 
 
+def _read_mlir(tool: str, path):
+    """Run `cmswitch compile PATH` or `cmswitch-opt PATH`; returns its error text."""
+    argv = [BIN / "cmswitch", "compile", path] if tool == "cmswitch" else [BIN / tool, path]
+    return _clean_error(_run(*argv))
+
+
 @pytest.mark.parametrize("tool", ["cmswitch", "cmswitch-opt"])
 def test_malformed_mlir_names_file_line_and_column(tool, tmp_path):
     path = tmp_path / "typo.mlir"
     path.write_text(MLIR_MALFORMED)
-    argv = [BIN / "cmswitch", "compile", path] if tool == "cmswitch" else [BIN / tool, path]
-    err = _clean_error(_run(*argv))
+    err = _read_mlir(tool, path)
     assert f"{path}:3:15" in err and "tensor<4x41xf32>" in err
 
 
@@ -329,8 +334,7 @@ def test_malformed_mlir_names_file_line_and_column(tool, tmp_path):
 def test_verifier_failure_is_one_diagnostic(tool, tmp_path):
     path = tmp_path / "kind.mlir"
     path.write_text(MLIR_UNVERIFIED)
-    argv = [BIN / "cmswitch", "compile", path] if tool == "cmswitch" else [BIN / tool, path]
-    err = _clean_error(_run(*argv))
+    err = _read_mlir(tool, path)
     assert "unknown vector kind 'frobnicate'" in err
 
 

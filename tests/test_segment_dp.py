@@ -199,17 +199,22 @@ def test_dp_equals_exhaustive_segmentation(seed, dag):
         assert total == pytest.approx(want, rel=1e-3), f"preload={preload}"
 
 
+def _fitting_graphs(count: int = 16):
+    """The random graphs of seeds ``0..count-1`` whose every operator fits the chip."""
+    for seed in range(count):
+        rng = random.Random(seed)
+        _, f = _random_graph(rng, seed % 2 == 1, rng.randint(2, 7))
+        graph = build_graph(f, ARCH16)
+        if all(o.cost.arrays <= ARCH16.arrays for o in graph.ops):
+            yield graph
+
+
 def test_preloading_is_exercised():
     """At least one random graph is best with weights preloaded during the previous
     segment, and then strictly cheaper than without (the property above then covers
     the preload state of the DP)."""
     gains = []
-    for seed in range(16):
-        rng = random.Random(seed)
-        _, f = _random_graph(rng, seed % 2 == 1, rng.randint(2, 7))
-        graph = build_graph(f, ARCH16)
-        if any(o.cost.arrays > ARCH16.arrays for o in graph.ops):
-            continue
+    for graph in _fitting_graphs():
         plan = dp_segments(graph, ARCH16, "highs", window=0)
         if any(c.preloaded for c in plan):
             without = dp_segments(graph, ARCH16, "highs", window=0, preload=0)
@@ -221,12 +226,7 @@ def test_holding_is_exercised():
     """At least one of the random graphs is best with a tensor held across a boundary
     (the property above then covers the held-state DP, not only plain cuts)."""
     held_somewhere = False
-    for seed in range(16):
-        rng = random.Random(seed)
-        _, f = _random_graph(rng, seed % 2 == 1, rng.randint(2, 7))
-        graph = build_graph(f, ARCH16)
-        if any(o.cost.arrays > ARCH16.arrays for o in graph.ops):
-            continue
+    for graph in _fitting_graphs():
         plan = dp_segments(graph, ARCH16, "highs", window=0)
         held_somewhere |= any(c.held_out for c in plan)
     assert held_somewhere

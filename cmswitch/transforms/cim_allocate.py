@@ -238,6 +238,12 @@ def place_compute(sizes: list[int], lead: int, limit: int, avoid: set[int], arra
     return list(itertools.accumulate([0] + sizes[:-1]))
 
 
+def _compute_sizes(graph: Graph, first: int, last: int, alloc: Allocation) -> list[int]:
+    """Compute arrays (``d_i * a_i``) of each matrix op of ``first..last``, in op order."""
+    return [d * g.cost.arrays for g, d in zip(graph.ops[first:last + 1], alloc.copies)
+            if g.cost.arrays]
+
+
 def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
                      alloc: Allocation, arch: Arch, avoid: set[int] | None = None,
                      lead: int = 0, ahead: tuple[list[int], int] | None = None) -> set[int]:
@@ -248,7 +254,7 @@ def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
     this segment's busy arrays (compute and memory), the next segment's `avoid`."""
     gops = graph.ops[first:last + 1]
     mat = [(local, g) for local, g in enumerate(gops) if g.cost.arrays]
-    sizes = [alloc.copies[local] * g.cost.arrays for local, g in mat]
+    sizes = _compute_sizes(graph, first, last, alloc)
     limit = arch.arrays - sum(alloc.memory)
     starts = place_compute(sizes, lead, limit, avoid or set(), arch.arrays, ahead)
     busy = set(range(limit, arch.arrays))
@@ -286,9 +292,7 @@ def _lead_placed(graph: Graph, ctx: SegmentContext, alloc: Allocation, busy: set
                  arch: Arch) -> bool:
     """Whether `place_compute` puts the preloaded ops of `ctx` in arrays the previous
     segment leaves unused (`busy` are its arrays)."""
-    gops = [g for g in graph.ops[ctx.first:ctx.last + 1] if g.cost.arrays]
-    local = [i for i, g in enumerate(graph.ops[ctx.first:ctx.last + 1]) if g.cost.arrays]
-    sizes = [alloc.copies[i] * g.cost.arrays for i, g in zip(local, gops)]
+    sizes = _compute_sizes(graph, ctx.first, ctx.last, alloc)
     starts = place_compute(sizes, ctx.preloaded, arch.arrays - sum(alloc.memory), busy,
                            arch.arrays)
     return all(not busy.intersection(range(s, s + size))

@@ -200,7 +200,11 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
     from cmswitch.strategies.layerwise import layerwise_plan
     from cmswitch.cost.graph import segment_problem
     from cmswitch.solver.mip import solve_cached
-    from cmswitch.transforms.cim_allocate import write_allocation
+    from cmswitch.transforms.cim_allocate import (
+        add_switch_cycles,
+        held_plan,
+        layout_segments,
+    )
     from cmswitch.transforms.cim_segment import SegmentChoice, wrap_segments
 
     func = main_func(module)
@@ -214,9 +218,10 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
                 for first, last in greedy_segments(graph, arch)]
     else:
         plan = layerwise_plan(graph, arch, strategy)
-    busy: set[int] = set()
-    for seg, choice in zip(wrap_segments(func, graph, plan), plan):
-        busy = write_allocation(graph, seg, choice.first, choice.last, choice.alloc, arch, busy)
+    contexts = held_plan(graph, wrap_segments(func, graph, plan))
+    if layout_segments(graph, contexts, [c.alloc for c in plan], arch, [], [], 0) is not None:
+        raise CMSwitchError(f"{strategy}: internal: a layout found no room")
+    add_switch_cycles(graph, contexts, arch)
 
 
 def chunk_candidates(arch: Arch) -> tuple[int, ...]:
@@ -272,7 +277,9 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
             before = _count_ops(trial)
             CimPartitionPass(max_arrays=limit).apply(ctx, trial)
             split = _count_ops(trial) != before
-            CimSegmentPass(solver=solver, time_limit=time_limit or 0.0,
+            # the DP prices thousands of candidates: HiGHS in-process (exact, the same
+            # Pyomo model; tests/test_mip.py); the chosen segments use `solver`
+            CimSegmentPass(solver="highs", time_limit=time_limit or 0.0,
                            memory_mode=strategy == "cmswitch").apply(ctx, trial)
             CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, trial)
             cycles = sum(o.attributes["predicted_cycles"].value.data

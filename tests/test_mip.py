@@ -1,78 +1,96 @@
 """The segment MIP against an independent brute-force evaluator on small problems.
 
-The evaluator enumerates every allocation (copies, memory arrays, edges kept) of a tiny
-chip and computes its best throughput from the constraints directly (bisection on T),
-without Pyomo.  The MIP's latency must equal the best one found."""
+The evaluator enumerates every placement of the segment's tensors (pool, global
+buffer or DRAM, DESIGN.md §10.1) and, for each, finds the smallest latency ``L`` at
+which the segment's port loads fit, by bisection, without Pyomo: at latency ``L`` an
+operator needs ``ceil(c_i / L)`` copies, every array left over joins the pool (more
+pool arrays never hurt), and every port's bytes must fit its bandwidth times ``L``,
+every place's windows its capacity.  The predicted cycles add the weight loads of
+those copies and the fill, at ``L`` or any slower latency where some operator needs
+fewer copies.  The MIP's cycles must equal the best found."""
 
 import itertools
+import math
 import random
 
 import pytest
 
 from cmswitch.arch import arch_from_dict, load_arch
-from cmswitch.cost.graph import Edge, SegmentProblem
+from cmswitch.cost.graph import SegmentProblem, TensorUse
 from cmswitch.cost.model import OpCost, _weight_op_cost
-from cmswitch.solver.mip import latency_scale, solve_segment
+from cmswitch.solver.mip import evaluate_allocation, solve_segment
 
-SMALL = dict(load_arch("dynaplasia").model_dump(), name="small", arrays=8)
+SMALL = dict(load_arch("dynaplasia").model_dump(), name="small", arrays=8,
+             global_buffer_bytes=8192)
 
 
-def _feasible(p: SegmentProblem, arch, d, m, y, lat: float) -> bool:
-    """Can allocation (d, m, y) sustain latency `lat` cycles?"""
+def _copies_at(p: SegmentProblem, arch, places, lat: float):
+    """The fewest copies sustaining latency `lat` with `places`, or None."""
+    mat = [op for op in p.ops if op.arrays]
+    copies = [max(1, math.ceil(op.compute / lat - 1e-9)) for op in mat]
+    if any(c > op.max_copies for c, op in zip(copies, mat)):
+        return None
+    pool = arch.arrays - p.reserve - p.hold_in - p.hold_out - sum(
+        op.arrays * c for op, c in zip(mat, copies))
+    if pool < 0:
+        return None
+    pool = pool if p.memory_mode else 0
     ib = arch.internal_bw_bits / 8
-    gb_need = 0.0
-    for op, di, mi in zip(p.ops, d, m):
-        if not op.arrays:
+    load = {"pool": 0.0, "gb": 0.0, "dram": p.prefetch, "hold_in": 0.0, "hold_out": 0.0}
+    window = {"pool": 0, "gb": 0}
+    choices = sum(1 for u in p.tensors if not u.fixed)
+    for use, place in zip(p.tensors, places):
+        if place == "dram":
+            load["dram"] += use.dram_direct
             continue
-        if op.compute / di > lat * (1 + 1e-9):
-            return False
-        gb_need += max(0.0, op.feed / lat - ib * mi)
-    if gb_need > arch.global_buffer_bw_bytes * (1 + 1e-9):
-        return False
-    dram = p.live_in + p.live_out + sum(2 * e.bytes for e, k in zip(p.edges, y) if not k)
-    if dram / lat > arch.external_bw_bytes * (1 + 1e-9):
-        return False
-    vops = sum(op.vector_ops for op in p.ops)
-    return vops / lat <= arch.vector_ops_per_cycle * (1 + 1e-9)
+        load[place] += use.onchip
+        load["dram"] += use.dram_onchip
+        if place in window:
+            window[place] += use.window
+    if window["pool"] > (arch.array_bytes - choices) * pool:
+        return None
+    if window["gb"] > arch.global_buffer_bytes:
+        return None
+    bandwidth = {"pool": ib * pool, "gb": arch.global_buffer_bw_bytes,
+                 "dram": arch.external_bw_bytes, "hold_in": ib * p.hold_in,
+                 "hold_out": ib * p.hold_out}
+    writes = sum(op.weight_bytes for op in p.ops if op.kind == "dynamic") + p.prefetch
+    for port, nbytes in load.items():
+        if nbytes > bandwidth[port] * lat * (1 + 1e-9):
+            return None
+    if writes > arch.weight_write_bw_bytes * lat * (1 + 1e-9):
+        return None
+    if sum(op.vector_ops for op in p.ops) > arch.vector_ops_per_cycle * lat * (1 + 1e-9):
+        return None
+    it = iter(copies)
+    return tuple(next(it) if op.arrays else 0 for op in p.ops)
 
 
-def brute_force_latency(p: SegmentProblem, arch) -> float:
-    """The smallest latency of any allocation."""
-    return _brute_force(p, arch, lambda lat, d: lat)
+def _load(p, copies, arch) -> float:
+    weights = [(op, d) for op, d in zip(p.ops, copies) if op.kind == "weight"]
+    return sum(max(op.weight_bytes / arch.external_bw_bytes,
+                   d * op.weight_bytes / arch.weight_write_bw_bytes)
+               for op, d in weights[p.preloaded:])
 
 
 def brute_force_cycles(p: SegmentProblem, arch) -> float:
     """The fewest predicted cycles (weight loads + latency + fill) of any allocation."""
-    from cmswitch.solver.mip import load_cycles
-
     fill = sum(arch.mvm_cycles for op in p.ops if op.arrays)
-    return _brute_force(p, arch, lambda lat, d: lat + load_cycles(p, d, arch) + fill)
-
-
-def _brute_force(p: SegmentProblem, arch, score) -> float:
-    mat = [i for i, op in enumerate(p.ops) if op.arrays]
-    best = float("inf")
-    for d in itertools.product(*[range(1, p.ops[i].max_copies + 1) for i in mat]):
-        used = sum(p.ops[i].arrays * di for i, di in zip(mat, d))
-        if used > arch.arrays:
+    options = [("dram",) if u.fixed == "dram" else (u.fixed,) if u.fixed
+               else ("pool", "gb", "dram") for u in p.tensors]
+    best = math.inf
+    for places in itertools.product(*options):
+        hi = 1e13
+        if _copies_at(p, arch, places, hi) is None:
             continue
-        for m in itertools.product(range(arch.arrays - used + 1), repeat=len(mat)):
-            if used + sum(m) > arch.arrays:
-                continue
-            for y in itertools.product([False, True], repeat=len(p.edges)):
-                cap = arch.global_buffer_bytes + arch.array_bytes * sum(m)
-                if sum(e.window for e, k in zip(p.edges, y) if k) > cap:
-                    continue
-                dd, mm = [0] * len(p.ops), [0] * len(p.ops)
-                for i, di, mi in zip(mat, d, m):
-                    dd[i], mm[i] = di, mi
-                lo, hi = latency_scale(p, arch) * 0.999, 1e12
-                if not _feasible(p, arch, dd, mm, y, hi):
-                    continue
-                for _ in range(100):
-                    mid = (lo * hi) ** 0.5
-                    lo, hi = (lo, mid) if _feasible(p, arch, dd, mm, y, mid) else (mid, hi)
-                best = min(best, score(hi, tuple(dd)))
+        lo = 1e-3
+        for _ in range(200):
+            mid = (lo * hi) ** 0.5
+            lo, hi = (lo, mid) if _copies_at(p, arch, places, mid) is not None else (mid, hi)
+        lats = [hi] + [op.compute / k for op in p.ops if op.arrays and op.compute
+                       for k in range(1, op.max_copies + 1) if op.compute / k > hi]
+        for lat in lats:
+            best = min(best, lat + _load(p, _copies_at(p, arch, places, lat), arch) + fill)
     return best
 
 
@@ -83,10 +101,19 @@ def _random_problem(rng: random.Random, arch) -> SegmentProblem:
         ops.append(_weight_op_cost("", rng.choice([16, 64, 256, 1024]), k, n, 1, arch))
         if rng.random() < 0.5:
             ops.append(OpCost("", "vector", vector_ops=rng.choice([100, 5000, 50000])))
-    edges = tuple(Edge(b, rng.choice([b, b // 4 + 1]))
-                  for b in (rng.choice([2000, 20000, 90000]) for _ in range(rng.randint(0, 2))))
-    return SegmentProblem(tuple(o for o in ops if o.arrays <= arch.arrays),
-                          rng.choice([1000, 10000, 50000]), rng.choice([500, 5000]), edges)
+    tensors = []
+    for _ in range(rng.randint(1, 4)):
+        nbytes = rng.choice([2000, 20000, 90000])
+        window = rng.choice([nbytes, nbytes // 8 + 1])
+        onchip = nbytes * rng.choice([2, 3, 10])
+        if rng.random() < 0.5:  # live-in: loaded (bytes) or read from DRAM
+            tensors.append(TensorUse(nbytes, window, onchip + nbytes, nbytes, onchip))
+        else:  # internal, perhaps outliving the segment
+            store = rng.choice([0, nbytes])
+            tensors.append(TensorUse(nbytes, window, onchip + store, store, onchip))
+    if rng.random() < 0.3:
+        tensors.append(TensorUse(5000, 0, 0, 0, 5000, "dram"))
+    return SegmentProblem(tuple(o for o in ops if o.arrays <= arch.arrays), tuple(tensors))
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -97,42 +124,42 @@ def test_mip_matches_brute_force(seed: int, solver: str):
     want = brute_force_cycles(p, arch)
     got = solve_segment(p, arch, solver)
     assert got.cycles == pytest.approx(want, rel=1e-4)
-    assert sum(op.arrays * d + m for op, d, m in zip(p.ops, got.copies, got.memory)) <= arch.arrays
+    assert sum(op.arrays * d for op, d in zip(p.ops, got.copies)) + got.pool <= arch.arrays
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_fixed_allocation_evaluator_agrees_with_mip(seed: int):
-    from cmswitch.solver.mip import evaluate_allocation
-
     arch = arch_from_dict(SMALL)
     p = _random_problem(random.Random(seed), arch)
     got = solve_segment(p, arch, "highs")
-    again = evaluate_allocation(p, got.copies, got.memory, got.kept, arch)
+    again = evaluate_allocation(p, got.copies, got.pool, got.places, arch)
     assert again.latency == pytest.approx(got.latency, rel=2e-4)
 
 
-def test_canonical_memory_by_hand():
-    """internal_bw 32 bits = 4 B/cycle per array.  Feeds 10, 7, 2 B/cycle (t = 1):
-    whole arrays 2, 1, 0; remainders 2, 3, 2 -> with 5 arrays the two extra go to
-    op 1 (remainder 3), then op 0 (remainder 2, first of the tie): [3, 2, 0], 2 B/cycle
-    left for the global buffer.  With 8 arrays all three remainders are covered and
-    the 2 left over go to the first matrix op: [5, 2, 1]."""
-    from cmswitch.solver.mip import canonical_memory
-
+def test_port_loads_by_hand():
+    """One 1-array weight op, M=64 vectors (8 cycles each: 512 cycles), and a tensor of
+    1000 bytes with 4000 bytes of on-chip traffic (or 3000 in DRAM).  In the global
+    buffer (32 B/cycle) it takes 4000/32 = 125 cycles; in DRAM 3000/32 = 93.75; the
+    op's 512 cycles bind either way.  With M=4 (32 cycles) the buffer binds at 125."""
     arch = arch_from_dict(SMALL)
-    ops = (OpCost("", "weight", arrays=1, feed=10), OpCost("", "vector", vector_ops=5),
-           OpCost("", "weight", arrays=1, feed=7), OpCost("", "weight", arrays=1, feed=2))
-    p = SegmentProblem(ops, 0, 0, ())
-    assert canonical_memory(p, arch, 1.0, 5) == (3, 0, 2, 0)
-    assert canonical_memory(p, arch, 1.0, 8) == (5, 0, 2, 1)
-    # 40 B/cycle unmet with no arrays exceeds the 32 B/cycle global buffer
-    assert canonical_memory(p, arch, 2.0, 0) is None
+    op = _weight_op_cost("", 64, 64, 16, 1, arch)
+    use = TensorUse(1000, 1000, 4000, 0, 3000)
+    p = SegmentProblem((op,), (use,), memory_mode=False)
+    assert evaluate_allocation(p, (1,), 0, ("gb",), arch).latency == 512
+    small = SegmentProblem((_weight_op_cost("", 4, 64, 16, 1, arch),), (use,),
+                           memory_mode=False)
+    assert evaluate_allocation(small, (1,), 0, ("gb",), arch).latency == 125
+    assert evaluate_allocation(small, (1,), 0, ("dram",), arch).latency == 93.75
+    # the MIP picks DRAM (93.75 < 125); 4 cycles/vector... fill = 8 cycles
+    got = solve_segment(small, arch, "highs")
+    assert got.places == ("dram",)
+    assert got.latency == pytest.approx(93.75, rel=1e-3)
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_glpk_and_highs_agree_on_the_whole_allocation(seed: int):
-    """§9.9: the same copies, memory arrays and kept edges from either solver."""
+    """§9.9: the same copies, pool and placement from either solver."""
     arch = arch_from_dict(SMALL)
     p = _random_problem(random.Random(seed), arch)
     g, h = solve_segment(p, arch, "glpk"), solve_segment(p, arch, "highs")
-    assert (g.copies, g.memory, g.kept) == (h.copies, h.memory, h.kept)
+    assert (g.copies, g.pool, g.places) == (h.copies, h.pool, h.places)

@@ -8,15 +8,11 @@ copy of the current segment's weights.  The current segment then has that many f
 arrays and must stream those weight bytes through its DRAM and weight-write
 bandwidth; the next segment runs them with one copy and does not load them.
 
-Each segment is priced independently of the MIP: for every subset of internal edges
-kept on chip (enumerated), the smallest latency is found by bisection, where at a given
-latency ``L`` the fewest copies are ``ceil(c_i / L)`` and the memory-mode arrays left over
-are handed out greedily — whole arrays to whole units of unmet feed first, then to the
-largest remainders, which is optimal because every array supplies the same
-``internal_bw`` — with the rest of the feed from the global buffer.  Then the weight
-loads of the fewest copies, the pipeline fill and the boundary are added, at that
-latency or any slower one where an operator needs fewer copies.  The DP must
-reach the exhaustive optimum."""
+Each segment is priced by the full segment MIP (`solve_segment`, stage 2 included,
+not the DP's cached stage-1 pricing), which tests/test_mip.py holds equal to a brute
+force over every placement of the segment's tensors; the boundary's two switches are
+added.  The DP must reach the exhaustive optimum over segmentations, holds and
+preloads."""
 
 import itertools
 import math
@@ -30,6 +26,7 @@ from xdsl.ir import Block, Region
 from cmswitch.arch import arch_from_dict, load_arch
 from cmswitch.cost.graph import build_graph, held_tensors, segment_problem
 from cmswitch.dialects.cim import MatmulOp, VectorOp
+from cmswitch.solver.mip import solve_segment
 from cmswitch.transforms.cim_segment import dp_segments, segment_starts
 
 ARCH16 = arch_from_dict(dict(load_arch("dynaplasia").model_dump(), name="tiny16", arrays=16,
@@ -61,73 +58,15 @@ def _random_graph(rng: random.Random, dag: bool, matrix_ops: int):
     return ModuleOp([f]), f
 
 
-def _fits(p, arch, kept, lat: float) -> tuple[int, ...] | None:
-    """The fewest copies sustaining latency `lat` with edges `kept` on chip, or None."""
-    ib, mat = arch.internal_bw_bits / 8, [op for op in p.ops if op.arrays]
-    copies = [math.ceil(op.compute / lat - 1e-9) if op.compute else 1 for op in mat]
-    copies = [max(1, c) for c in copies]
-    if any(c > op.max_copies for c, op in zip(copies, mat)):
-        return None
-    spare = arch.arrays - p.reserve - sum(op.arrays * c for op, c in zip(mat, copies))
-    if spare < 0:
-        return None
-    window = sum(e.window for e, k in zip(p.edges, kept) if k) + p.held_in + p.held_out
-    if window > arch.global_buffer_bytes + arch.array_bytes * (spare if mat else 0):
-        return None
-    # held data larger than the global buffer on either side must sit in arrays
-    big = sum(h for h in (p.held_in, p.held_out) if h > arch.global_buffer_bytes)
-    if big > arch.array_bytes * (spare if mat else 0):
-        return None
-    dram = p.live_in + p.live_out + p.prefetch
-    dram += sum(2 * e.bytes for e, k in zip(p.edges, kept) if not k)
-    if dram / lat > arch.external_bw_bytes * (1 + 1e-9):
-        return None
-    if p.prefetch / lat > arch.weight_write_bw_bytes * (1 + 1e-9):
-        return None
-    if sum(op.vector_ops for op in p.ops) / lat > arch.vector_ops_per_cycle * (1 + 1e-9):
-        return None
-    needs = [op.feed / lat for op in mat]
-    whole = [int(n // ib) for n in needs]
-    if sum(whole) >= spare:
-        unmet = sum(needs) - ib * spare  # every spare array fully used
-    else:
-        rest = sorted((n - ib * w for n, w in zip(needs, whole)), reverse=True)
-        unmet = sum(rest[spare - sum(whole):])
-    if unmet > arch.global_buffer_bw_bytes * (1 + 1e-9):
-        return None
-    return tuple(copies)
-
-
-def _load(p, copies, arch) -> float:
-    """Weight-load cycles: per weight op not preloaded, the slower of one DRAM read and
-    programming every copy."""
-    weights = [(op, d) for op, d in zip(p.ops, copies) if op.kind == "weight"]
-    return sum(max(op.weight_bytes / arch.external_bw_bytes,
-                   d * op.weight_bytes / arch.weight_write_bw_bytes)
-               for op, d in weights[p.preloaded:])
-
-
 def reference_cost(p, arch) -> float:
-    """Cycles of the best allocation of segment problem `p` (inf if none fits)."""
-    best = math.inf
-    for kept in itertools.product([False, True], repeat=len(p.edges)):
-        hi = 1e13
-        if _fits(p, arch, kept, hi) is None:
-            continue
-        lo = 1.0
-        for _ in range(200):
-            mid = (lo * hi) ** 0.5
-            lo, hi = (lo, mid) if _fits(p, arch, kept, mid) is not None else (mid, hi)
-        # a slower pipeline may need fewer copies: try every latency where some
-        # operator's fewest copies drop (compute / k), above the fastest
-        fill = sum(arch.mvm_cycles for op in p.ops if op.arrays)
-        lats = [hi] + [op.compute / k for op in p.ops if op.arrays and op.compute
-                       for k in range(1, op.max_copies + 1) if op.compute / k > hi]
-        for lat in lats:
-            copies = iter(_fits(p, arch, kept, lat))
-            full = tuple(next(copies) if op.arrays else 0 for op in p.ops)
-            best = min(best, lat + _load(p, full, arch) + fill)
-    return best + 2 * arch.switch_cycles
+    """Cycles of the best allocation of segment problem `p` (inf if none fits): the
+    full two-stage solve of the segment MIP (`solve_segment`, which tests/test_mip.py
+    holds equal to a brute force over every placement), plus the boundary."""
+    from cmswitch.solver.mip import holdable
+
+    if not holdable(p, arch):
+        return math.inf
+    return solve_segment(p, arch, "highs").cycles + 2 * arch.switch_cycles
 
 
 def _preload_max(graph, a, b, c, arrays, most) -> int:

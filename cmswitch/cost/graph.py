@@ -66,6 +66,7 @@ class Graph:
     ops: list[GraphOp]
     tensors: list[Tensor]
     value_ids: dict[SSAValue, int]
+    arch: Arch
 
     def span(self, first: int, last: int) -> str:
         """``first..last`` operator names: how errors and reports name a segment."""
@@ -197,16 +198,53 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
     ret = func.body.block.last_op
     for v in ret.operands if ret is not None else ():
         tensors[ids[v]].is_output = True
-    return Graph(ops, tensors, ids)
+    return Graph(ops, tensors, ids, arch)
+
+
+PLACES = ("pool", "gb", "dram")
+"""Where a tensor of a segment may live (DESIGN.md §10.1): striped over the segment's
+pool of memory-mode arrays, in the global buffer, or in DRAM."""
 
 
 @dataclass(frozen=True)
-class Edge:
-    """A tensor produced and consumed inside one segment: `bytes`, and `window` bytes
-    it occupies on chip while streaming."""
+class TensorUse:
+    """One tensor a segment touches, priced as `cim-to-metaop` moves it (DESIGN.md
+    §10.1: every byte a statement of the flow moves is a term of the MIP).  Bytes are
+    the bytes the flow's statements put on a location's port (docs/cmsasm.md):
+
+    - `onchip`: on the tensor's on-chip location (pool or global buffer) if it lives
+      there — its producer's write (or the `MEM.load` that brings a live-in tensor in),
+      every read of every consumer in the segment (an MVM reads ``vectors * k`` bytes:
+      the im2col view, ~9x a 3x3 convolution's input), and the `MEM.store` of a tensor
+      that outlives the segment;
+    - `dram_onchip`: DRAM bytes if it lives on chip (the `MEM.load` / `MEM.store`);
+    - `dram_direct`: DRAM bytes if it lives in DRAM (producer's write and every read);
+    - `window`: bytes it occupies on chip while it streams (the statement's
+      ``window=``, `Graph.working_set`), its whole size if held;
+    - `fixed`: "" when the MIP chooses the place among `PLACES`; "dram" for a tensor
+      no statement of the segment reads (written straight to DRAM); "hold_in" /
+      "hold_out" for a tensor held on chip across the segment's start / end (it sits
+      in that boundary's hold arrays, `hold_arrays`).
+    """
 
     bytes: int
     window: int
+    onchip: float
+    dram_onchip: float
+    dram_direct: float
+    fixed: str = ""
+
+
+def hold_arrays(sizes: list[int], array_bytes: int) -> int:
+    """Memory-mode arrays that hold tensors of `sizes` bytes whole, each striped over
+    all of them (``ceil(bytes/H)`` bytes per array, as the simulator counts): the
+    smallest ``H`` with ``sum ceil(b/H) <= array_bytes``; 0 for none (DESIGN.md §9.3)."""
+    if not sizes:
+        return 0
+    h = max(1, -(-sum(sizes) // array_bytes))
+    while sum(-(-b // h) for b in sizes) > array_bytes:
+        h += 1
+    return h
 
 
 @dataclass(frozen=True)
@@ -214,19 +252,17 @@ class SegmentProblem:
     """Input of the segment MIP; hashable, names stripped, so identical segments
     (repeated transformer blocks) share one solve.
 
-    ops: cost records in program order; live_in / live_out: bytes that cross the chip
-    boundary through DRAM (read before, written after); edges: internal tensors;
-    held_in / held_out: bytes kept on chip across the boundary before / after the
-    segment (DESIGN.md §9.3) — not DRAM traffic, but they occupy memory for the
-    whole segment.
+    ops: cost records in program order; tensors: every tensor the segment touches, in
+    tensor-id order (`segment_tensor_ids` gives the ids), with what each placement
+    costs; hold_in / hold_out: memory-mode arrays that keep the tensors held across
+    the segment's start / end (DESIGN.md §9.3, `hold_arrays`); dram_fixed: DRAM bytes
+    no choice changes (tensors written straight to DRAM).
     """
 
     ops: tuple[OpCost, ...]
-    live_in: int
-    live_out: int
-    edges: tuple[Edge, ...]
-    held_in: int = 0
-    held_out: int = 0
+    tensors: tuple[TensorUse, ...] = ()
+    hold_in: int = 0
+    hold_out: int = 0
     memory_mode: bool = True
     """False: no array may switch to memory mode (the all-compute ablation)."""
     preloaded: int = 0
@@ -239,6 +275,19 @@ class SegmentProblem:
     prefetch: int = 0
     """Bytes of the next segment's preloaded weights, read from DRAM and written
     through the weight-write port during this segment's pipeline."""
+
+    @property
+    def choices(self) -> list[int]:
+        """Indices of the tensors whose place the MIP chooses."""
+        return [i for i, t in enumerate(self.tensors) if not t.fixed]
+
+    def fixed_dram(self) -> float:
+        """DRAM bytes of the tensors written straight to DRAM."""
+        return sum(t.dram_direct for t in self.tensors if t.fixed == "dram")
+
+    def hold_traffic(self, side: str) -> float:
+        """Port bytes on the hold arrays of `side` ("hold_in" or "hold_out")."""
+        return sum(t.onchip for t in self.tensors if t.fixed == side)
 
 
 def held_tensors(graph: Graph, first: int, last: int, next_last: int) -> tuple[int, ...]:
@@ -279,13 +328,64 @@ def preload_of(graph: Graph, first: int, last: int, count: int) -> tuple[int, in
     return sum(o.arrays for o in ops), sum(o.weight_bytes for o in ops)
 
 
+def mvm_shape(cost: OpCost, arch: Arch) -> tuple[int, int, int]:
+    """``(vectors, k, n)`` of a matrix op's `CIM.mvm` statement: a weight op streams
+    ``M`` vectors of ``g*K`` elements and writes ``g*N`` per vector; a dynamic matmul
+    streams all its instances' vectors (``compute / mvm_cycles``) of ``K`` and writes
+    ``N`` per vector.  Input bytes ``vectors*k*act_bits/8``, output ``vectors*n*...``
+    (docs/cmsasm.md).  `cim-to-metaop` emits these; the MIP prices them."""
+    if cost.kind == "dynamic":
+        return cost.compute // arch.mvm_cycles, cost.k, cost.n
+    return cost.m, cost.groups * cost.k, cost.groups * cost.n
+
+
+def _reads(gop: GraphOp, t: int, graph: Graph, arch: Arch) -> float:
+    """Bytes op `gop` reads of tensor `t` on its port (per operand occurrence)."""
+    cost = gop.cost
+    if not cost.arrays:  # VEC: each input's declared size
+        return graph.tensors[t].bytes * gop.inputs.count(t)
+    vectors, k, _ = mvm_shape(cost, arch)
+    total = 0.0
+    for pos, u in enumerate(gop.inputs):
+        if u != t:
+            continue
+        # a dynamic matmul's second operand is read once by CIM.write_operand
+        total += cost.weight_bytes if pos == 1 and cost.kind == "dynamic" else \
+            vectors * k * arch.act_bits / 8
+    return total
+
+
+def _writes(gop: GraphOp, t: int, graph: Graph, arch: Arch) -> float:
+    """Bytes op `gop` writes of its output `t`."""
+    if not gop.cost.arrays:
+        return graph.tensors[t].bytes
+    vectors, _, n = mvm_shape(gop.cost, arch)
+    return vectors * n * arch.act_bits / 8
+
+
+def op_window(graph: Graph, gop: GraphOp, first: int, last: int) -> int:
+    """The ``window=`` of `gop`'s statement: the largest streaming window of its outputs
+    read inside segment ``first..last`` (the flow gives one per statement; each output
+    then occupies at most that, capped by its size)."""
+    wins = [graph.working_set(t, c) for t in gop.outputs
+            for c in graph.tensors[t].consumers if first <= c <= last]
+    return max(wins, default=0)
+
+
+def segment_tensor_ids(graph: Graph, first: int, last: int) -> list[int]:
+    """Ids of every tensor operators ``first..last`` read or write, in id order: the
+    order of `SegmentProblem.tensors`."""
+    ids = {t for g in graph.ops[first:last + 1] for t in (*g.inputs, *g.outputs)}
+    return sorted(ids)
+
+
 def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...] = (),
                     held_out: tuple[int, ...] = (), memory_mode: bool = True,
                     preloaded: int = 0, reserve: int = 0, prefetch: int = 0
                     ) -> SegmentProblem:
     """The MIP input for operators ``first..last`` (inclusive) of `graph`; `held_in`
     / `held_out` are tensor ids kept on chip across the boundary before / after it
-    (from `held_tensors`), which leave the DRAM traffic for the capacity;
+    (from `held_tensors`), which sit whole in their boundary's hold arrays;
     `memory_mode` False forbids memory-mode arrays.  `preloaded`: how many leading
     weight ops were loaded during the previous segment (one copy each); `reserve` /
     `prefetch`: the arrays and bytes of the next segment's preload (`preload_of`).
@@ -294,32 +394,50 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
     if len(lead) < preloaded:
         raise CMSwitchError(f"{graph.span(first, last)}: {preloaded} preloaded weight ops "
                             f"asked, only {len(lead)} lead the segment")
-    inside = range(first, last + 1)
-    live_in: set[int] = set()
-    live_out: set[int] = set()
-    edges: list[Edge] = []
-    for i in inside:
-        for t in graph.ops[i].inputs:
-            if graph.tensors[t].producer is None or graph.tensors[t].producer < first:
-                live_in.add(t)
-        for t in graph.ops[i].outputs:
-            tensor = graph.tensors[t]
-            if tensor.is_output or any(c > last for c in tensor.consumers):
-                live_out.add(t)
-            local = [c for c in tensor.consumers if c <= last]
-            if local:
-                window = max(graph.working_set(t, c) for c in local)
-                edges.append(Edge(tensor.bytes, window))
-    live_in.difference_update(held_in)
-    live_out.difference_update(held_out)
+    arch = graph.arch
+    uses = []
+    hold_in_sizes, hold_out_sizes = [], []
+    for t in segment_tensor_ids(graph, first, last):
+        tensor = graph.tensors[t]
+        inside = tensor.producer is not None and first <= tensor.producer <= last
+        readers = [c for c in tensor.consumers if first <= c <= last]
+        reads = sum(_reads(graph.ops[c], t, graph, arch) for c in dict.fromkeys(readers))
+        outlives = tensor.is_output or any(c > last for c in tensor.consumers)
+        if t in held_in:
+            uses.append(TensorUse(tensor.bytes, tensor.bytes, reads, 0, 0, "hold_in"))
+            hold_in_sizes.append(tensor.bytes)
+            continue
+        write = _writes(graph.ops[tensor.producer], t, graph, arch) if inside else 0.0
+        if t in held_out:
+            uses.append(TensorUse(tensor.bytes, tensor.bytes, write + reads, 0, 0, "hold_out"))
+            hold_out_sizes.append(tensor.bytes)
+            continue
+        if not readers:
+            uses.append(TensorUse(tensor.bytes, 0, 0, 0, write, "dram"))
+            continue
+        if inside:
+            producer = graph.ops[tensor.producer]
+            whole = any(o in held_out for o in producer.outputs)
+            window = tensor.bytes if whole else min(
+                tensor.bytes, op_window(graph, producer, first, last))
+            store = tensor.bytes if outlives else 0
+            uses.append(TensorUse(tensor.bytes, window, write + reads + store, store,
+                                  write + reads))
+        else:  # live-in: MEM.load into the chip, or every consumer reads DRAM
+            window = max(graph.working_set(t, c) for c in readers)
+            uses.append(TensorUse(tensor.bytes, min(tensor.bytes, window),
+                                  tensor.bytes + reads, tensor.bytes, reads))
+    # a tensor whose DRAM bytes an on-chip place does not lower only loads ports
+    # there: DRAM is at least as good for every allocation (exact dominance)
+    uses = [replace(u, fixed="dram") if not u.fixed and u.dram_direct <= u.dram_onchip
+            else u for u in uses]
+    ab = arch.array_bytes
     return SegmentProblem(
         ops=tuple(replace(graph.ops[i].cost, name="", **({"max_copies": 1} if i in lead else {}))
-                  for i in inside),
-        live_in=sum(graph.tensors[t].bytes for t in sorted(live_in)),
-        live_out=sum(graph.tensors[t].bytes for t in sorted(live_out)),
-        edges=tuple(edges),
-        held_in=sum(graph.tensors[t].bytes for t in held_in),
-        held_out=sum(graph.tensors[t].bytes for t in held_out),
+                  for i in range(first, last + 1)),
+        tensors=tuple(uses),
+        hold_in=hold_arrays(hold_in_sizes, ab),
+        hold_out=hold_arrays(hold_out_sizes, ab),
         memory_mode=memory_mode,
         preloaded=preloaded,
         reserve=reserve,

@@ -3,29 +3,37 @@
 (`glpsol`) or HiGHS (`highspy`, in-process).  `cim-segment` prices candidate segments
 with it and `cim-allocate` writes its answer: one model, one module.
 
-Per segment (``c_i`` compute cycles of one copy, ``f_i`` feed bytes, ``a_i`` arrays
-per copy, ``v`` digital-unit ops, ``b_e``/``w_e`` bytes/window of internal edge e;
-``S`` a lower bound of the latency so the throughput ``T = S/latency`` is in [0, 1])::
+Per segment (``c_i`` compute cycles of one copy, ``a_i`` arrays per copy, ``v``
+digital-unit ops; per tensor ``t`` its port bytes if on chip ``o_t``, its DRAM bytes if
+on chip ``r_t`` or in DRAM ``R_t``, its window ``w_t`` — `TensorUse`, the bytes the
+lowered flow's statements move; ``S`` a lower bound of the latency so the throughput
+``T = S/latency`` is in [0, 1])::
 
   maximize   T
-  subject to c_i T / S <= d_i                         compute (weight and dynamic ops)
-             f_i T / S <= ib*m_i + g_i, sum g_i <= gb_bw   feed from memory arrays / GB
-             (live_in + live_out + P + sum_e 2 b_e (1-y_e)) T / S <= ext_bw   DRAM
-                 (y_e T linearised as z_e: z_e <= T, z_e <= y_e, z_e >= T - (1 - y_e))
-             (sum_dyn W_i + P) T / S <= weight_write_bw   run-time operand writes
-             v T / S <= vector_ops_per_cycle             digital unit
-             sum_e w_e y_e + held <= gb_bytes + array_bytes * sum m_i   capacity
-             held_arrays <= array_bytes * sum m_i       held data too big for the GB
-             sum_i a_i d_i + m_i <= arrays - R           array budget
-             d_i in {1..D_i}, m_i in {0..arrays}, y_e in {0,1}
+  subject to c_i T / S <= d_i                                   compute
+             sum_t o_t p_t T / S <= ib * P                      pool of P memory arrays
+             sum_t o_t q_t T / S <= gb_bw                       global buffer port
+             (F + Pf + sum_t R_t (1 - p_t - q_t) + r_t (p_t + q_t)) T / S <= ext_bw   DRAM
+                 (x T is bilinear: z = x T with z <= T, z <= x, z >= T - (1 - x))
+             hold_k T / S <= ib * H_k                           each boundary's hold arrays
+             (sum_dyn W_i + Pf) T / S <= weight_write_bw        run-time operand writes
+             v T / S <= vector_ops_per_cycle                    digital unit
+             sum_t w_t p_t <= (array_bytes - n) * P             pool capacity (n tensors:
+                                                                ceil per array)
+             sum_t w_t q_t <= gb_bytes                          buffer capacity
+             sum_i a_i d_i + P + H_in + H_out <= arrays - Rv    array budget
+             p_t + q_t <= 1,  d_i in {1..D_i},  P in {0..arrays}
 
-``P`` / ``R``: the bytes and arrays of the next segment's weights preloaded during this
-segment's pipeline (§9.1, `SegmentProblem.prefetch` / `reserve`); the segment's own
-preloaded ops have ``D_i = 1`` and no load cycles (`SegmentProblem.preloaded`).
-
-``ib = internal_bw_bits/8`` bytes/cycle per memory-mode array; ``held`` the bytes kept
-on chip across the segment's boundaries (held_in + held_out, DESIGN.md §9.3: they
-are not DRAM traffic but occupy memory all along).
+``p_t`` / ``q_t``: tensor t lives in the pool / the global buffer (else DRAM) — the
+lowering places each tensor exactly there (`cim-to-metaop`), so the rows are the
+flow's port loads and the simulator's time is their maximum plus a little fill.
+``F``: DRAM bytes of tensors no statement of the segment reads; ``Pf`` / ``Rv``: the
+bytes and arrays of the next segment's weights preloaded during this segment's
+pipeline (§9.1, `SegmentProblem.prefetch` / `reserve`); the segment's own preloaded
+ops have ``D_i = 1`` and no load cycles (`SegmentProblem.preloaded`).  ``H_in`` /
+``H_out``: arrays that hold the tensors kept on chip across the boundaries (§9.3), a
+range of their own so their traffic is theirs alone.
+``ib = internal_bw_bits/8`` bytes/cycle per memory-mode array.
 
 Stage 1 (`solve_throughput`) finds the best throughput ``t*``.  The segment's cost is
 then ``load + S/t + fill`` minimised over ``t <= t*`` (`best_rate`: a slower pipeline
@@ -33,9 +41,9 @@ may save the loads of copies it no longer needs), with the fewest copies
 ``ceil(c_i t/S)`` (`min_copies`) — exact, because lowering ``T`` keeps every
 constraint and fewer copies only free arrays.  The DP prices candidates this way
 (`price_cached`); stage 2 (`solve_segment`), only for chosen segments, fixes that
-``t`` and the copies and minimises the memory-mode arrays (tie-break, §9.9); stage 3
-(`_canonical_kept`, `canonical_memory`) then picks one canonical plan among the equally
-good ones, so the plan never depends on the solver (§9.9).
+``t`` and the copies and minimises the pool (tie-break, §9.9); stage 3
+(`_canonical_places`) then picks the lexicographically first placement among the
+equally good ones, so the plan never depends on the solver (§9.9).
 """
 
 from __future__ import annotations
@@ -64,20 +72,25 @@ DEFAULT_TIME_LIMIT = 60.0
 class Allocation:
     """A segment's allocation and its predicted cost (cycles).
 
-    copies[i], memory[i]: weight copies and memory-mode arrays of op i (0 copies for
-    vector ops); kept[e]: internal edge e stays on chip.  latency: steady-state
-    pipeline cycles (``S/T``); load: cycles to program the weights before it runs;
-    cycles: ``load + latency + fill``.
+    copies[i]: weight copies of op i (0 for vector ops); pool: memory-mode arrays the
+    segment's streamed tensors are striped over; places[t]: where tensor t of
+    `SegmentProblem.tensors` lives ("pool", "gb", "dram", "hold_in", "hold_out").
+    latency: steady-state pipeline cycles (``S/T``); load: cycles to program the
+    weights before it runs; cycles: ``load + latency + fill``.
     """
 
     copies: tuple[int, ...]
-    memory: tuple[int, ...]
-    kept: tuple[bool, ...]
+    pool: int
+    places: tuple[str, ...]
     latency: float
     load: float
     fill: float
     cycles: float
     status: str = "optimal"
+
+    def memory_arrays(self, problem: SegmentProblem) -> int:
+        """All arrays in memory mode for the segment: the pool and both hold ranges."""
+        return self.pool + problem.hold_in + problem.hold_out
 
 
 def glpsol_path() -> str | None:
@@ -111,27 +124,15 @@ def fill_cycles(problem: SegmentProblem, arch: Arch) -> float:
     return sum(arch.mvm_cycles for op in problem.ops if op.arrays)
 
 
-def held_in_arrays(problem: SegmentProblem, arch: Arch) -> int:
-    """Bytes held across the boundaries that must sit in memory-mode arrays: the
-    lowering places a held tensor whole, in the arrays that stay in memory mode or in
-    the global buffer, so data held on one side that exceeds the global buffer
-    (``held_in`` or ``held_out``) needs arrays (DESIGN.md §9.3)."""
-    return sum(h for h in (problem.held_in, problem.held_out)
-               if h > arch.global_buffer_bytes)
-
-
 def holdable(problem: SegmentProblem, arch: Arch) -> bool:
-    """Whether the bytes held across the boundaries fit the most memory the segment
-    can have: the global buffer plus every array left after one copy of each weight
-    (none if the segment has no matrix operator)."""
-    held = problem.held_in + problem.held_out
-    if not held:
+    """Whether the segment's hold arrays fit beside one copy of each weight (held data
+    needs memory mode)."""
+    hold = problem.hold_in + problem.hold_out
+    if not hold:
         return True
-    spare = usable_arrays(problem, arch) - sum(op.arrays for op in problem.ops)
-    if not any(op.arrays for op in problem.ops) or not problem.memory_mode:
-        spare = 0
-    return (held <= arch.global_buffer_bytes + arch.array_bytes * spare
-            and held_in_arrays(problem, arch) <= arch.array_bytes * spare)
+    if not problem.memory_mode:
+        return False
+    return hold + sum(op.arrays for op in problem.ops) <= usable_arrays(problem, arch)
 
 
 def usable_arrays(problem: SegmentProblem, arch: Arch) -> int:
@@ -140,30 +141,56 @@ def usable_arrays(problem: SegmentProblem, arch: Arch) -> int:
     return arch.arrays - problem.reserve
 
 
+def _pool_limit(problem: SegmentProblem, arch: Arch) -> int:
+    """The most pool arrays the segment can have (every array left after one copy of
+    each weight and the hold arrays); 0 without memory mode."""
+    if not problem.memory_mode:
+        return 0
+    return max(0, usable_arrays(problem, arch) - problem.hold_in - problem.hold_out
+               - sum(op.arrays for op in problem.ops))
+
+
+def pool_bytes(problem: SegmentProblem, arch: Arch) -> int:
+    """Window bytes one pool array can take: its bytes less one per tensor that may
+    live there (each takes ``ceil(window/P)`` bytes of every pool array)."""
+    return arch.array_bytes - len(problem.choices)
+
+
+def _writes(problem: SegmentProblem) -> int:
+    return sum(op.weight_bytes for op in problem.ops if op.kind == "dynamic") + problem.prefetch
+
+
 def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     """A lower bound ``S`` of the segment's steady-state latency (cycles), >= 1: no
     allocation beats the most copies of an op, the digital unit, the run-time operand
-    writes, the DRAM traffic that must cross the boundary, a feed through every
-    array left after one copy of each weight, or the array-cycles of all MVM work and
-    feed spread over every array (each array computes or feeds).  A tight ``S`` keeps ``T`` near 1 and the
-    ``z = y*T`` linearisation tight (GLPK's branch and bound depends on it)."""
-    ops = problem.ops
-    arrays = usable_arrays(problem, arch)
-    free = max(0, arrays - sum(op.arrays for op in ops)) if problem.memory_mode else 0
-    feed_bw = arch.internal_bw_bits / 8 * free + arch.global_buffer_bw_bytes
-    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic") + problem.prefetch
-    bounds = [1.0, sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
-              writes / arch.weight_write_bw_bytes,
-              (problem.live_in + problem.live_out + problem.prefetch) / arch.external_bw_bytes]
-    bounds += [op.compute / op.max_copies for op in ops if op.arrays]
-    bounds += [op.feed / feed_bw for op in ops if op.arrays]
-    # every array either computes or feeds: sum_i a_i c_i / L + (sum_i f_i / L - gb_bw) / ib
-    # <= arrays, with ib = internal_bw bytes/cycle per memory-mode array
+    writes, the hold arrays' ports, the DRAM bytes no placement avoids (each tensor's
+    cheaper DRAM option), or every array computing or feeding: with ``W = sum a_i c_i``
+    and ``B = sum_t min(o_t + r_t, R_t)`` the bytes every tensor puts on some port,
+    ``L >= (W + B/ib) / (A + (gb_bw + ext_bw)/ib)`` (the pool takes what the buffer
+    and DRAM cannot).  A tight ``S`` keeps ``T`` near 1 and the ``z = x*T``
+    linearisation tight (GLPK's branch and bound depends on it)."""
+    ops, tens = problem.ops, problem.tensors
     ib = arch.internal_bw_bits / 8
+    choice = [tens[t] for t in problem.choices]
+    dram = problem.fixed_dram() + problem.prefetch + sum(
+        min(t.dram_onchip, t.dram_direct) for t in choice)
+    bounds = [1.0, sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
+              _writes(problem) / arch.weight_write_bw_bytes, dram / arch.external_bw_bytes]
+    bounds += [op.compute / op.max_copies for op in ops if op.arrays]
+    for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
+        if h:
+            bounds.append(problem.hold_traffic(side) / (ib * h))
     work = sum(op.arrays * op.compute for op in ops if op.arrays)
-    feed = sum(op.feed for op in ops if op.arrays)
-    if work and problem.memory_mode:
-        bounds.append((work + feed / ib) / (arrays + arch.global_buffer_bw_bytes / ib))
+    spread = problem.fixed_dram() + problem.prefetch + sum(
+        min(t.onchip + t.dram_onchip, t.dram_direct) if problem.memory_mode
+        else t.dram_direct if t.window > arch.global_buffer_bytes
+        else min(t.onchip + t.dram_onchip, t.dram_direct) for t in choice)
+    free = usable_arrays(problem, arch) - problem.hold_in - problem.hold_out
+    if not problem.memory_mode:
+        bounds.append(spread / (arch.global_buffer_bw_bytes + arch.external_bw_bytes))
+    else:
+        bounds.append((work + spread / ib)
+                      / (free + (arch.global_buffer_bw_bytes + arch.external_bw_bytes) / ib))
     return max(bounds)
 
 
@@ -177,23 +204,13 @@ def cycles_lower_bound(problem: SegmentProblem, arch: Arch) -> float:
     return load_cycles(problem, ones, arch) + latency_scale(problem, arch) + fill
 
 
-def edge_groups(problem: SegmentProblem) -> list[list[int]]:
-    """Internal edges grouped by ``(bytes, window)``, in order of first appearance.
-    Identical edges are interchangeable in every constraint; ordering their keep
-    decisions (``y_e1 >= y_e2 >= ...``: the first ones stay on chip) removes the
-    symmetric solutions GLPK's branch and bound would otherwise enumerate."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for e, edge in enumerate(problem.edges):
-        groups.setdefault((edge.bytes, edge.window), []).append(e)
-    return list(groups.values())
-
-
 def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
     """The Pyomo model.  With `t_fixed` (stage 2) the throughput is a constant, so
-    ``y_e T`` is linear and the McCormick ``z_e`` variables are not needed."""
+    ``x T`` is linear and the McCormick ``z`` variables are not needed."""
     import pyomo.environ as pyo
 
-    ops, edges = problem.ops, problem.edges
+    ops, tens = problem.ops, problem.tensors
+    ch = problem.choices
     scale = latency_scale(problem, arch)
     mat = [i for i, op in enumerate(ops) if op.arrays]
     m = pyo.ConcreteModel()
@@ -201,48 +218,58 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
     if t_fixed is not None:
         m.T.fix(t_fixed)
     m.d = pyo.Var(mat, domain=pyo.Integers, bounds=lambda _, i: (1, ops[i].max_copies))
-    m.m = pyo.Var(mat, domain=pyo.Integers, bounds=(0, arch.arrays if problem.memory_mode else 0))
-    m.g = pyo.Var(mat, bounds=(0, arch.global_buffer_bw_bytes))
-    m.y = pyo.Var(range(len(edges)), domain=pyo.Binary)
-    if t_fixed is None:
-        m.z = pyo.Var(range(len(edges)), bounds=(0, 1))
-        z = m.z
-    else:
-        z = {e: t_fixed * m.y[e] for e in range(len(edges))}
-    ib = arch.internal_bw_bits / 8
+    m.P = pyo.Var(domain=pyo.Integers, bounds=(0, _pool_limit(problem, arch)))
+    m.p = pyo.Var(ch, domain=pyo.Binary)
+    m.q = pyo.Var(ch, domain=pyo.Binary)
     m.c = pyo.ConstraintList()
+    pool_cap = pool_bytes(problem, arch) * _pool_limit(problem, arch)
+    for t in ch:  # places that cannot hold the tensor's window are closed
+        if not problem.memory_mode or tens[t].window > pool_cap:
+            m.p[t].fix(0)
+        if tens[t].window > arch.global_buffer_bytes:
+            m.q[t].fix(0)
+    if t_fixed is None:
+        m.zp = pyo.Var(ch, bounds=(0, 1))
+        m.zq = pyo.Var(ch, bounds=(0, 1))
+        zp, zq = m.zp, m.zq
+        for t in ch:  # McCormick envelopes of z = x*T (exact for binary x)
+            for z, x in ((m.zp[t], m.p[t]), (m.zq[t], m.q[t])):
+                m.c.add(z <= m.T)
+                m.c.add(z <= x)
+                m.c.add(z >= m.T - (1 - x))
+            m.c.add(m.zp[t] + m.zq[t] <= m.T)
+            m.c.add(m.T - m.zp[t] - m.zq[t] <= 1 - m.p[t] - m.q[t])  # z_dram <= x_dram
+    else:
+        zp = {t: t_fixed * m.p[t] for t in ch}
+        zq = {t: t_fixed * m.q[t] for t in ch}
+    ib = arch.internal_bw_bits / 8
     for i in mat:
         m.c.add(ops[i].compute / scale * m.T <= m.d[i])
-        m.c.add(ops[i].feed / scale * m.T <= ib * m.m[i] + m.g[i])
-    if mat:
-        m.c.add(sum(m.g[i] for i in mat) <= arch.global_buffer_bw_bytes)
-    for e in range(len(edges)) if t_fixed is None else ():
-        m.c.add(m.z[e] <= m.T)  # McCormick envelope of z = y*T (exact for binary y)
-        m.c.add(m.z[e] <= m.y[e])
-        m.c.add(m.z[e] >= m.T - (1 - m.y[e]))
-    for members in edge_groups(problem):
-        for a, b in zip(members, members[1:]):
-            m.c.add(m.y[a] >= m.y[b])
-    spill = sum(2 * edge.bytes for edge in edges)
-    ext = (problem.live_in + problem.live_out + problem.prefetch + spill) / scale * m.T
-    ext -= sum(2 * edge.bytes / scale * z[e] for e, edge in enumerate(edges))
-    m.c.add(ext <= arch.external_bw_bytes)
-    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic") + problem.prefetch
+    for t in ch:
+        m.c.add(m.p[t] + m.q[t] <= 1)
+    if ch:
+        m.c.add(sum(tens[t].onchip / scale * zp[t] for t in ch) <= ib * m.P)
+        m.c.add(sum(tens[t].onchip / scale * zq[t] for t in ch) <= arch.global_buffer_bw_bytes)
+        m.c.add(sum(tens[t].window * m.p[t] for t in ch) <= pool_bytes(problem, arch) * m.P)
+        m.c.add(sum(tens[t].window * m.q[t] for t in ch) <= arch.global_buffer_bytes)
+    fixed = problem.fixed_dram() + problem.prefetch
+    ext = fixed / scale * m.T + sum(
+        (tens[t].dram_direct * (m.T - zp[t] - zq[t]) + tens[t].dram_onchip * (zp[t] + zq[t]))
+        / scale for t in ch)
+    if fixed or ch:
+        m.c.add(ext <= arch.external_bw_bytes)
+    for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
+        traffic = problem.hold_traffic(side)
+        if traffic:
+            m.c.add(traffic / scale * m.T <= ib * h)
+    writes = _writes(problem)
     if writes:
         m.c.add(writes / scale * m.T <= arch.weight_write_bw_bytes)
     vops = sum(op.vector_ops for op in ops)
     if vops:
         m.c.add(vops / scale * m.T <= arch.vector_ops_per_cycle)
-    held = problem.held_in + problem.held_out
-    must = held_in_arrays(problem, arch)
-    if must and mat:
-        m.c.add(must <= arch.array_bytes * sum(m.m[i] for i in mat))
-    if edges or (held and mat):  # holdable() already checked held <= gb without arrays
-        m.c.add(sum(edge.window * m.y[e] for e, edge in enumerate(edges)) + held
-                <= arch.global_buffer_bytes + arch.array_bytes * sum(m.m[i] for i in mat))
-    if mat:
-        m.c.add(sum(ops[i].arrays * m.d[i] + m.m[i] for i in mat)
-                <= usable_arrays(problem, arch))
+    m.c.add(sum(ops[i].arrays * m.d[i] for i in mat) + m.P
+            <= usable_arrays(problem, arch) - problem.hold_in - problem.hold_out)
     return m, mat, scale
 
 
@@ -296,14 +323,14 @@ def _run_solver(model, solver: str, time_limit: float | None) -> str:
 class Throughput:
     """Stage 1 of the segment MIP: the best scaled throughput `t` (latency
     ``scale / t`` cycles), the solver `status`, and the stage-1 solution (`copies`,
-    `memory`, `kept`), kept in case the tie-break finds nothing."""
+    `pool`, `places`), kept in case the tie-break finds nothing."""
 
     t: float
     scale: float
     status: str
     copies: tuple[int, ...]
-    memory: tuple[int, ...]
-    kept: tuple[bool, ...]
+    pool: int
+    places: tuple[str, ...]
     rate: float = 0.0
     """`best_rate`: the throughput ``<= t`` the plan runs at (set by
     `solve_throughput`, so callers share one computation)."""
@@ -318,26 +345,149 @@ def _check(problem: SegmentProblem, arch: Arch, solver: str) -> None:
                             f"the chip has {arch.arrays}"
                             + (f" ({problem.reserve} reserved)" if problem.reserve else ""))
     if not holdable(problem, arch):
-        raise CMSwitchError(f"segment keeps {problem.held_in + problem.held_out} bytes on "
-                            f"chip across its boundaries, more than its free memory")
+        raise CMSwitchError(f"segment keeps data on chip across its boundaries in "
+                            f"{problem.hold_in + problem.hold_out} arrays, more than it has "
+                            f"free" if problem.memory_mode else
+                            "segment keeps data on chip across its boundaries without "
+                            "memory-mode arrays")
+
+
+def _port_model(problem: SegmentProblem, arch: Arch, pool: int, scale: float):
+    """The placement MILP for a fixed pool of `pool` arrays: minimise the scaled
+    latency ``U = L/S`` subject to every port row of the segment (no copies: the
+    compute rows are the chain's, `solve_throughput`).  All rows are linear in the
+    binaries and ``U``."""
+    import pyomo.environ as pyo
+
+    tens, ch = problem.tensors, problem.choices
+    ib = arch.internal_bw_bits / 8
+    m = pyo.ConcreteModel()
+    m.U = pyo.Var(bounds=(0, None))
+    m.p = pyo.Var(ch, domain=pyo.Binary)
+    m.q = pyo.Var(ch, domain=pyo.Binary)
+    m.c = pyo.ConstraintList()
+    cap = pool_bytes(problem, arch) * pool
+    for t in ch:
+        if not pool or tens[t].window > cap:
+            m.p[t].fix(0)
+        if tens[t].window > arch.global_buffer_bytes:
+            m.q[t].fix(0)
+        m.c.add(m.p[t] + m.q[t] <= 1)
+    base = [1.0 / scale, _writes(problem) / arch.weight_write_bw_bytes / scale,
+            sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle / scale]
+    for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
+        if h:
+            base.append(problem.hold_traffic(side) / (ib * h) / scale)
+    m.c.add(m.U >= max(base))
+    if ch:
+        m.c.add(sum(tens[t].onchip / scale * m.p[t] for t in ch) <= ib * pool * m.U)
+        m.c.add(sum(tens[t].onchip / scale * m.q[t] for t in ch)
+                <= arch.global_buffer_bw_bytes * m.U)
+        m.c.add(sum(tens[t].window * m.p[t] for t in ch) <= cap)
+        m.c.add(sum(tens[t].window * m.q[t] for t in ch) <= arch.global_buffer_bytes)
+    fixed = problem.fixed_dram() + problem.prefetch
+    m.c.add((fixed + sum(tens[t].dram_direct * (1 - m.p[t] - m.q[t])
+                         + tens[t].dram_onchip * (m.p[t] + m.q[t]) for t in ch)) / scale
+            <= arch.external_bw_bytes * m.U)
+    m.obj = pyo.Objective(expr=m.U, sense=pyo.minimize)
+    return m
+
+
+def copy_chain(problem: SegmentProblem, arch: Arch) -> list[tuple[float, tuple[int, ...]]]:
+    """``(L, copies)`` for every compute breakpoint ``L = c_i / k`` (``k <= D_i``) and
+    ``L = max c_i``, slowest first: the fewest copies ``ceil(c_i / L)`` that sustain
+    latency ``L``, up to the first that exceeds the array budget.  Every allocation's
+    copies are at least those of its latency's chain element."""
+    ops = problem.ops
+    points = {max([op.compute for op in ops if op.arrays] + [1.0])}
+    for op in ops:
+        if op.arrays and op.compute:
+            points.update(op.compute / k for k in range(1, op.max_copies + 1))
+    budget = usable_arrays(problem, arch) - problem.hold_in - problem.hold_out
+    chain = []
+    for lat in sorted(points, reverse=True):
+        copies = tuple(max(1, math.ceil(op.compute / lat - 1e-9)) if op.arrays else 0
+                       for op in ops)
+        if any(d > op.max_copies for d, op in zip(copies, ops) if op.arrays):
+            break
+        if sum(op.arrays * d for op, d in zip(ops, copies)) > budget:
+            break
+        chain.append((max([op.compute / d for op, d in zip(ops, copies) if op.arrays and d]
+                          + [0.0]), copies))
+    return chain
 
 
 def solve_throughput(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
                      time_limit: float | None = None) -> Throughput:
-    """Stage 1: maximise the throughput.  Raises CMSwitchError as `solve_segment`."""
+    """Stage 1: the allocation with the fewest predicted cycles ``load + L + fill``.
+
+    Exact decomposition of the segment MIP's stage 1 (DESIGN.md §9.10: copies are
+    the non-linear part): along the chain of fewest copies per latency (`copy_chain`),
+    an allocation with copies ``d`` has latency ``max(max_i c_i/d_i, L_ports(P))``
+    where ``P`` = the arrays left for the pool and ``L_ports(P)`` the optimum of the
+    linear placement MILP (`_port_model`, modelled in Pyomo, solved by `solver`),
+    which never grows with ``P``.  Chain elements are visited cheapest lower bound
+    first (``load + max(c/d, L_ports(P_max)) + fill``, P_max the largest pool) and the
+    search stops when the bound reaches the best found.  Raises CMSwitchError as
+    `solve_segment`."""
     import pyomo.environ as pyo
 
     _check(problem, arch, solver)
-    model, mat, scale = _build(problem, arch)
-    model.obj = pyo.Objective(expr=model.T, sense=pyo.maximize)
-    status = _run(model, solver, time_limit)
-    if model.T.value is None:
-        hint = "; allow more time (--time-limit, or time-limit= on the pass)" \
-            if "time" in status.lower() else ""
-        raise CMSwitchError(f"segment MIP found no feasible allocation ({status}){hint}")
-    copies, memory, kept = _solution(model, mat, problem)
-    thr = Throughput(max(pyo.value(model.T), 1e-12), scale, status, copies, memory, kept)
-    return replace(thr, rate=best_rate(problem, arch, thr))
+    scale = latency_scale(problem, arch)
+    chain = copy_chain(problem, arch)
+    if not chain:
+        raise CMSwitchError("segment MIP found no feasible allocation (copies exceed the arrays)")
+    budget = usable_arrays(problem, arch) - problem.hold_in - problem.hold_out
+    fill = fill_cycles(problem, arch)
+    solved: dict[int, tuple[float, str, tuple[str, ...]]] = {}
+
+    def ports(pool: int) -> tuple[float, str, tuple[str, ...]]:
+        pool = pool if problem.memory_mode else 0
+        if pool not in solved:
+            model = _port_model(problem, arch, pool, scale)
+            status = _run(model, solver, time_limit)
+            if model.U.value is None:
+                hint = "; allow more time (--time-limit, or time-limit= on the pass)" \
+                    if "time" in status.lower() else ""
+                raise CMSwitchError(f"segment MIP found no feasible allocation ({status}){hint}")
+            places = _places_of(model, problem)
+            solved[pool] = (pyo.value(model.U) * scale, status, places)
+        return solved[pool]
+
+    def pool_of(copies: tuple[int, ...]) -> int:
+        return budget - sum(op.arrays * d for op, d in zip(problem.ops, copies))
+
+    floor = ports(pool_of(chain[0][1]))[0]
+    order = sorted(range(len(chain)), key=lambda j: (
+        load_cycles(problem, chain[j][1], arch) + max(chain[j][0], floor), j))
+    best = None
+    for j in order:
+        lat, copies = chain[j]
+        load = load_cycles(problem, copies, arch)
+        if best is not None and load + max(lat, floor) + fill >= best[0] - 1e-9:
+            break
+        port_lat, status, places = ports(pool_of(copies))
+        cycles = load + max(lat, port_lat) + fill
+        if best is None or cycles < best[0] - 1e-9:
+            best = (cycles, max(lat, port_lat), copies, pool_of(copies), places, status)
+    _, latency, copies, pool, places, status = best
+    rate = scale / latency
+    return Throughput(rate, scale, "optimal" if status == "optimal" else status, copies,
+                      pool if problem.memory_mode else 0, places, rate)
+
+
+def _places_of(model, problem: SegmentProblem) -> tuple[str, ...]:
+    places = []
+    for t, use in enumerate(problem.tensors):
+        if use.fixed:
+            places.append(use.fixed)
+        elif round(model.p[t].value or 0):
+            places.append("pool")
+        elif round(model.q[t].value or 0):
+            places.append("gb")
+        else:
+            places.append("dram")
+    return tuple(places)
 
 
 def min_copies(problem: SegmentProblem, arch: Arch, thr: Throughput,
@@ -384,57 +534,62 @@ def price(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
 
 
 def _solution(model, mat: list[int], problem: SegmentProblem):
+    """``(copies, pool, places)`` of a solved model."""
     copies = tuple(round(model.d[i].value) if i in mat else 0 for i in range(len(problem.ops)))
-    memory = tuple(round(model.m[i].value) if i in mat else 0 for i in range(len(problem.ops)))
-    kept = tuple(bool(round(model.y[e].value)) for e in range(len(problem.edges)))
-    return copies, memory, kept
+    places = []
+    for t, use in enumerate(problem.tensors):
+        if use.fixed:
+            places.append(use.fixed)
+        elif round(model.p[t].value or 0):
+            places.append("pool")
+        elif round(model.q[t].value or 0):
+            places.append("gb")
+        else:
+            places.append("dram")
+    return copies, round(model.P.value or 0), tuple(places)
 
 
 def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
                   time_limit: float | None = None, thr: Throughput | None = None) -> Allocation:
-    """Solve the segment MIP (two stages: max throughput — or `thr` if already
-    known — then the tie-break).
+    """Solve the segment MIP (max throughput — or `thr` if already known — then the
+    tie-breaks).
 
     Raises CMSwitchError if the weights cannot fit (``sum a_i > arrays``), if the held
-    bytes cannot fit, if the solver is missing, or if no feasible solution is found
+    data cannot fit, if the solver is missing, or if no feasible solution is found
     within the time limit.  A time-out with a feasible solution returns it with
     ``status`` saying so.
     """
     if thr is None:
         thr = solve_throughput(problem, arch, solver, time_limit)
-    copies, memory, kept, status = thr.copies, thr.memory, thr.kept, thr.status
-    if any(op.arrays for op in problem.ops):
-        (copies, memory, kept), status = _stage2(problem, arch, solver, time_limit, thr)
+    (copies, pool, places), status = _stage2(problem, arch, solver, time_limit, thr)
     latency = thr.scale / thr.rate
     load = load_cycles(problem, copies, arch)
     fill = fill_cycles(problem, arch)
-    return Allocation(copies, memory, kept, latency, load, fill, load + latency + fill,
+    return Allocation(copies, pool, places, latency, load, fill, load + latency + fill,
                       "optimal" if status == "optimal" else status)
 
 
 def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float | None,
             thr: Throughput):
     """Re-solve with the throughput fixed at ``t*(1 - T_SLACK)`` and the copies at
-    `min_copies` (the fewest weight-load cycles), minimising the memory-mode arrays
-    (tie-break, §9.9).  If that finds no solution in time, keep the stage-1 solution
-    and say so.  Returns ``((copies, memory, kept), status)``."""
+    `min_copies` (the fewest weight-load cycles), minimising the pool (tie-break,
+    §9.9), then `_canonical_places`.  If that finds no solution in time, keep the
+    stage-1 solution and say so.  Returns ``((copies, pool, places), status)``."""
     import pyomo.environ as pyo
 
     model, mat, _ = _build(problem, arch, t_fixed=thr.rate * (1 - T_SLACK))
     copies = min_copies(problem, arch, thr)
     for i in mat:
         model.d[i].fix(copies[i])
-    model.tie = pyo.Objective(expr=sum(model.m[i] for i in mat), sense=pyo.minimize)
+    model.tie = pyo.Objective(expr=model.P, sense=pyo.minimize)
     status2 = _run(model, solver, time_limit)
-    if model.m[mat[0]].value is None:
-        return ((thr.copies, thr.memory, thr.kept),
+    if model.P.value is None:
+        return ((thr.copies, thr.pool, thr.places),
                 f"{thr.status}; tie-break found no solution ({status2}), stage-1 plan kept")
     status = thr.status if status2 == "optimal" else f"{thr.status}; tie-break {status2}"
-    copies, memory, kept = _solution(model, mat, problem)
-    kept = _canonical_kept(model, mat, problem, solver, time_limit, sum(memory), kept)
-    t = thr.rate * (1 - T_SLACK)
-    memory = canonical_memory(problem, arch, t / thr.scale, sum(memory)) or memory
-    return (copies, memory, kept), status
+    copies, pool, places = _solution(model, mat, problem)
+    places = _canonical_places(model, problem, solver, time_limit, pool, places)
+    return (copies, pool, places), status
 
 
 KEEP_WEIGHT_BITS = 30
@@ -443,66 +598,36 @@ doubles and far above their integrality tolerances; longer edge lists are ranked
 several solves, 30 edges at a time."""
 
 
-def _canonical_kept(model, mat: list[int], problem: SegmentProblem, solver: str,
-                    time_limit: float | None, total_memory: int,
-                    kept: tuple[bool, ...]) -> tuple[bool, ...]:
+def _canonical_places(model, problem: SegmentProblem, solver: str,
+                      time_limit: float | None, pool: int,
+                      places: tuple[str, ...]) -> tuple[str, ...]:
     """Stage 3 (§9.9, "never let the plan depend on which solver ran"): with the
-    throughput, the copies and the memory-array count of stage 2 fixed, the
-    lexicographically first set of on-chip edges — keep edge 0 if any optimal plan
-    can, then edge 1, ... — found by maximising ``sum_e y_e 2^(rank)`` over blocks of
-    `KEEP_WEIGHT_BITS` edges.  The weights make the optimum unique, so GLPK and HiGHS
-    agree.  Returns `kept` unchanged if a solve finds nothing (time-out)."""
+    throughput, the copies and the pool of stage 2 fixed, the lexicographically first
+    placement — tensor 0 in the pool if any optimal plan can, else in the buffer if
+    any can, then tensor 1, ... — found by maximising ``sum 2^rank x`` over blocks of
+    `KEEP_WEIGHT_BITS` decisions (``p_0, q_0, p_1, ...``).  The weights make the
+    optimum unique, so GLPK and HiGHS agree.  Returns `places` unchanged if a solve
+    finds nothing (time-out)."""
     import pyomo.environ as pyo
 
-    edges = range(len(problem.edges))
-    if not edges:
-        return kept
+    decisions = [x for t in problem.choices for x in (model.p[t], model.q[t])
+                 if not x.fixed]
+    if not decisions:
+        return places
     model.del_component(model.tie)
-    model.budget = pyo.Constraint(expr=sum(model.m[i] for i in mat) <= total_memory)
-    for start in range(0, len(edges), KEEP_WEIGHT_BITS):
-        block = edges[start:start + KEEP_WEIGHT_BITS]
+    model.P.fix(pool)
+    for start in range(0, len(decisions), KEEP_WEIGHT_BITS):
+        block = decisions[start:start + KEEP_WEIGHT_BITS]
         model.rank = pyo.Objective(
-            expr=sum(2 ** (len(block) - 1 - j) * model.y[e] for j, e in enumerate(block)),
+            expr=sum(2 ** (len(block) - 1 - j) * x for j, x in enumerate(block)),
             sense=pyo.maximize)
         _run(model, solver, time_limit)
-        if any(model.y[e].value is None for e in block):
-            return kept
-        for e in block:
-            model.y[e].fix(round(model.y[e].value))
+        if any(x.value is None for x in block):
+            return places
+        for x in block:
+            x.fix(round(x.value))
         model.del_component(model.rank)
-    return tuple(bool(model.y[e].value) for e in edges)
-
-
-def canonical_memory(problem: SegmentProblem, arch: Arch, t: float,
-                     total: int) -> tuple[int, ...] | None:
-    """`total` memory-mode arrays handed to the matrix ops in one canonical way (so
-    the plan does not depend on the solver, §9.9): at throughput `t` (segments per
-    cycle, ``T/S``: op i must be fed ``f_i t`` bytes/cycle), whole arrays to whole ``internal_bw`` units of each op's feed in op
-    order, then one array each to the largest remainders (ties: op order), then
-    any rest to the first matrix op.  This minimises the feed left for the global
-    buffer (every array supplies the same bandwidth), so it is feasible whenever
-    the solver's split of the same `total` is; returns None if it is not (numerical
-    edge), and the caller keeps the solver's split."""
-    ib = arch.internal_bw_bits / 8
-    mat = [i for i, op in enumerate(problem.ops) if op.arrays]
-    if not mat or not problem.memory_mode:
-        return None
-    need = {i: problem.ops[i].feed * t for i in mat}
-    memory = dict.fromkeys(range(len(problem.ops)), 0)
-    left = total
-    for i in mat:
-        whole = min(left, int(need[i] // ib))
-        memory[i], left = whole, left - whole
-    rest = sorted((i for i in mat if need[i] - ib * memory[i] > 0),
-                  key=lambda i: (-(need[i] - ib * memory[i]), i))
-    for i in rest[:left]:
-        memory[i] += 1
-    left -= min(left, len(rest))
-    memory[mat[0]] += left
-    unmet = sum(max(0.0, need[i] - ib * memory[i]) for i in mat)
-    if unmet > arch.global_buffer_bw_bytes * (1 + 1e-9) + 1e-9:
-        return None
-    return tuple(memory[i] for i in range(len(problem.ops)))
+    return _solution(model, [], problem)[2]
 
 
 @dataclass
@@ -563,43 +688,56 @@ def solve_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     return _CACHE[key]
 
 
-def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...],
-                        memory: tuple[int, ...], kept: tuple[bool, ...], arch: Arch,
+def port_loads(problem: SegmentProblem, places: tuple[str, ...], arch: Arch
+               ) -> dict[str, float]:
+    """Bytes each shared port carries in the segment's pipeline for a placement
+    (`places` per `SegmentProblem.tensors`): "pool", "gb", "dram", "hold_in",
+    "hold_out" — the rows of the MIP, evaluated."""
+    loads = dict.fromkeys(("pool", "gb", "hold_in", "hold_out"), 0.0)
+    loads["dram"] = problem.fixed_dram() + problem.prefetch
+    for use, place in zip(problem.tensors, places):
+        if use.fixed == "dram":
+            continue
+        if place == "dram":
+            loads["dram"] += use.dram_direct
+            continue
+        loads[place] += use.onchip
+        loads["dram"] += use.dram_onchip
+    return loads
+
+
+def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...], pool: int,
+                        places: tuple[str, ...], arch: Arch,
                         status: str = "fixed") -> Allocation:
-    """Price a *fixed* allocation with the MIP's constraints (no solver): the smallest
-    latency ``L`` at which every constraint holds, with the global buffer's bandwidth
-    shared optimally (``sum_i max(0, f_i/L - ib*m_i) <= gb_bw``, found by bisection).
-    Used by the baselines; on the MIP's own answer it returns the MIP's latency.
-    Raises CMSwitchError if the allocation exceeds the arrays or the capacity."""
+    """Price a *fixed* allocation with the MIP's constraints (no solver): its latency is
+    the largest of ``c_i/d_i``, every port's bytes over its bandwidth (`port_loads`),
+    the digital unit and the weight-write port.  Used by the baselines; on the MIP's
+    own answer it returns the MIP's latency.  Raises CMSwitchError if the allocation
+    exceeds the arrays or a capacity, or puts data in a pool of no arrays."""
     ops, ib = problem.ops, arch.internal_bw_bits / 8
-    used = sum(op.arrays * d + m for op, d, m in zip(ops, copies, memory))
-    if used > usable_arrays(problem, arch):
+    used = sum(op.arrays * d for op, d in zip(ops, copies)) + pool
+    if used + problem.hold_in + problem.hold_out > usable_arrays(problem, arch):
         raise CMSwitchError(f"allocation uses {used} arrays, the chip has {arch.arrays}")
-    window = sum(e.window for e, k in zip(problem.edges, kept) if k)
-    window += problem.held_in + problem.held_out
-    if (window > arch.global_buffer_bytes + arch.array_bytes * sum(memory)
-            or held_in_arrays(problem, arch) > arch.array_bytes * sum(memory)):
+    windows = {"pool": 0, "gb": 0}
+    for use, place in zip(problem.tensors, places):
+        if place in windows:
+            windows[place] += use.window
+    if (windows["pool"] > pool_bytes(problem, arch) * pool
+            or windows["gb"] > arch.global_buffer_bytes):
         raise CMSwitchError("allocation keeps more data on chip than fits")
-    dram = problem.live_in + problem.live_out + problem.prefetch + sum(
-        2 * e.bytes for e, k in zip(problem.edges, kept) if not k)
-    writes = sum(op.weight_bytes for op in ops if op.kind == "dynamic") + problem.prefetch
-    low = max([1.0, dram / arch.external_bw_bytes, writes / arch.weight_write_bw_bytes,
-               sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle]
-              + [op.compute / d for op, d in zip(ops, copies) if op.arrays])
-
-    def fed(lat: float) -> bool:
-        need = sum(max(0.0, op.feed / lat - ib * m) for op, m in zip(ops, memory) if op.arrays)
-        return need <= arch.global_buffer_bw_bytes * (1 + 1e-12)
-
-    high = low
-    while not fed(high):
-        high *= 2
-    if high > low:
-        lo = high / 2 if high / 2 >= low else low
-        for _ in range(60):
-            mid = (lo + high) / 2
-            lo, high = (lo, mid) if fed(mid) else (mid, high)
+    loads = port_loads(problem, places, arch)
+    caps = {"pool": ib * pool, "gb": arch.global_buffer_bw_bytes,
+            "dram": arch.external_bw_bytes, "hold_in": ib * problem.hold_in,
+            "hold_out": ib * problem.hold_out}
+    lat = [1.0, _writes(problem) / arch.weight_write_bw_bytes,
+           sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle]
+    lat += [op.compute / d for op, d in zip(ops, copies) if op.arrays]
+    for port, load in loads.items():
+        if load and not caps[port]:
+            raise CMSwitchError(f"allocation moves data through a {port} of no arrays")
+        lat.append(load / caps[port] if load else 0.0)
+    latency = max(lat)
     load = load_cycles(problem, copies, arch)
     fill = fill_cycles(problem, arch)
-    return Allocation(tuple(copies), tuple(memory), tuple(kept), high, load, fill,
-                      load + high + fill, status)
+    return Allocation(tuple(copies), pool, tuple(places), latency, load, fill,
+                      load + latency + fill, status)

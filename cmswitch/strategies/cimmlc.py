@@ -97,13 +97,15 @@ def cimmlc_plan(graph: Graph, arch: Arch) -> list[SegmentChoice]:
 
 def all_compute(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch,
                 status: str) -> Allocation:
-    """Price an all-compute allocation (no memory-mode arrays) with `copies`:
-    activations between its operators stay in the global buffer while they fit, in
+    """Price an all-compute allocation (no memory-mode arrays) with `copies`: the
+    tensors the segment streams stay in the global buffer while their windows fit, in
     order, the rest go through DRAM (`evaluate_allocation`).  Shared by the
     all-compute baselines."""
-    kept, room = [], arch.global_buffer_bytes
-    for edge in problem.edges:
-        kept.append(edge.window <= room)
-        room -= edge.window if kept[-1] else 0
-    return evaluate_allocation(problem, copies, (0,) * len(copies), tuple(kept), arch,
-                               status=status)
+    places, room = [], arch.global_buffer_bytes
+    for use in problem.tensors:
+        if use.fixed:
+            places.append(use.fixed)
+            continue
+        places.append("gb" if use.window <= room else "dram")
+        room -= use.window if places[-1] == "gb" else 0
+    return evaluate_allocation(problem, copies, 0, tuple(places), arch, status=status)

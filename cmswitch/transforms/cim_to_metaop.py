@@ -1,24 +1,24 @@
 """`cim-to-metaop`: lower allocated segments to the meta-operator flow (DESIGN.md §5).
 
 Per segment, in order:
-1. `CM.switch` only where an array's mode changes (reset: all arrays compute mode);
-2. `CIM.load_weight` of every copy of every weight operator into its compute arrays;
-3. one `parallel` block — the segment's pipeline — holding `MEM.load` of the tensors
-   it reads from DRAM, `CIM.write_operand` + `CIM.mvm` of dynamic matmuls, `CIM.mvm`
-   of weight ops, `VEC.*` of vector ops, and `MEM.store` of the tensors that outlive
-   the segment.
+1. `CM.switch` only where an array's mode changes (reset: all arrays compute mode):
+   its compute ranges and those of the next segment's preloaded weight ops to compute
+   mode, its pool and hold ranges to memory mode (`mode_changes`);
+2. `CIM.load_weight` of every copy of every weight operator into its compute arrays
+   (except the ops the previous segment preloaded);
+3. one `parallel` block — the segment's pipeline — holding `MEM.load` of the live-in
+   tensors the MIP placed on chip, `CIM.write_operand` + `CIM.mvm` of dynamic matmuls,
+   `CIM.mvm` of weight ops, `VEC.*` of vector ops, `MEM.store` of the on-chip tensors
+   that outlive the segment, and `CIM.load_weight` of the next segment's preloaded
+   weight ops (§9.1).
 
-Where a tensor lives inside a segment: striped over the pool of memory-mode arrays
-(the longest run of arrays in memory mode, as the MIP sums every operator's memory
-arrays into one feed budget) or in the global buffer — whichever keeps its traffic per
-byte/cycle of bandwidth lower and has room for the tensor's streaming window
-(`Graph.working_set`) — else DRAM.  Tensors the MIP spilled, and tensors no operator
-of the segment reads, go to DRAM.  Tensors held for the next segment (`hold`) are
-placed whole in memory-mode arrays the next segment also uses as memory (or in the
-global buffer), and read there in place.  The next segment's weight ops whose arrays
-this segment leaves free — those `cim-segment` chose to preload, and any others that
-happen to be free — are loaded inside this segment's `parallel` block (§9.1).  K-split partial sums are reduced explicitly by the `psum_add` vector ops
-`cim-partition` created.
+Every tensor lives where `cim-allocate` wrote it (the segment's ``places``: the MIP's
+choice, DESIGN.md §10.1): striped over the segment's pool (``pool``), in the global
+buffer, in DRAM, or — held across a boundary — in that boundary's hold range, read
+there in place by the next segment.  Streamed tensors occupy the window the MIP
+priced (`op_window`, `TensorUse.window`).  Nothing is placed by a heuristic here, so
+the flow moves exactly the bytes the MIP priced.  K-split partial sums are reduced
+explicitly by the `psum_add` vector ops `cim-partition` created.
 """
 
 from __future__ import annotations
@@ -31,12 +31,28 @@ from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 
 from cmswitch.arch import Arch
-from cmswitch.cost.graph import Graph, GraphOp, build_graph, preloadable
+from cmswitch.cost.graph import (
+    Graph,
+    GraphOp,
+    build_graph,
+    mvm_shape,
+    op_window,
+    preloadable,
+    segment_tensor_ids,
+)
 from cmswitch.dialects import metaop
 from cmswitch.dialects.cim import DynMatmulOp, SegmentOp, VectorOp
 from cmswitch.errors import CMSwitchError
-from cmswitch.transforms.cim_allocate import held_plan
-from cmswitch.transforms.common import main_func, resolve_arch, segment_ops
+from cmswitch.transforms.cim_allocate import SegmentContext, held_plan
+from cmswitch.transforms.common import (
+    HOLD_RANGE_ATTR,
+    PLACES_ATTR,
+    POOL_ATTR,
+    main_func,
+    mode_changes,
+    resolve_arch,
+    segment_ops,
+)
 
 TENSORS_ATTR = "metaop.tensors"
 INPUTS_ATTR = "metaop.inputs"
@@ -52,184 +68,64 @@ def switch_ops(modes: list[str], compute: list[tuple[int, int]],
                memory: list[tuple[int, int]]) -> list[Operation]:
     """`CM.switch` statements for maximal runs of arrays whose mode must change;
     updates `modes` ("C"/"M" per array) in place."""
-    want = list(modes)
-    for lo, hi in compute:
-        want[lo:hi] = ["C"] * (hi - lo)
-    for lo, hi in memory:
-        want[lo:hi] = ["M"] * (hi - lo)
-    ops: list[Operation] = []
-    i = 0
-    while i < len(modes):
-        if want[i] == modes[i]:
-            i += 1
-            continue
-        j = i
-        while j < len(modes) and want[j] == want[i] and want[j] != modes[j]:
-            j += 1
-        ops.append(metaop.SwitchOp("TOC" if want[i] == "C" else "TOM", i, j))
-        i = j
-    modes[:] = want
-    return ops
+    return [metaop.SwitchOp("TOC" if mode == "C" else "TOM", lo, hi)
+            for mode, lo, hi in mode_changes(modes, compute, memory)]
 
 
-def _arrays_of(loc: str) -> range:
-    """The arrays of a location: ``a[LO:HI]`` -> ``range(LO, HI)``; none for gb/dram."""
-    if not loc.startswith("a["):
-        return range(0)
-    lo, hi = (int(x) for x in loc[2:-1].split(":"))
-    return range(lo, hi)
+def _loc(run: tuple[int, int]) -> str:
+    return f"a[{run[0]}:{run[1]}]"
 
 
-def _runs(arrays: list[int]) -> list[tuple[int, int]]:
-    """Maximal runs ``(lo, hi)`` of consecutive array indices in sorted `arrays`."""
-    runs: list[tuple[int, int]] = []
-    for a in arrays:
-        if runs and runs[-1][1] == a:
-            runs[-1] = (runs[-1][0], a + 1)
-        else:
-            runs.append((a, a + 1))
-    return runs
+class _Places:
+    """Where each tensor of one segment lives, as `cim-allocate` wrote it: tensor id ->
+    location ("a[LO:HI]", "gb" or "dram")."""
+
+    def __init__(self, graph: Graph, seg: SegmentOp, first: int, last: int,
+                 hold_in: tuple[int, int]):
+        attr = seg.attributes.get(PLACES_ATTR)
+        if attr is None:
+            raise CMSwitchError(f"segment {seg.id.value.data} is not allocated: run "
+                                f"cim-allocate first")
+        pool = _range(seg, POOL_ATTR)
+        hold_out = _range(seg, HOLD_RANGE_ATTR)
+        where = {"gb": "gb", "dram": "dram", "pool": _loc(pool) if pool else None,
+                 "hold_in": _loc(hold_in) if hold_in[1] > hold_in[0] else None,
+                 "hold_out": _loc(hold_out) if hold_out else None}
+        self.loc: dict[int, str] = {}
+        for t in segment_tensor_ids(graph, first, last):
+            name = graph.tensors[t].name
+            place = attr.data.get(name)
+            loc = where.get(place.data) if isinstance(place, StringAttr) else None
+            if loc is None:
+                raise CMSwitchError(f"segment {seg.id.value.data}: tensor {name} has no "
+                                    f"valid place (run cim-allocate again)")
+            self.loc[t] = loc
+        self.held = {t for t in self.loc
+                     if isinstance(attr.data.get(graph.tensors[t].name), StringAttr)
+                     and attr.data[graph.tensors[t].name].data == "hold_out"}
+
+    def ref(self, graph: Graph, t: int) -> str:
+        return f"{graph.tensors[t].name}@{self.loc[t]}"
 
 
-def _longest(arrays: list[int]) -> tuple[int, int] | None:
-    """The longest run of consecutive arrays (the highest on a tie), or None."""
-    runs = _runs(arrays)
-    return max(runs, key=lambda r: (r[1] - r[0], r[0])) if runs else None
-
-
-class _Placer:
-    """Chooses a location per tensor of one segment, within capacities (bytes).
-
-    Memory-mode arrays serve the segment as one pool, as the MIP sums them: a tensor
-    placed in the pool is striped over its longest run of memory-mode arrays
-    (``a[LO:HI]``, read and written at ``(HI-LO) * internal_bw`` bytes/cycle), so every
-    stream shares all their ports.  Between the pool and the global buffer each tensor
-    goes to the one whose traffic per unit of bandwidth stays lowest, if it has room
-    for the tensor's window; else to the other; else to DRAM.  Capacity is tracked per
-    memory-mode array, as the simulator counts it: a window of ``W`` bytes at
-    ``a[LO:HI]`` takes ``ceil(W/(HI-LO))`` bytes of every array in the range.
-    `memory` are the arrays in memory mode during the segment; `carried` the tensors
-    held on chip from the previous segment (``id -> (location, bytes)``), which
-    occupy their place from the start."""
-
-    def __init__(self, graph: Graph, first: int, last: int, arch: Arch,
-                 memory: list[int], carried: dict[int, tuple[str, int]]):
-        self.graph, self.first, self.last, self.arch = graph, first, last, arch
-        self.gb_free = arch.global_buffer_bytes
-        self.array_free = dict.fromkeys(memory, arch.array_bytes)
-        self.pool = _longest(memory)
-        ib = arch.internal_bw_bits / 8
-        self.bandwidth = {"gb": arch.global_buffer_bw_bytes}
-        if self.pool:
-            self.bandwidth[self.loc(self.pool)] = (self.pool[1] - self.pool[0]) * ib
-        self.traffic = dict.fromkeys(self.bandwidth, 0)
-        self.where: dict[int, tuple[str, int]] = {}
-        self.held: set[int] = set()
-        """Tensors placed whole to survive into the next segment (written unstreamed)."""
-        for t, (loc, nbytes) in carried.items():
-            if not self.take(loc, nbytes):
-                raise CMSwitchError(f"tensor {graph.tensors[t].name} held at {loc} does not "
-                                    f"fit the memory of the next segment")
-            self.where[t] = (loc, nbytes)
-            if loc in self.traffic:
-                self.traffic[loc] += nbytes * self._reads(t)
-
-    @staticmethod
-    def loc(run: tuple[int, int]) -> str:
-        return f"a[{run[0]}:{run[1]}]"
-
-    def _reads(self, t: int) -> int:
-        return sum(1 for c in self.graph.tensors[t].consumers if self.first <= c <= self.last)
-
-    def take(self, loc: str, nbytes: int) -> bool:
-        """Reserve `nbytes` at `loc` ("gb" or "a[LO:HI]") if it has room."""
-        if loc == "gb":
-            if self.gb_free < nbytes:
-                return False
-            self.gb_free -= nbytes
-            return True
-        arrays = _arrays_of(loc)
-        share = -(-nbytes // len(arrays))
-        if any(self.array_free.get(a, -1) < share for a in arrays):
-            return False
-        for a in arrays:
-            self.array_free[a] -= share
-        return True
-
-    def hold(self, t: int, stay: list[int], blocked: set[int]) -> bool:
-        """Place tensor `t` whole where it survives into the next segment: across the
-        longest run of the memory-mode arrays `stay` the next segment does not switch,
-        leaving out the `blocked` arrays (where the segment after it preloads weights
-        while the next one runs), or in the global buffer — the one with more
-        bandwidth first, if it has room."""
-        nbytes = self.graph.tensors[t].bytes
-        run = _longest([a for a in stay if a not in blocked])
-        ib = self.arch.internal_bw_bits / 8
-        locs = ([(self.loc(run), (run[1] - run[0]) * ib)] if run else []) + [
-            ("gb", self.arch.global_buffer_bw_bytes)]
-        for loc, _ in sorted(locs, key=lambda x: -x[1]):  # the faster place first
-            if self.take(loc, nbytes):
-                self.where[t] = (loc, nbytes)
-                self.held.add(t)
-                return True
-        return False
-
-    def place(self, t: int, spilled: bool = False) -> tuple[str, int]:
-        """(location, window bytes) of tensor `t` in this segment."""
-        if t in self.where:
-            return self.where[t]
-        tensor = self.graph.tensors[t]
-        readers = [c for c in tensor.consumers if self.first <= c <= self.last]
-        if spilled or not readers:
-            self.where[t] = ("dram", tensor.bytes)
-            return self.where[t]
-        window = max(self.graph.working_set(t, c) for c in readers)
-        traffic = tensor.bytes * (1 + len(readers))
-        order = sorted(self.bandwidth, key=lambda loc: (
-            (self.traffic[loc] + traffic) / self.bandwidth[loc], loc))
-        for loc in order:
-            if self.take(loc, window):
-                self.traffic[loc] += traffic
-                self.where[t] = (loc, window)
-                return self.where[t]
-        self.where[t] = ("dram", tensor.bytes)
-        return self.where[t]
-
-
-def _ref(graph: Graph, t: int, placer: _Placer) -> str:
-    return f"{graph.tensors[t].name}@{placer.place(t)[0]}"
-
-
-def _window(gop: GraphOp, placer: _Placer) -> int | None:
-    """The streaming window of an op's outputs (the first's); None (whole tensors
-    stay) if one of them is held for the next segment."""
-    if placer.held.intersection(gop.outputs):
-        return None
-    return placer.where[gop.outputs[0]][1]
-
-
-def _lower_op(gop: GraphOp, graph: Graph, placer: _Placer, arch: Arch) -> list[Operation]:
-    spill = set(_range(gop.op, "spill") or ())
-    for pos, t in enumerate(gop.outputs):
-        placer.place(t, spilled=pos in spill)
-    outs = ",".join(_ref(graph, t, placer) for t in gop.outputs)
+def _lower_op(gop: GraphOp, graph: Graph, places: _Places, window: int | None,
+              arch: Arch) -> list[Operation]:
+    outs = ",".join(places.ref(graph, t) for t in gop.outputs)
     cost = gop.cost
     if isinstance(gop.op, VectorOp):
-        ins = ",".join(_ref(graph, t, placer) for t in gop.inputs) or None
-        window = _window(gop, placer)
+        ins = ",".join(places.ref(graph, t) for t in gop.inputs) or None
         return [metaop.VecOp(gop.op.kind.data, gop.name, cost.vector_ops, ins, outs, window)]
     lo, hi = _range(gop.op, "arrays")
-    window = _window(gop, placer)
+    vectors, k, n = mvm_shape(cost, arch)
+    mvm = metaop.MvmOp(gop.name, lo, hi, vectors, k, n, places.ref(graph, gop.inputs[0]),
+                       outs, window)
     if isinstance(gop.op, DynMatmulOp):
         copies = (hi - lo) // cost.arrays
-        write = metaop.WriteOperandOp(gop.name, lo, hi, _ref(graph, gop.inputs[1], placer),
+        write = metaop.WriteOperandOp(gop.name, lo, hi, places.ref(graph, gop.inputs[1]),
                                       cost.tiles, copies, cost.weight_bytes,
                                       cost.compute // (arch.mvm_cycles * cost.m))
-        mvm = metaop.MvmOp(gop.name, lo, hi, cost.compute // arch.mvm_cycles, cost.k,
-                           cost.n, _ref(graph, gop.inputs[0], placer), outs, window)
         return [write, mvm]
-    return [metaop.MvmOp(gop.name, lo, hi, cost.m, cost.groups * cost.k, cost.groups * cost.n,
-                         _ref(graph, gop.inputs[0], placer), outs, window)]
+    return [mvm]
 
 
 def _tiles(gop: GraphOp) -> tuple[int, int]:
@@ -245,91 +141,55 @@ def _load_weight(gop: GraphOp) -> metaop.LoadWeightOp:
                                gop.cost.weight_bytes)
 
 
-def compute_arrays(graph: Graph, first: int, last: int, kind: str = "arrays") -> set[int]:
-    """The compute arrays of operators ``first..last`` (their memory-mode arrays with
-    ``kind="memory"``)."""
+def compute_arrays(graph: Graph, first: int, last: int) -> set[int]:
+    """The compute arrays of operators ``first..last``."""
     return {a for g in graph.ops[first:last + 1]
-            if (arr := _range(g.op, kind)) is not None for a in range(*arr)}
+            if (arr := _range(g.op, "arrays")) is not None for a in range(*arr)}
 
 
-def _prefetchable(ops: list[GraphOp], busy: list[tuple[int, int]],
-                  carried: dict[int, tuple[str, int]]) -> list[GraphOp]:
-    """The weight ops among `ops` (the next segment's) whose compute arrays miss this
-    segment's `busy` ranges and the arrays holding `carried` data."""
-    taken = {a for lo, hi in busy for a in range(lo, hi)}
-    for loc, _ in carried.values():
-        taken.update(_arrays_of(loc))
-    early = []
-    for g in ops:
-        arrays = _range(g.op, "arrays")
-        if g.cost.kind != "weight" or arrays is None:
-            continue
-        if not taken.intersection(range(*arrays)):
-            early.append(g)
-    return early
-
-
-def lower_segment(graph: Graph, seg: SegmentOp, first: int, last: int, arch: Arch,
-                  modes: list[str], carried: dict[int, tuple[str, int]] | None = None,
-                  held_out: tuple[int, ...] = (), next_compute: set[int] | None = None,
-                  prefetch: list[GraphOp] | None = None, preloaded: set[str] | None = None,
-                  next_memory: set[int] | None = None, blocked: set[int] | None = None
-                  ) -> metaop.SegmentOp:
-    """The `metaop.segment` of one allocated `cim.segment`.  `carried`: tensors held on
-    chip from the previous segment (id -> (location, bytes)), read in place; on return
-    it holds the tensors of `held_out` this segment managed to keep for the next one,
-    whose compute and memory arrays are `next_compute` and `next_memory` (the latter
-    switch to memory mode now when something is held; a held tensor avoids the
-    `blocked` arrays; one that finds no room is stored to DRAM and loaded again, as
-    without holding).  `prefetch`: the next
-    segment's weight ops, whose weights are loaded inside this segment's pipeline if
-    their arrays are free here (§9.1); their names are added to `preloaded`, and this
-    segment skips the loads of ops already in it."""
-    carried = carried if carried is not None else {}
-    preloaded = preloaded if preloaded is not None else set()
+def lower_segment(graph: Graph, ctx: SegmentContext, arch: Arch, modes: list[str],
+                  hold_in: tuple[int, int], early: list[GraphOp],
+                  preloaded: set[str]) -> metaop.SegmentOp:
+    """The `metaop.segment` of one allocated `cim.segment` (`ctx`).  `modes`: every
+    array's mode before it (updated); `hold_in`: the range holding the tensors the
+    previous segment kept on chip for this one; `early`: the next segment's weight ops
+    `cim-segment` chose to preload, loaded inside this pipeline (their names are added
+    to `preloaded`); this segment skips the loads of ops already in `preloaded`.
+    Raises CMSwitchError if the segment is not allocated."""
+    seg, first, last = ctx.seg, ctx.first, ctx.last
     gops = graph.ops[first:last + 1]
     compute = [_range(g.op, "arrays") for g in gops if g.cost.arrays]
     if any(r is None for r in compute):
         raise CMSwitchError(f"segment {seg.id.value.data} is not allocated: run cim-allocate first")
-    memory = [r for g in gops if (r := _range(g.op, "memory")) is not None]
-    early = _prefetchable(prefetch or [], compute + memory, carried)
-    taken = compute + [_range(g.op, "arrays") for g in early]
-    if held_out:
-        # the next segment's memory arrays this segment does not use switch to memory
-        # mode now, so what it holds for the next one is striped over the pool the
-        # next one reads from (its MIP priced that pool's bandwidth)
-        used = {a for lo, hi in taken + memory for a in range(lo, hi)}
-        memory = memory + _runs(sorted(set(next_memory or ()) - used))
-    body: list[Operation] = switch_ops(modes, taken, memory)
+    places = _Places(graph, seg, first, last, hold_in)
+    memory = [r for r in (hold_in, _range(seg, POOL_ATTR), _range(seg, HOLD_RANGE_ATTR))
+              if r and r[1] > r[0]]
+    body: list[Operation] = switch_ops(modes, compute + [_range(g.op, "arrays") for g in early],
+                                       memory)
     body += [_load_weight(g) for g in gops
              if g.cost.kind == "weight" and g.name not in preloaded]
-    in_memory = [a for a, mode in enumerate(modes) if mode == "M"]
-    placer = _Placer(graph, first, last, arch, in_memory, carried)
-    stay = [a for a in in_memory if a not in (next_compute or set())]
-    kept = {t for t in held_out if placer.hold(t, stay, blocked or set())}
+    problem = ctx.problem(graph)
+    uses = dict(zip(segment_tensor_ids(graph, first, last), problem.tensors))
     pipeline: list[Operation] = []
-    live_in = sorted({t for g in gops for t in g.inputs
-                      if (graph.tensors[t].producer is None or graph.tensors[t].producer < first)})
-    for t in live_in:
-        if t in carried:
-            continue
-        loc, window = placer.place(t)
-        if loc != "dram":
-            pipeline.append(metaop.MemLoadOp(graph.tensors[t].name, "dram", loc,
-                                             graph.tensors[t].bytes, window))
+    for t, use in uses.items():
+        tensor = graph.tensors[t]
+        live_in = tensor.producer is None or tensor.producer < first
+        if live_in and not use.fixed and places.loc[t] != "dram":
+            pipeline.append(metaop.MemLoadOp(tensor.name, "dram", places.loc[t],
+                                             tensor.bytes, use.window))
     for g in gops:
-        pipeline.extend(_lower_op(g, graph, placer, arch))
+        window = None if places.held.intersection(g.outputs) else (
+            op_window(graph, g, first, last) or None)
+        pipeline.extend(_lower_op(g, graph, places, window, arch))
         for t in g.outputs:
             tensor = graph.tensors[t]
             outlives = tensor.is_output or any(c > last for c in tensor.consumers)
-            loc = placer.where[t][0]
-            if outlives and loc != "dram" and t not in kept:
-                pipeline.append(metaop.MemStoreOp(tensor.name, loc, "dram", tensor.bytes))
+            if outlives and places.loc[t] != "dram" and t not in places.held:
+                pipeline.append(metaop.MemStoreOp(tensor.name, places.loc[t], "dram",
+                                                  tensor.bytes))
     pipeline += [_load_weight(g) for g in early]
     preloaded.update(g.name for g in early)
     body.append(metaop.ParallelOp(pipeline))
-    carried.clear()
-    carried.update({t: placer.where[t] for t in sorted(kept)})
     predicted = seg.attributes.get("predicted_cycles")
     return metaop.SegmentOp(seg.id.value.data, ",".join(g.name for g in gops),
                             predicted.value.data if predicted else 0, body)
@@ -350,22 +210,15 @@ class CimToMetaopPass(ModulePass):
         graph = build_graph(func, arch)
         modes = ["C"] * arch.arrays
         plan = held_plan(graph, segments)
-        carried: dict[int, tuple[str, int]] = {}
         flow = []
         preloaded: set[str] = set()
+        hold_in: tuple[int, int] = (0, 0)
         for k, ctx in enumerate(plan):
-            nxt = (plan[k + 1].first, plan[k + 1].last) if k + 1 < len(plan) else None
-            after = compute_arrays(graph, *nxt) if nxt else set()
-            ahead = graph.ops[nxt[0]:nxt[1] + 1] if nxt else []
-            pool = compute_arrays(graph, *nxt, kind="memory") if nxt else set()
-            later = plan[k + 2] if k + 2 < len(plan) else None
-            blocked = set()
-            if later is not None and later.preloaded:
-                lead = preloadable(graph, later.first, later.last)[:later.preloaded]
-                blocked = {a for i in lead for a in compute_arrays(graph, i, i)}
-            flow.append(lower_segment(graph, ctx.seg, ctx.first, ctx.last, arch, modes,
-                                      carried, ctx.held_out, after, ahead, preloaded, pool,
-                                      blocked))
+            nxt = plan[k + 1] if k + 1 < len(plan) else None
+            early = [graph.ops[i] for i in preloadable(graph, nxt.first, nxt.last)
+                     [:nxt.preloaded]] if nxt is not None else []
+            flow.append(lower_segment(graph, ctx, arch, modes, hold_in, early, preloaded))
+            hold_in = _range(ctx.seg, HOLD_RANGE_ATTR) or (0, 0)
         op.attributes[TENSORS_ATTR] = DictionaryAttr(
             {t.name: IntegerAttr(t.bytes, i64) for t in graph.tensors})
         op.attributes[INPUTS_ATTR] = ArrayAttr(

@@ -12,6 +12,44 @@ ARCH_ATTR = "cim.arch"
 """Module attribute naming the hardware: a preset name or a description file path."""
 
 
+POOL_ATTR = "pool"
+"""Segment attribute ``array<i64: lo, hi>``: the memory-mode arrays its streamed
+tensors are striped over (`cim-allocate`)."""
+HOLD_RANGE_ATTR = "hold_arrays"
+"""Segment attribute ``array<i64: lo, hi>``: the memory-mode arrays holding the tensors
+it keeps on chip for the next segment (§9.3)."""
+PLACES_ATTR = "places"
+"""Segment attribute: tensor name -> "pool" | "gb" | "dram" | "hold_in" | "hold_out",
+where the segment's flow keeps each tensor it touches (the MIP's choice)."""
+SWITCH_ATTR = "switch_cycles"
+"""Segment attribute: cycles of its `CM.switch` statements, part of its prediction."""
+
+
+def mode_changes(modes: list[str], compute: list[tuple[int, int]],
+                 memory: list[tuple[int, int]]) -> list[tuple[str, int, int]]:
+    """The `CM.switch` statements a segment needs: maximal runs ``(mode, lo, hi)`` of
+    arrays whose mode ("C" / "M") must change so the `compute` ranges compute and the
+    `memory` ranges store; updates `modes` in place."""
+    want = list(modes)
+    for lo, hi in compute:
+        want[lo:hi] = ["C"] * (hi - lo)
+    for lo, hi in memory:
+        want[lo:hi] = ["M"] * (hi - lo)
+    runs: list[tuple[str, int, int]] = []
+    i = 0
+    while i < len(modes):
+        if want[i] == modes[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(modes) and want[j] == want[i] and want[j] != modes[j]:
+            j += 1
+        runs.append((want[i], i, j))
+        i = j
+    modes[:] = want
+    return runs
+
+
 def resolve_arch(module: ModuleOp, option: str | None) -> Arch:
     """The hardware of a pass: its ``arch`` option, else the module's ``cim.arch``
     attribute, else the default preset.  Records the choice on the module so later

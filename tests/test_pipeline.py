@@ -57,7 +57,12 @@ def test_llama_down_projection_splits():
     assert {p.im2col_dims()[1] for p in pieces} == {11008}
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+SLOW = pytest.mark.slow
+"""MobileNet-V2 and VGG-16 compile in minutes with the placement MIP (issue 13)."""
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=SLOW) if n in ("mobilenet_v2", "vgg16")
+                                  else n for n in MODEL_NAMES])
 def test_compile_and_simulate(name):
     plan = compile_model(MODELS / f"{name}.onnx")
     assert plan.segments
@@ -73,6 +78,7 @@ def test_compile_and_simulate(name):
     assert len(report["segments"]) == len(plan.segments)
 
 
+@pytest.mark.slow
 def test_allocated_ir_holds_segments():
     from cmswitch.cost.model import op_cost
     from cmswitch.transforms.cim_allocate import CimAllocatePass
@@ -90,12 +96,12 @@ def test_allocated_ir_holds_segments():
         copies = op.attributes["copies"].value.data
         assert hi - lo == copies * op_cost(op, "x", ARCH).arrays
     for seg in segs:
-        # compute ranges disjoint and below the memory ranges (from the top down)
+        # compute ranges disjoint and below the pool (memory from the top down)
         inner = [o for o in seg.body.block.ops if "arrays" in o.attributes]
         compute = [a for o in inner for a in range(*o.attributes["arrays"].get_values())]
-        mems = [o.attributes["memory"].get_values()[0] for o in inner if "memory" in o.attributes]
         assert len(compute) == len(set(compute)) == seg.attributes["compute_arrays"].value.data
-        assert all(m > max(compute) for m in mems)
+        if "pool" in seg.attributes:
+            assert seg.attributes["pool"].get_values()[0] > max(compute)
 
 
 def _compile_cli(tmp_path: Path, tag: str, *extra: str) -> tuple[bytes, dict]:

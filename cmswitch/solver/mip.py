@@ -562,11 +562,10 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     if thr is None:
         thr = solve_throughput(problem, arch, solver, time_limit)
     (copies, pool, places), status = _stage2(problem, arch, solver, time_limit, thr)
-    latency = thr.scale / thr.rate
-    load = load_cycles(problem, copies, arch)
-    fill = fill_cycles(problem, arch)
-    return Allocation(copies, pool, places, latency, load, fill, load + latency + fill,
-                      "optimal" if status == "optimal" else status)
+    # the latency of the canonical plan, evaluated from its rows (not the solver's
+    # floating-point optimum): the same cycles whichever solver ran (§9.9)
+    fixed = evaluate_allocation(problem, copies, pool, places, arch)
+    return replace(fixed, status="optimal" if status == "optimal" else status)
 
 
 def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float | None,

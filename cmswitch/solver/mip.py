@@ -14,7 +14,8 @@ lowered flow's statements move; ``S`` a lower bound of the latency so the throug
              sum_t o_t p_t T / S <= ib * P                      pool of P memory arrays
              sum_t o_t q_t T / S <= gb_bw                       global buffer port
              (F + Pf + sum_t R_t (1 - p_t - q_t) + r_t (p_t + q_t)) T / S <= ext_bw   DRAM
-                 (x T is bilinear: z = x T with z <= T, z <= x, z >= T - (1 - x))
+                 (x T is bilinear: stage 1 fixes the pool and minimises L = S/T
+                 instead, `_port_model`; stages 2 and 3 fix T)
              hold_k T / S <= ib * H_k                           each boundary's hold arrays
              (sum_dyn W_i + Pf) T / S <= weight_write_bw        run-time operand writes
              v T / S <= vector_ops_per_cycle                    digital unit
@@ -35,11 +36,11 @@ ops have ``D_i = 1`` and no load cycles (`SegmentProblem.preloaded`).  ``H_in`` 
 range of their own so their traffic is theirs alone.
 ``ib = internal_bw_bits/8`` bytes/cycle per memory-mode array.
 
-Stage 1 (`solve_throughput`) finds the best throughput ``t*``.  The segment's cost is
-then ``load + S/t + fill`` minimised over ``t <= t*`` (`best_rate`: a slower pipeline
-may save the loads of copies it no longer needs), with the fewest copies
-``ceil(c_i t/S)`` (`min_copies`) — exact, because lowering ``T`` keeps every
-constraint and fewer copies only free arrays.  The DP prices candidates this way
+Stage 1 (`solve_throughput`) minimises the segment's cost ``load + S/t + fill`` over
+the chain of fewest copies per latency (`copy_chain`; a slower pipeline may save the
+loads of copies it no longer needs), each priced by a linear placement MILP
+(`_port_model`); the plan runs at that rate with the fewest copies ``ceil(c_i t/S)``
+(`min_copies`).  The DP prices candidates this way
 (`price_cached`); stage 2 (`solve_segment`), only for chosen segments, fixes that
 ``t`` and the copies and minimises the pool (tie-break, §9.9); stage 3
 (`_canonical_places`) then picks the lexicographically first placement among the
@@ -167,8 +168,8 @@ def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     cheaper DRAM option), or every array computing or feeding: with ``W = sum a_i c_i``
     and ``B = sum_t min(o_t + r_t, R_t)`` the bytes every tensor puts on some port,
     ``L >= (W + B/ib) / (A + (gb_bw + ext_bw)/ib)`` (the pool takes what the buffer
-    and DRAM cannot).  A tight ``S`` keeps ``T`` near 1 and the ``z = x*T``
-    linearisation tight (GLPK's branch and bound depends on it)."""
+    and DRAM cannot).  A tight ``S`` keeps the scaled rows near 1 (GLPK's branch and
+    bound depends on it) and prunes the DP's candidates (`cycles_lower_bound`)."""
     ops, tens = problem.ops, problem.tensors
     ib = arch.internal_bw_bits / 8
     choice = [tens[t] for t in problem.choices]
@@ -204,9 +205,9 @@ def cycles_lower_bound(problem: SegmentProblem, arch: Arch) -> float:
     return load_cycles(problem, ones, arch) + latency_scale(problem, arch) + fill
 
 
-def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
-    """The Pyomo model.  With `t_fixed` (stage 2) the throughput is a constant, so
-    ``x T`` is linear and the McCormick ``z`` variables are not needed."""
+def _build(problem: SegmentProblem, arch: Arch, t_fixed: float):
+    """The Pyomo model of stages 2 and 3, the throughput fixed at `t_fixed`: every row
+    is then linear in the copies, the pool and the place binaries."""
     import pyomo.environ as pyo
 
     ops, tens = problem.ops, problem.tensors
@@ -215,8 +216,7 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
     mat = [i for i, op in enumerate(ops) if op.arrays]
     m = pyo.ConcreteModel()
     m.T = pyo.Var(bounds=(0, 1))
-    if t_fixed is not None:
-        m.T.fix(t_fixed)
+    m.T.fix(t_fixed)
     m.d = pyo.Var(mat, domain=pyo.Integers, bounds=lambda _, i: (1, ops[i].max_copies))
     m.P = pyo.Var(domain=pyo.Integers, bounds=(0, _pool_limit(problem, arch)))
     m.p = pyo.Var(ch, domain=pyo.Binary)
@@ -228,20 +228,8 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float | None = None):
             m.p[t].fix(0)
         if tens[t].window > arch.global_buffer_bytes:
             m.q[t].fix(0)
-    if t_fixed is None:
-        m.zp = pyo.Var(ch, bounds=(0, 1))
-        m.zq = pyo.Var(ch, bounds=(0, 1))
-        zp, zq = m.zp, m.zq
-        for t in ch:  # McCormick envelopes of z = x*T (exact for binary x)
-            for z, x in ((m.zp[t], m.p[t]), (m.zq[t], m.q[t])):
-                m.c.add(z <= m.T)
-                m.c.add(z <= x)
-                m.c.add(z >= m.T - (1 - x))
-            m.c.add(m.zp[t] + m.zq[t] <= m.T)
-            m.c.add(m.T - m.zp[t] - m.zq[t] <= 1 - m.p[t] - m.q[t])  # z_dram <= x_dram
-    else:
-        zp = {t: t_fixed * m.p[t] for t in ch}
-        zq = {t: t_fixed * m.q[t] for t in ch}
+    zp = {t: t_fixed * m.p[t] for t in ch}
+    zq = {t: t_fixed * m.q[t] for t in ch}
     ib = arch.internal_bw_bits / 8
     for i in mat:
         m.c.add(ops[i].compute / scale * m.T <= m.d[i])
@@ -332,8 +320,8 @@ class Throughput:
     pool: int
     places: tuple[str, ...]
     rate: float = 0.0
-    """`best_rate`: the throughput ``<= t`` the plan runs at (set by
-    `solve_throughput`, so callers share one computation)."""
+    """The throughput the plan runs at (set by `solve_throughput`, the cheapest
+    element of its copy chain)."""
 
 
 def _check(problem: SegmentProblem, arch: Arch, solver: str) -> None:
@@ -507,46 +495,17 @@ def _cycles_at(problem: SegmentProblem, arch: Arch, thr: Throughput, t: float) -
     return load_cycles(problem, min_copies(problem, arch, thr, t), arch) + thr.scale / t + fill
 
 
-def best_rate(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
-    """The throughput ``t <= t*`` with the fewest predicted cycles ``load + S/t +
-    fill``: a slower pipeline may pay back the weight loads of copies it no longer
-    needs (§9.1).  Every ``t <= t*`` is feasible (all constraints bound ``T`` from above,
-    and fewer copies free arrays), the load only changes where some op's copies do, at
-    ``t = k S / c_i``, and between those points a larger ``t`` is better — so the
-    candidates are ``t*`` and those breakpoints.  Ties go to the larger ``t``."""
-    candidates = {thr.t}
-    for op in problem.ops:
-        if not op.arrays or not op.compute:
-            continue
-        for k in range(1, op.max_copies + 1):
-            t = k * thr.scale / op.compute
-            if t < thr.t:
-                candidates.add(t)
-    return min(sorted(candidates, reverse=True),
-               key=lambda t: _cycles_at(problem, arch, thr, t))
-
-
 def price(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
     """Predicted cycles of the segment at its optimum: weight loads of `min_copies`,
     plus the latency ``S / t``, plus the pipeline fill (one MVM per matrix op), at
-    ``t = thr.rate`` (`best_rate`)."""
+    ``t = thr.rate`` (`solve_throughput`)."""
     return _cycles_at(problem, arch, thr, thr.rate)
 
 
 def _solution(model, mat: list[int], problem: SegmentProblem):
     """``(copies, pool, places)`` of a solved model."""
     copies = tuple(round(model.d[i].value) if i in mat else 0 for i in range(len(problem.ops)))
-    places = []
-    for t, use in enumerate(problem.tensors):
-        if use.fixed:
-            places.append(use.fixed)
-        elif round(model.p[t].value or 0):
-            places.append("pool")
-        elif round(model.q[t].value or 0):
-            places.append("gb")
-        else:
-            places.append("dram")
-    return copies, round(model.P.value or 0), tuple(places)
+    return copies, round(model.P.value or 0), _places_of(model, problem)
 
 
 def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
@@ -626,7 +585,7 @@ def _canonical_places(model, problem: SegmentProblem, solver: str,
         for x in block:
             x.fix(round(x.value))
         model.del_component(model.rank)
-    return _solution(model, [], problem)[2]
+    return _places_of(model, problem)
 
 
 @dataclass

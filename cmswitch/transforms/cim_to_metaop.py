@@ -92,17 +92,19 @@ class _Places:
                  "hold_in": _loc(hold_in) if hold_in[1] > hold_in[0] else None,
                  "hold_out": _loc(hold_out) if hold_out else None}
         self.loc: dict[int, str] = {}
+        self.held: set[int] = set()
+        """Tensors kept whole in the hold range for the next segment."""
         for t in segment_tensor_ids(graph, first, last):
             name = graph.tensors[t].name
             place = attr.data.get(name)
-            loc = where.get(place.data) if isinstance(place, StringAttr) else None
+            place = place.data if isinstance(place, StringAttr) else None
+            loc = where.get(place) if place else None
             if loc is None:
                 raise CMSwitchError(f"segment {seg.id.value.data}: tensor {name} has no "
                                     f"valid place (run cim-allocate again)")
             self.loc[t] = loc
-        self.held = {t for t in self.loc
-                     if isinstance(attr.data.get(graph.tensors[t].name), StringAttr)
-                     and attr.data[graph.tensors[t].name].data == "hold_out"}
+            if place == "hold_out":
+                self.held.add(t)
 
     def ref(self, graph: Graph, t: int) -> str:
         return f"{graph.tensors[t].name}@{self.loc[t]}"

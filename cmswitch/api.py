@@ -199,7 +199,7 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
     from cmswitch.strategies.cimmlc import cimmlc_plan, greedy_segments
     from cmswitch.strategies.layerwise import layerwise_plan
     from cmswitch.cost.graph import segment_problem
-    from cmswitch.solver.mip import solve_cached
+    from cmswitch.solver.mip import solve_cache
     from cmswitch.transforms.cim_allocate import (
         add_switch_cycles,
         held_plan,
@@ -212,7 +212,7 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
     if strategy == "cimmlc":
         plan = cimmlc_plan(graph, arch)
     elif strategy == "greedy-mip":
-        plan = [SegmentChoice(first, last, solve_cached(
+        plan = [SegmentChoice(first, last, solve_cache().allocation(
                     segment_problem(graph, first, last), arch, solver, time_limit,
                     graph.span(first, last)))
                 for first, last in greedy_segments(graph, arch)]
@@ -249,9 +249,18 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
     `chunk_arrays` pins the arrays per piece of split operators (default: the
     `cmswitch` and `dp-compute-only` strategies try `chunk_candidates`, the others use
     half the chip).  Raises CMSwitchError for bad input, unknown strategy or hardware,
-    or a `chunk_arrays` outside 1..arrays."""
+    or a `chunk_arrays` outside 1..arrays.  Every compile starts on an empty solve
+    cache (`fresh_cache`): nothing priced by an earlier compile is reused."""
+    from cmswitch.solver.mip import fresh_cache
+
+    with fresh_cache() as cache:
+        return _compile(model, arch, strategy, solver, dims, time_limit, batch, seq,
+                        keep_module, chunk_arrays, cache)
+
+
+def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_module,
+             chunk_arrays, cache) -> Plan:
     from cmswitch.asm.printer import print_flow
-    from cmswitch.solver.mip import STATS
     from cmswitch.transforms.cim_allocate import CimAllocatePass
     from cmswitch.transforms.cim_partition import CimPartitionPass
     from cmswitch.transforms.cim_segment import CimSegmentPass
@@ -260,7 +269,6 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
     if strategy not in STRATEGIES:
         raise CMSwitchError(f"unknown strategy '{strategy}' (available: {', '.join(STRATEGIES)})")
     start = time.perf_counter()
-    solves, hits = STATS.solves, STATS.hits
     module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq)
     hw = load_arch(arch)
     if arch:
@@ -277,10 +285,7 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
             before = _count_ops(trial)
             CimPartitionPass(max_arrays=limit).apply(ctx, trial)
             split = _count_ops(trial) != before
-            # the DP prices thousands of candidates: HiGHS in-process (exact, the same
-            # Pyomo model; tests/test_mip.py); the chosen segments use `solver`
-            CimSegmentPass(solver="highs", time_limit=time_limit or 0.0,
-                           memory_mode=strategy == "cmswitch").apply(ctx, trial)
+            CimSegmentPass(memory_mode=strategy == "cmswitch").apply(ctx, trial)
             CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, trial)
             cycles = sum(o.attributes["predicted_cycles"].value.data
                          for o in main_func(trial).body.block.ops if isinstance(o, SegmentOp))
@@ -307,7 +312,7 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
         strategy=strategy, segments=segments, operators=operators,
         predicted_cycles=predicted, lower_bound_cycles=bound,
         compile_seconds=time.perf_counter() - start, flow=text.getvalue(),
-        mip={"solves": STATS.solves - solves, "cache_hits": STATS.hits - hits},
+        mip={"solves": cache.priced, "cache_hits": cache.hits, "segment_mips": cache.mips},
         chunk_arrays=chunk,
         module=kept,
     )

@@ -133,7 +133,7 @@ def test_dp_equals_exhaustive_segmentation(seed, dag):
         pytest.skip("an operator larger than the tiny chip")
     for preload in (1, 99, 0):
         want = exhaustive(graph, ARCH16, preload)
-        plan = dp_segments(graph, ARCH16, "highs", window=0, preload=preload)
+        plan = dp_segments(graph, ARCH16, window=0, preload=preload)
         total = sum(c.alloc.cycles + 2 * ARCH16.switch_cycles for c in plan)
         assert total == pytest.approx(want, rel=1e-3), f"preload={preload}"
 
@@ -154,9 +154,9 @@ def test_preloading_is_exercised():
     the preload state of the DP)."""
     gains = []
     for graph in _fitting_graphs():
-        plan = dp_segments(graph, ARCH16, "highs", window=0)
+        plan = dp_segments(graph, ARCH16, window=0)
         if any(c.preloaded for c in plan):
-            without = dp_segments(graph, ARCH16, "highs", window=0, preload=0)
+            without = dp_segments(graph, ARCH16, window=0, preload=0)
             gains.append(sum(c.alloc.cycles for c in without) - sum(c.alloc.cycles for c in plan))
     assert gains and all(g >= 0 for g in gains) and max(gains) > 0
 
@@ -166,6 +166,6 @@ def test_holding_is_exercised():
     (the property above then covers the held-state DP, not only plain cuts)."""
     held_somewhere = False
     for graph in _fitting_graphs():
-        plan = dp_segments(graph, ARCH16, "highs", window=0)
+        plan = dp_segments(graph, ARCH16, window=0)
         held_somewhere |= any(c.held_out for c in plan)
     assert held_somewhere

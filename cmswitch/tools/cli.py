@@ -51,7 +51,8 @@ def print_summary(plan, out=sys.stdout, rows: int = 12) -> None:
     out.write(f"segments: {len(plan.segments)}   predicted cycles: {plan.predicted_cycles}   "
               f"lower bound: {plan.lower_bound_cycles}   "
               f"ratio: {plan.predicted_cycles / max(plan.lower_bound_cycles, 1):.2f}x\n")
-    out.write(f"MIP solves: {plan.mip['solves']} (cache hits {plan.mip['cache_hits']})   "
+    out.write(f"segments priced: {plan.mip['solves']} (cache hits {plan.mip['cache_hits']}), "
+              f"segment MIPs solved: {plan.mip['segment_mips']}   "
               f"compile time: {plan.compile_seconds:.1f} s\n")
 
 
@@ -85,6 +86,11 @@ def _compile(args: argparse.Namespace) -> int:
                          solver=args.solver, dims=_dims(args),
                          time_limit=args.time_limit, batch=args.batch, seq=args.seq,
                          keep_module=args.functional, chunk_arrays=args.chunk_arrays)
+    for seg in plan.segments:  # a time-out or a search limit: the plan is not proven best
+        if seg["solver_status"] != "optimal":
+            ops = seg["operators"]
+            print(f"cmswitch: warning: segment {seg['id']} ({ops[0]}..{ops[-1]}): "
+                  f"{seg['solver_status']}", file=sys.stderr)
     if args.output == "-":
         sys.stdout.write(plan.flow)
     elif args.output:

@@ -42,7 +42,7 @@ from cmswitch.cost.graph import (
 )
 from cmswitch.dialects.cim import SegmentOp, YieldOp, array_prop
 from cmswitch.errors import CMSwitchError
-from cmswitch.solver.mip import Allocation, solve_cached
+from cmswitch.solver.mip import Allocation, solve_cache
 from cmswitch.transforms.cim_segment import COMPUTE_ONLY_ATTR, HOLD_ATTR, PRELOADED_ATTR
 from cmswitch.transforms.common import (
     HOLD_RANGE_ATTR,
@@ -432,8 +432,9 @@ class CimAllocatePass(ModulePass):
         plan = held_plan(graph, segments)
 
         def solve(k: int) -> Allocation:
-            return solve_cached(plan[k].problem(graph), arch, self.solver,
-                                self.time_limit or None, graph.span(plan[k].first, plan[k].last))
+            return solve_cache().allocation(plan[k].problem(graph), arch, self.solver,
+                                            self.time_limit or None,
+                                            graph.span(plan[k].first, plan[k].last))
 
         def drop_preload(k: int) -> None:
             """Segment k loads its leading weights itself after all, and segment k-1

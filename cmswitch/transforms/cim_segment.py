@@ -18,7 +18,8 @@ beside the current segment's weights — `preload_choices`): the current segment
 runs on fewer arrays and streams those weights through its DRAM and weight-write
 bandwidth, and the next one skips their load; such a segment carries `preloaded`.
 The DP is exact for its cost model.  Candidate segments are priced with
-`cmswitch.solver.mip.price_cached` — the model `cim-allocate` solves.
+`cmswitch.solver.mip.SolveCache.price` — stage 1 of the model `cim-allocate` solves,
+exact and in-process (`cmswitch.solver.placement`).
 """
 
 from __future__ import annotations
@@ -46,15 +47,12 @@ from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import (
     Allocation,
     cycles_lower_bound,
+    evaluate_allocation,
     holdable,
     load_cycles,
-    min_copies,
-    price_cached,
-    throughput_cached,
-    solve_cached,
+    solve_cache,
 )
-from cmswitch.solver.mip import price as segment_price
-from cmswitch.transforms.common import check_options, check_solver, main_func, resolve_arch
+from cmswitch.transforms.common import check_options, main_func, resolve_arch
 
 
 HOLD_ATTR = "hold"
@@ -136,27 +134,30 @@ def preload_choices(graph: Graph, first: int, last: int, next_first: int, next_l
     return (0, count) if count else (0,)
 
 
-def _preloaded_price(problem: SegmentProblem, arch: Arch, solver: str,
-                     time_limit: float | None, label: str) -> float | None:
+def _preloaded_price(problem: SegmentProblem, arch: Arch, label: str,
+                     budget: float) -> tuple[bool, float | None]:
     """The price of a segment whose first ``problem.preloaded`` weight ops were loaded
-    before it, without a solve, when the same segment loading them itself runs them
-    with one copy each: then (that plan is feasible for both, and any preloaded plan
-    is a plain plan minus those loads) the price is the plain price minus their load
-    cycles.  None otherwise (the caller solves)."""
+    before it, without a solve of its own, when the same segment loading them itself
+    runs them with one copy each: then (that plan is feasible for both, and any
+    preloaded plan is a plain plan minus those loads) the price is the plain price
+    minus their load cycles ``saved``.  Returns ``(True, price)`` then, ``(True,
+    None)`` when no plain plan costs less than ``budget + saved`` (so the preloaded
+    one reaches `budget`: dominated), ``(False, None)`` otherwise (the caller solves)."""
     plain = replace(problem, preloaded=0)
     if not holdable(plain, arch):
-        return None
-    thr = throughput_cached(plain, arch, solver, time_limit, label)
-    copies = min_copies(plain, arch, thr)
+        return False, None
     lead = [i for i, op in enumerate(problem.ops) if op.arrays][:problem.preloaded]
-    if any(copies[i] != 1 for i in lead):
-        return None
-    return segment_price(plain, arch, thr) - load_cycles(plain, copies, arch) + load_cycles(
-        problem, copies, arch)
+    saved = sum(max(problem.ops[i].weight_bytes / arch.external_bw_bytes,
+                    problem.ops[i].weight_bytes / arch.weight_write_bw_bytes) for i in lead)
+    thr = solve_cache().throughput_of(plain, arch, label, budget + saved)
+    if thr is None:
+        return True, None
+    if any(thr.copies[i] != 1 for i in lead):
+        return False, None
+    return True, thr.cycles - saved
 
 
-def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
-                time_limit: float | None = None, window: int = 0,
+def dp_segments(graph: Graph, arch: Arch, window: int = 0,
                 hold: bool = True, memory_mode: bool = True,
                 preload: int = 1) -> list[SegmentChoice]:
     """The DP: the cheapest sequence of segments covering all operators, each with at
@@ -184,6 +185,7 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
     last = len(starts) - 1
     ends = _next_ends(graph, starts, arch.arrays, window)
     boundary = 2 * arch.switch_cycles
+    cache = solve_cache()
     priced: dict[tuple, float | None] = {}
 
     def problem_of(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
@@ -195,8 +197,9 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
     def price(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0, d: int = 0,
               k_out: int = 0, budget: float = float("inf")) -> float | None:
         """The segment's predicted cycles; None if its held bytes cannot fit, or if
-        its lower bound (`cycles_lower_bound`) already reaches `budget` (a dominated
-        candidate: not solved, not cached)."""
+        no allocation costs less than `budget` — by its lower bound
+        (`cycles_lower_bound`) or by stage 1 searching below it (a dominated
+        candidate: not cached here)."""
         key = (b, c, held_in, held_out, k_in, d if k_out else 0, k_out)
         if key in priced:
             return priced[key]
@@ -208,12 +211,14 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
             return None
         label = graph.span(starts[b], starts[c] - 1)
         if k_in:
-            shortcut = _preloaded_price(problem, arch, solver, time_limit, label)
-            if shortcut is not None:
-                priced[key] = shortcut
-                return shortcut
-        priced[key] = price_cached(problem, arch, solver, time_limit, label)
-        return priced[key]
+            done, cost = _preloaded_price(problem, arch, label, budget)
+            if not done:
+                cost = cache.price(problem, arch, label, budget)
+        else:
+            cost = cache.price(problem, arch, label, budget)
+        if cost is not None:
+            priced[key] = cost
+        return cost
 
     held_of: dict[tuple[int, int, int], tuple[int, ...]] = {}
 
@@ -283,8 +288,9 @@ def dp_segments(graph: Graph, arch: Arch, solver: str = "glpk",
     state, held_out, d, k_out = best_end, (), 0, 0
     while state is not None:
         b, c, held_in, k_in = state
-        alloc = solve_cached(problem_of(b, c, held_in, held_out, k_in, d, k_out), arch, solver,
-                             time_limit, graph.span(starts[b], starts[c] - 1))
+        problem = problem_of(b, c, held_in, held_out, k_in, d, k_out)
+        thr = cache.throughput_of(problem, arch, graph.span(starts[b], starts[c] - 1))
+        alloc = evaluate_allocation(problem, thr.copies, thr.pool, thr.places, arch)
         result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out, k_in))
         state, held_out, d, k_out = back[state], held_in, c, k_in
     return result[::-1]
@@ -325,11 +331,6 @@ class CimSegmentPass(ModulePass):
     name = "cim-segment"
 
     arch: str | None = None
-    solver: str = "highs"
-    """Solver of the candidates' MIPs.  HiGHS by default: in-process and ~50x faster
-    than GLPK on the placement MILPs the DP prices by the thousand (ResNet-18: 12.7 s
-    vs 10 min, measured); both are exact, so the plan is the same."""
-    time_limit: float | int = 0.0
     window: int = DEFAULT_WINDOW
     hold: bool = True
     """Let tensors passed to the next segment stay on chip (DESIGN.md §9.3)."""
@@ -347,9 +348,7 @@ class CimSegmentPass(ModulePass):
         if isinstance(self.preload, bool):  # xDSL parses true/false as bools, an int subclass
             raise ValueError(f"{self.name}: preload must be a number of weight ops, "
                              f"got {str(self.preload).lower()}")
-        check_options(self.name, time_limit=self.time_limit, window=self.window,
-                      preload=self.preload)
-        check_solver(self.name, self.solver)
+        check_options(self.name, window=self.window, preload=self.preload)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = resolve_arch(op, self.arch)
@@ -357,7 +356,7 @@ class CimSegmentPass(ModulePass):
         if any(isinstance(o, SegmentOp) for o in func.body.block.ops):
             raise CMSwitchError("cim-segment: the model is already segmented")
         graph = build_graph(func, arch)
-        plan = dp_segments(graph, arch, self.solver, self.time_limit or None, self.window,
+        plan = dp_segments(graph, arch, self.window,
                            self.hold, self.memory_mode, self.preload)
         for seg, choice in zip(wrap_segments(func, graph, plan), plan):
             seg.attributes["predicted_cycles"] = IntegerAttr(round(choice.alloc.cycles), i64)

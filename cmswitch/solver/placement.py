@@ -1,0 +1,233 @@
+"""Exact placement of a segment's tensors for a fixed pool, by branch and bound: the
+stage-1 placement MILP of the segment MIP (`cmswitch.solver.mip._port_model`) solved
+in-process, without a model build or a solver call (issue 13: the DP prices
+thousands of candidates, and a MILP solve costs milliseconds even in-process).
+
+The problem (DESIGN.md §4; per choice tensor ``t`` of `SegmentProblem.choices`: port
+bytes on chip ``o_t``, DRAM bytes on chip ``r_t`` or in DRAM ``R_t > r_t``, window
+``w_t``; a pool of ``P`` arrays of ``ib`` bytes/cycle each and ``Wp`` window bytes in
+all, the global buffer of ``gb_bw`` bytes/cycle and ``Wg`` bytes)::
+
+  minimise L = max(base, sum_pool o_t / (ib P), sum_gb o_t / gb_bw,
+                   (F + sum_dram R_t + sum_onchip r_t) / ext_bw)
+  subject to sum_pool w_t <= Wp,  sum_gb w_t <= Wg
+
+``base``: the rows no placement changes (one cycle, the digital unit, run-time operand
+writes, the hold arrays).  Depth-first over the tensors, largest DRAM saving
+``R_t - r_t`` first; a node is cut when a valid lower bound of every completion
+reaches the best plan found: the larger of two fractional relaxations of the
+remaining tensors (each a greedy fractional knapsack, exact for its relaxation) —
+the on-chip bandwidth of pool and buffer together against the DRAM port, and the
+free window bytes of both against the DRAM port.  Exact to `REL_GAP`: a node is cut
+only when no completion is better by more than that; a search that reaches
+`NODE_LIMIT` nodes stops and says how far from its bound it is (`Placement.gap`).  `tests/test_placement.py` proves it equal to the
+Pyomo MILP (GLPK and HiGHS) on random instances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmswitch.arch import Arch
+from cmswitch.cost.graph import SegmentProblem
+
+REL_GAP = 1e-6
+"""Optimality tolerance: a node is cut when its bound is within this fraction of the
+best plan found, so the answer is within ``1e-6`` of the optimum (under half a cycle
+below 500k cycles: below what `predicted_cycles` rounds away) — the role of a MIP
+solver's relative gap; ties keep the first plan found."""
+NODE_LIMIT = 2_000
+"""Search nodes before the search stops with the best plan found and reports its gap
+to the root bound (`Placement.gap`): the large segments of many near-equal tensors
+are number-partitioning problems whose proof can take hours.  Measured on
+MobileNet-V2: 32 of ~3,000 searches stop here, at most 2.4% above their (weak) root
+bound, none of them in a chosen segment; the same plan as with 20,000 nodes, compile
+9.9 s instead of 17.8 s."""
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Interchangeable choice tensors (equal bytes, window and places open): the
+    search decides how many of them go to the pool and the buffer, not which —
+    symmetric branches are never explored."""
+    tensors: tuple[int, ...]  # indices in SegmentProblem.tensors, ascending
+    o: float        # port bytes on chip, each
+    s: float        # DRAM bytes saved on chip (R_t - r_t > 0), each
+    w: int          # window bytes, each
+    pool_ok: bool
+    gb_ok: bool
+
+
+def base_latency(problem: SegmentProblem, arch: Arch) -> float:
+    """Cycles no placement changes: 1, the digital unit (``sum v / vector_ops``), the
+    run-time operand writes and preloaded bytes (``/ weight_write_bw``) and each hold
+    range's traffic (``/ (ib H)``) — the rows of the MIP without a place variable."""
+    ib = arch.internal_bw_bits / 8
+    writes = sum(op.weight_bytes for op in problem.ops if op.kind == "dynamic") + problem.prefetch
+    rows = [1.0, writes / arch.weight_write_bw_bytes,
+            sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle]
+    for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
+        if h:
+            rows.append(problem.hold_traffic(side) / (ib * h))
+    return max(rows)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The answer of `place_tensors`: port `latency` (cycles), `places` per
+    `SegmentProblem.tensors`, and `gap`: 0 when proven optimal (within `REL_GAP`),
+    else ``latency / bound - 1`` for the root bound when `NODE_LIMIT` stopped it."""
+
+    latency: float
+    places: tuple[str, ...]
+    gap: float = 0.0
+
+
+def place_tensors(problem: SegmentProblem, arch: Arch, pool: int, window_bytes: int,
+                  cutoff: float = float("inf")) -> Placement | None:
+    """The placement with the least port latency for a pool of `pool` memory-mode
+    arrays holding `window_bytes` of windows in all, places per
+    `SegmentProblem.tensors` ("pool", "gb", "dram" for the choices, the fixed place
+    otherwise); None if none has a latency below `cutoff` cycles (the caller only
+    wants a better plan than one it has: the search starts from that bound).  With
+    no cutoff it never returns None: all-DRAM is always feasible."""
+    ib = arch.internal_bw_bits / 8
+    wp = window_bytes if pool else 0
+    tens = problem.tensors
+    dram = problem.fixed_dram() + problem.prefetch
+    kinds: dict[tuple, list[int]] = {}
+    for t in problem.choices:
+        u = tens[t]
+        dram += u.dram_direct
+        pool_ok, gb_ok = bool(pool) and u.window <= wp, u.window <= arch.global_buffer_bytes
+        if pool_ok or gb_ok:
+            key = (u.onchip, u.dram_direct - u.dram_onchip, u.window, pool_ok, gb_ok)
+            kinds.setdefault(key, []).append(t)
+    groups = [_Group(tuple(ts), *key) for key, ts in kinds.items()]
+    groups.sort(key=lambda g: (-g.s, g.tensors[0]))
+    search = _Search(groups, base_latency(problem, arch), ib * pool,
+                     float(arch.global_buffer_bw_bytes), float(arch.external_bw_bytes),
+                     wp, arch.global_buffer_bytes, cutoff)
+    search.run(dram)
+    if search.best_counts is None:
+        return None
+    places = {t: "dram" for t in problem.choices}
+    for g, (n_pool, n_gb) in zip(groups, search.best_counts):
+        for j, t in enumerate(g.tensors):
+            places[t] = "pool" if j < n_pool else "gb" if j < n_pool + n_gb else "dram"
+    gap = 0.0 if search.complete else search.best / search.lower - 1
+    return Placement(search.best, tuple(u.fixed or places[t] for t, u in enumerate(tens)), gap)
+
+
+class _Search:
+    """Depth-first branch and bound over `groups` (see the module docstring): at
+    depth ``k`` the first ``k`` groups are placed; a node's state is its port bytes
+    and window bytes, and a state met before at the same depth is not searched again
+    (its completions are the same)."""
+
+    def __init__(self, groups: list[_Group], base: float, cp: float, cg: float, ce: float,
+                 wp: float, wg: float, cutoff: float):
+        self.groups, self.base = groups, base
+        self.cp, self.cg, self.ce, self.wp, self.wg = cp, cg, ce, wp, wg
+        n = len(groups)
+        # (depth, o, s, w, count, pool_ok, gb_ok) in the order each relaxation
+        # takes the remaining groups: by savings per port byte, per window byte
+        rows = [(k, g.o, g.s, g.w, len(g.tensors), g.pool_ok, g.gb_ok)
+                for k, g in enumerate(groups)]
+        self.by_bw = sorted(rows, key=lambda r: (-r[2] / r[1], r[0]))
+        self.by_cap = sorted(rows, key=lambda r: (-(r[2] / r[3]) if r[3] else float("-inf"),
+                                                  r[0]))
+        self.cap_bw = (cp if any(g.pool_ok for g in groups) else 0.0) + cg
+        self.best = cutoff
+        self.best_counts: list[tuple[int, int]] | None = None
+        self.path: list[tuple[int, int]] = []
+        self.seen: set[tuple] = set()
+        self.nodes = 0
+        self.lower = 0.0
+        self.complete = True
+        self.n = n
+
+    def bound(self, k: int, ap: float, wp: float, ag: float, wg: float, d: float) -> float:
+        """A lower bound of the latency of every completion of the first `k` groups:
+        the larger of (a) the on-chip bandwidth relaxation — the least ``L`` with
+        ``d - save(cap L - ap - ag) <= ce L``, ``save(b)`` the fractional knapsack of
+        the remaining groups' DRAM savings for `b` more port bytes on pool and buffer
+        together (``cap`` bytes/cycle) — and (b) the capacity relaxation, the free
+        window bytes filled fractionally by savings per byte."""
+        lo = self.base
+        if ap:
+            lo = max(lo, ap / self.cp)
+        if ag:
+            lo = max(lo, ag / self.cg)
+        ce, cap = self.ce, self.cap_bw
+        free_p, free_g = self.wp - wp, self.wg - wg
+        aon = ap + ag
+        start = aon / cap
+        if d > ce * start:
+            used_o, saved = 0.0, 0.0
+            lat = 0.0
+            for j, o, s, w, cnt, pool_ok, gb_ok in self.by_bw:
+                if j < k or not (pool_ok and w <= free_p or gb_ok and w <= free_g):
+                    continue
+                rho = s / o
+                lat = (d - saved + rho * (aon + used_o)) / (ce + rho * cap)
+                used_o += o * cnt
+                if cap * lat - aon <= used_o:
+                    break
+                saved += s * cnt
+            else:
+                lat = (d - saved) / ce
+            lo = max(lo, lat)
+        else:
+            lo = max(lo, start)
+        free = max(0.0, free_p) + max(0.0, free_g)
+        save = 0.0
+        for j, o, s, w, cnt, pool_ok, gb_ok in self.by_cap:
+            if j < k or not (pool_ok and w <= free_p or gb_ok and w <= free_g):
+                continue
+            size = w * cnt
+            if size <= free:
+                save += s * cnt
+                free -= size
+            else:
+                save += s * free / w
+                break
+        return max(lo, (d - save) / ce)
+
+    def run(self, d: float) -> None:
+        self.lower = self.bound(0, 0.0, 0, 0.0, 0, d)
+        self._visit(0, 0.0, 0, 0.0, 0, d)
+
+    def _visit(self, k: int, ap: float, wp: int, ag: float, wg: int, d: float) -> None:
+        if k == self.n:
+            lat = max(self.base, ap / self.cp if ap else 0.0, ag / self.cg if ag else 0.0,
+                      d / self.ce)
+            if lat < self.best * (1 - REL_GAP):
+                self.best, self.best_counts = lat, list(self.path)
+            return
+        key = (k, ap, wp, ag, wg, d)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.nodes += 1
+        if self.nodes > NODE_LIMIT:
+            self.complete = False
+            return
+        g = self.groups[k]
+        n = len(g.tensors)
+        most_p = min(n, int((self.wp - wp) // g.w) if g.w else n) if g.pool_ok else 0
+        most_g = min(n, int((self.wg - wg) // g.w) if g.w else n) if g.gb_ok else 0
+        children = []
+        for n_pool in range(most_p + 1):
+            for n_gb in range(min(most_g, n - n_pool) + 1):
+                on = n_pool + n_gb
+                state = (ap + n_pool * g.o, wp + n_pool * g.w, ag + n_gb * g.o,
+                         wg + n_gb * g.w, d - on * g.s)
+                children.append((self.bound(k + 1, *state), -on, n_pool, n_gb, state))
+        children.sort()
+        for lo, _, n_pool, n_gb, state in children:
+            if lo >= self.best * (1 - REL_GAP) or not self.complete:
+                break
+            self.path.append((n_pool, n_gb))
+            self._visit(k + 1, *state)
+            self.path.pop()

@@ -1,0 +1,151 @@
+"""The exact placement search (`cmswitch.solver.placement`) against the Pyomo placement
+MILP it replaces in the DP (`mip._port_model`, solved by GLPK and by HiGHS) and
+against plain enumeration of every placement; and stage 1 priced exactly against
+stage 1 priced by the MILP (issue 13: pricing may use any exact method proven equal
+to the MIP by a test)."""
+
+import itertools
+import math
+import random
+
+import pyomo.environ as pyo
+import pytest
+
+from cmswitch.arch import arch_from_dict, load_arch
+from cmswitch.cost.graph import SegmentProblem, TensorUse
+from cmswitch.cost.model import OpCost, _weight_op_cost
+from cmswitch.solver import mip
+from cmswitch.solver.placement import place_tensors
+
+BASE = load_arch("dynaplasia").model_dump()
+
+
+def _arch(rng: random.Random):
+    return arch_from_dict(dict(
+        BASE, name="rand", arrays=rng.choice([8, 16, 32]),
+        global_buffer_bytes=rng.choice([4096, 16384, 81920]),
+        global_buffer_bw_bytes=rng.choice([8, 32]),
+        external_bw_bytes=rng.choice([8, 32]),
+        internal_bw_bits=rng.choice([16, 32, 64])))
+
+
+def _tensors(rng: random.Random, n: int) -> tuple[TensorUse, ...]:
+    """`n` tensors as `segment_problem` makes them: live-ins (loaded, or read from
+    DRAM), internal tensors (perhaps stored), repeats of one shape (a block's
+    equal-sized activations), and a tensor written straight to DRAM."""
+    out = []
+    while len(out) < n:
+        nbytes = rng.choice([1000, 4000, 20000, 90000])
+        window = rng.choice([nbytes, nbytes // 8 + 1, nbytes // 50 + 1])
+        onchip = nbytes * rng.choice([2, 3, 9])
+        if rng.random() < 0.3:
+            use = TensorUse(nbytes, window, onchip + nbytes, nbytes, onchip)
+        else:
+            store = rng.choice([0, 0, nbytes])
+            use = TensorUse(nbytes, window, onchip + store, store, onchip)
+        out += [use] * min(n - len(out), rng.choice([1, 1, 2, 4]))
+    if rng.random() < 0.3:
+        out.append(TensorUse(5000, 0, 0, 0, 5000, "dram"))
+    return tuple(out)
+
+
+def _problem(rng: random.Random, arch, n: int) -> SegmentProblem:
+    ops = [_weight_op_cost("", 256, 320, 64, 1, arch)]
+    if rng.random() < 0.5:
+        ops.append(OpCost("", "vector", vector_ops=rng.choice([100, 50000, 500000])))
+    return SegmentProblem(tuple(ops), _tensors(rng, n))
+
+
+def _latency(problem, arch, pool: int, places) -> float | None:
+    """Port latency of a placement, evaluated directly; None if a window overflows."""
+    ib = arch.internal_bw_bits / 8
+    cap = mip.pool_bytes(problem, arch) * pool
+    loads = {"pool": 0.0, "gb": 0.0, "dram": problem.fixed_dram()}
+    windows = {"pool": 0, "gb": 0}
+    for use, where in zip(problem.tensors, places):
+        if use.fixed:
+            continue
+        if where == "dram":
+            loads["dram"] += use.dram_direct
+            continue
+        loads[where] += use.onchip
+        loads["dram"] += use.dram_onchip
+        windows[where] += use.window
+    if windows["pool"] > cap or windows["gb"] > arch.global_buffer_bytes:
+        return None
+    if loads["pool"] and not pool:
+        return None
+    rows = [1.0, sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle,
+            loads["gb"] / arch.global_buffer_bw_bytes, loads["dram"] / arch.external_bw_bytes]
+    if pool:
+        rows.append(loads["pool"] / (ib * pool))
+    return max(rows)
+
+
+def _milp(problem, arch, pool: int, solver: str) -> float:
+    scale = mip.latency_scale(problem, arch)
+    model = mip._port_model(problem, arch, pool, scale)
+    mip._run(model, solver, None)
+    return pyo.value(model.U) * scale
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_placement_equals_enumeration(seed: int):
+    rng = random.Random(seed)
+    arch = _arch(rng)
+    problem = _problem(rng, arch, rng.randint(1, 7))
+    pool = rng.choice([0, 1, 3, 6])
+    found = place_tensors(problem, arch, pool, mip.pool_bytes(problem, arch) * pool)
+    lat, places = found.latency, found.places
+    assert found.gap == 0
+    options = [(u.fixed,) if u.fixed else ("pool", "gb", "dram") for u in problem.tensors]
+    best = min(x for x in (_latency(problem, arch, pool, p)
+                           for p in itertools.product(*options)) if x is not None)
+    assert lat == pytest.approx(best, rel=1e-9)
+    assert _latency(problem, arch, pool, places) == pytest.approx(lat, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("solver", ["glpk", "highs"])
+def test_placement_equals_the_milp(seed: int, solver: str):
+    """Larger instances (up to 16 tensors, many of one shape) than enumeration can take."""
+    rng = random.Random(1000 + seed)
+    arch = _arch(rng)
+    problem = _problem(rng, arch, rng.randint(6, 16))
+    for pool in (0, 2, 7):
+        found = place_tensors(problem, arch, pool, mip.pool_bytes(problem, arch) * pool)
+        lat, places = found.latency, found.places
+        assert found.gap == 0
+        assert lat == pytest.approx(_milp(problem, arch, pool, solver), rel=1e-6)
+        assert _latency(problem, arch, pool, places) == pytest.approx(lat, rel=1e-9)
+
+
+def _segment(rng: random.Random, arch) -> SegmentProblem:
+    ops = []
+    for _ in range(rng.randint(1, 3)):
+        k, n = rng.choice([64, 200, 320, 500]), rng.choice([16, 40, 64])
+        ops.append(_weight_op_cost("", rng.choice([16, 64, 256, 1024]), k, n, 1, arch))
+        if rng.random() < 0.4:
+            ops.append(OpCost("", "vector", vector_ops=rng.choice([100, 5000, 50000])))
+    kept, used = [], 0
+    for o in ops:  # one copy of each weight fits in half the chip
+        if used + o.arrays <= arch.arrays // 2:
+            kept.append(o)
+            used += o.arrays
+    return SegmentProblem(tuple(kept), _tensors(rng, rng.randint(1, 8)))
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("solver", ["glpk", "highs"])
+def test_stage1_exact_equals_stage1_by_milp(seed: int, solver: str):
+    rng = random.Random(2000 + seed)
+    arch = _arch(rng)
+    problem = _segment(rng, arch)
+    if not problem.ops:
+        problem = SegmentProblem((_weight_op_cost("", 64, 64, 16, 1, arch),), problem.tensors)
+    exact = mip.solve_throughput(problem, arch, "exact")
+    ref = mip.solve_throughput(problem, arch, solver)
+    assert exact.cycles == pytest.approx(ref.cycles, rel=1e-6)
+    again = mip.evaluate_allocation(problem, exact.copies, exact.pool, exact.places, arch)
+    assert again.cycles == pytest.approx(exact.cycles, rel=1e-9)
+    assert math.isfinite(exact.cycles)

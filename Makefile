@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    := out
 
-.PHONY: install demo test test-slow fuzz bench bench-compile bench-sim contract clean
+.PHONY: install demo test fuzz bench bench-compile bench-sim contract clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,6 @@ demo: install
 test: install
 	$(BIN)/pytest -q
 	$(BIN)/lit -q filecheck
-
-# Tests that compile large models (minutes each since the placement MIP, issue 13).
-test-slow: install
-	$(BIN)/pytest -q -m slow
 
 # Property fuzz: 500 random models on random hardware, compiled and simulated; prints
 # "500 graphs tried, N violations" (reproducers in /tmp/fuzz-repro).  FUZZ_SEED=n varies it.

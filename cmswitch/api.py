@@ -227,7 +227,8 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
 def chunk_candidates(arch: Arch) -> tuple[int, ...]:
     """Chunk sizes (arrays per piece, `cim-partition`'s ``max-arrays``) the `cmswitch`
     strategy tries for operators larger than the chip, keeping the plan with the
-    fewest predicted cycles (DESIGN.md §9.4): half the chip (room for memory-mode
+    fewest cycles the DP predicts (`cim-segment`; only that plan goes on to
+    `cim-allocate`, DESIGN.md §9.4): half the chip (room for memory-mode
     arrays beside each piece) and the whole chip (fewest pieces, fewest partial sums).
     Measured on the 2-layer LLaMA2-7B: 45.9 M simulated cycles at half, 32.9 M whole."""
     return tuple(sorted({max(1, arch.arrays // 2), arch.arrays}))
@@ -286,7 +287,8 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
             CimPartitionPass(max_arrays=limit).apply(ctx, trial)
             split = _count_ops(trial) != before
             CimSegmentPass(memory_mode=strategy == "cmswitch").apply(ctx, trial)
-            CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, trial)
+            # the DP's own prediction picks the chunk size; only the winner's segments
+            # get the full MIP (cim-allocate)
             cycles = sum(o.attributes["predicted_cycles"].value.data
                          for o in main_func(trial).body.block.ops if isinstance(o, SegmentOp))
             if best is None or cycles < best[0]:
@@ -294,6 +296,7 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
             if not split:
                 break  # nothing was split: the chunk size does not matter
         _, module, chunk = best
+        CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
     else:
         CimPartitionPass(max_arrays=chunk).apply(ctx, module)
         _apply_plan(module, hw, strategy, solver, time_limit)

@@ -50,7 +50,7 @@ def generic(module: ModuleOp) -> str:
 # compiled flows
 
 
-@pytest.fixture(scope="module", params=["resnet18", "bert_base"])
+@pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2", "bert_base"])
 def compiled(request) -> tuple[ModuleOp, str]:
     """(metaop module, flow text) of a bundled model: the plan keeps the allocated
     `cim` module, which `cim-to-metaop` lowers to the module the flow was printed from."""

@@ -57,12 +57,7 @@ def test_llama_down_projection_splits():
     assert {p.im2col_dims()[1] for p in pieces} == {11008}
 
 
-SLOW = pytest.mark.slow
-"""MobileNet-V2 and VGG-16 compile in minutes with the placement MIP (issue 13)."""
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=SLOW) if n in ("mobilenet_v2", "vgg16")
-                                  else n for n in MODEL_NAMES])
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_compile_and_simulate(name):
     plan = compile_model(MODELS / f"{name}.onnx")
     assert plan.segments
@@ -78,7 +73,6 @@ def test_compile_and_simulate(name):
     assert len(report["segments"]) == len(plan.segments)
 
 
-@pytest.mark.slow
 def test_allocated_ir_holds_segments():
     from cmswitch.cost.model import op_cost
     from cmswitch.transforms.cim_allocate import CimAllocatePass

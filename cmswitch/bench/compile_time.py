@@ -1,49 +1,74 @@
-"""Compile-time benchmark: wall time and segment-MIP solve counts per model and solver.
+"""Compile-time benchmark (issue 13): cmswitch against the `cimmlc` baseline, each
+compile in a fresh process, in the same run.
 
-``python -m cmswitch.bench.compile_time [MODEL ...]`` (``make bench-compile``) compiles
-each model in a fresh process (so the MIP cache starts empty) with GLPK and with HiGHS
-and prints a Markdown table: compile seconds (as reported by the compiler, excluding
-interpreter start-up), unique MIP solves, cache hits, segments, predicted cycles.
+``python -m cmswitch.bench.compile_time [MODEL ...]`` (``make bench-compile``) prints a
+Markdown table per model: the compiler's own ``compile_seconds`` (interpreter start-up
+excluded) and the whole process's wall seconds for cmswitch (its segment MIPs solved
+by GLPK, the default, and by HiGHS) and for cimmlc, the ratio cmswitch(GLPK)/cimmlc of
+each, segments priced by the DP, segment MIPs solved, and the peak resident memory of
+each process (``ru_maxrss`` of that child, from ``os.wait4``).  Models: names of
+`models/` files or published configurations (``llama2-7b`` at batch 4, sequence 512).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODELS = [
-    str(ROOT / "models" / "resnet18.onnx"),
-    str(ROOT / "models" / "bert_base.onnx"),
-    str(ROOT / "models" / "llama2_7b_2layers.onnx"),
-    "llama2-7b",
-]
-SOLVERS = ("glpk", "highs")
+DEFAULT_MODELS = ["resnet18", "mobilenet_v2", "vgg16", "llama2-7b"]
+RUNS = (("cmswitch", "glpk"), ("cmswitch", "highs"), ("cimmlc", "glpk"))
+TRANSFORMER_SHAPE = ("--batch", "4", "--seq", "512")
 
 
-def run(model: str, solver: str) -> dict:
-    """Compile `model` with `solver` in a fresh process; returns its JSON report."""
+def _model_args(model: str) -> list[str]:
+    onnx = ROOT / "models" / f"{model}.onnx"
+    return [str(onnx)] if onnx.is_file() else [model, *TRANSFORMER_SHAPE]
+
+
+def run(model: str, strategy: str, solver: str) -> dict:
+    """Compile `model` with `strategy` / `solver` in a fresh process; returns its JSON
+    report plus "wall_seconds" and "peak_rss_mb" of that process.  Raises
+    RuntimeError with the compiler's stderr if it fails."""
     cli = Path(sys.executable).parent / "cmswitch"
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "r.json"
-        subprocess.run([str(cli), "compile", model, "--solver", solver, "--json", str(report)],
-                       check=True, capture_output=True, text=True)
-        return json.loads(report.read_text())
+        argv = [str(cli), "compile", *_model_args(model), "--strategy", strategy,
+                "--solver", solver, "--quiet", "--json", str(report)]
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f"{model} {strategy}: {err.strip().splitlines()[-1:]}")
+        data = json.loads(report.read_text())
+    data["wall_seconds"] = wall
+    data["peak_rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
     models = (argv if argv is not None else sys.argv[1:]) or DEFAULT_MODELS
-    print("| model | solver | compile s | MIP solves | cache hits | segments | predicted cycles |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | strategy | solver | compile s | wall s | x cimmlc (compile / wall) "
+          "| segments priced | segment MIPs | peak RSS MB | predicted cycles |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model in models:
-        for solver in SOLVERS:
-            r = run(model, solver)
-            print(f"| {Path(model).stem if model.endswith('.onnx') else model} | {solver} "
-                  f"| {r['compile_seconds']:.1f} | {r['mip']['solves']} | {r['mip']['cache_hits']} "
-                  f"| {len(r['segments'])} | {r['predicted_cycles']} |", flush=True)
+        rows = {(s, v): run(model, s, v) for s, v in RUNS}
+        base = rows["cimmlc", "glpk"]
+        for (strategy, solver), r in rows.items():
+            ratio = (f"{r['compile_seconds'] / base['compile_seconds']:.1f} / "
+                     f"{r['wall_seconds'] / base['wall_seconds']:.1f}")
+            print(f"| {model} | {strategy} | {solver if strategy == 'cmswitch' else '-'} "
+                  f"| {r['compile_seconds']:.1f} | {r['wall_seconds']:.1f} | {ratio} "
+                  f"| {r['mip'].get('solves', 0)} | {r['mip'].get('segment_mips', 0)} "
+                  f"| {r['peak_rss_mb']:.0f} | {r['predicted_cycles']} |", flush=True)
     return 0
 
 

@@ -67,6 +67,9 @@ class Graph:
     tensors: list[Tensor]
     value_ids: dict[SSAValue, int]
     arch: Arch
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+    """Results of `working_set` and of `segment_problem`'s tensor pricing, computed
+    once per graph (the DP asks for the same spans many times)."""
 
     def span(self, first: int, last: int) -> str:
         """``first..last`` operator names: how errors and reports name a segment."""
@@ -80,6 +83,12 @@ class Graph:
           has the output's shape, a reshape — `STREAM_ROWS` rows of the last axis;
         - any other consumer (transpose, concat, pools, a broadcast operand, the
           stationary operand of a dynamic matmul): the whole tensor."""
+        key = ("ws", tensor, consumer)
+        if key not in self.memo:
+            self.memo[key] = self._working_set(tensor, consumer)
+        return self.memo[key]
+
+    def _working_set(self, tensor: int, consumer: int) -> int:
         gop = self.ops[consumer]
         op, t = gop.op, self.tensors[tensor]
         if isinstance(op, Conv2dOp):
@@ -394,6 +403,35 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
     if len(lead) < preloaded:
         raise CMSwitchError(f"{graph.span(first, last)}: {preloaded} preloaded weight ops "
                             f"asked, only {len(lead)} lead the segment")
+    key = ("uses", first, last, held_in, held_out)
+    if key not in graph.memo:
+        graph.memo[key] = _tensor_uses(graph, first, last, held_in, held_out)
+    uses, hold_in, hold_out = graph.memo[key]
+    return SegmentProblem(
+        ops=tuple(_stripped(graph, i, i in lead) for i in range(first, last + 1)),
+        tensors=uses,
+        hold_in=hold_in,
+        hold_out=hold_out,
+        memory_mode=memory_mode,
+        preloaded=preloaded,
+        reserve=reserve,
+        prefetch=prefetch,
+    )
+
+
+def _stripped(graph: Graph, index: int, preloaded: bool) -> OpCost:
+    """Op `index`'s cost without its name (so equal segments give equal problems),
+    one copy at most if `preloaded`; made once per graph."""
+    key = ("cost", index, preloaded)
+    if key not in graph.memo:
+        graph.memo[key] = replace(graph.ops[index].cost, name="",
+                                  **({"max_copies": 1} if preloaded else {}))
+    return graph.memo[key]
+
+
+def _tensor_uses(graph: Graph, first: int, last: int, held_in: tuple[int, ...],
+                 held_out: tuple[int, ...]) -> tuple[tuple[TensorUse, ...], int, int]:
+    """`segment_problem`'s tensors and hold-array counts (in, out) for a span."""
     arch = graph.arch
     uses = []
     hold_in_sizes, hold_out_sizes = [], []
@@ -432,14 +470,4 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
     uses = [replace(u, fixed="dram") if not u.fixed and u.dram_direct <= u.dram_onchip
             else u for u in uses]
     ab = arch.array_bytes
-    return SegmentProblem(
-        ops=tuple(replace(graph.ops[i].cost, name="", **({"max_copies": 1} if i in lead else {}))
-                  for i in range(first, last + 1)),
-        tensors=tuple(uses),
-        hold_in=hold_arrays(hold_in_sizes, ab),
-        hold_out=hold_arrays(hold_out_sizes, ab),
-        memory_mode=memory_mode,
-        preloaded=preloaded,
-        reserve=reserve,
-        prefetch=prefetch,
-    )
+    return tuple(uses), hold_arrays(hold_in_sizes, ab), hold_arrays(hold_out_sizes, ab)

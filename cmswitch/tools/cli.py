@@ -66,6 +66,20 @@ def _check_writable(path: str | None) -> None:
             raise CMSwitchError(f"{path}: folder {folder} does not exist")
 
 
+def _warn_unproven(plan) -> None:
+    """One stderr line when segments the optimizer solved are not proven optimal (a
+    MIP time-out, a placement search limit); the baselines' segments are not solved."""
+    if plan.strategy not in ("cmswitch", "dp-compute-only", "greedy-mip"):
+        return
+    odd = [s for s in plan.segments if s["solver_status"] != "optimal"]
+    if not odd:
+        return
+    ops = odd[0]["operators"]
+    more = f" (and {len(odd) - 1} more segments; see --json)" if len(odd) > 1 else ""
+    print(f"cmswitch: warning: segment {odd[0]['id']} ({ops[0]}..{ops[-1]}) not proven "
+          f"optimal: {odd[0]['solver_status']}{more}", file=sys.stderr)
+
+
 def _compile(args: argparse.Namespace) -> int:
     from cmswitch.api import compile as compile_model
 
@@ -82,15 +96,14 @@ def _compile(args: argparse.Namespace) -> int:
         from cmswitch.functional import require_onnx
 
         require_onnx(args.model)
-    plan = compile_model(args.model, arch=args.arch, strategy=args.strategy,
-                         solver=args.solver, dims=_dims(args),
-                         time_limit=args.time_limit, batch=args.batch, seq=args.seq,
-                         keep_module=args.functional, chunk_arrays=args.chunk_arrays)
-    for seg in plan.segments:  # a time-out or a search limit: the plan is not proven best
-        if seg["solver_status"] != "optimal":
-            ops = seg["operators"]
-            print(f"cmswitch: warning: segment {seg['id']} ({ops[0]}..{ops[-1]}): "
-                  f"{seg['solver_status']}", file=sys.stderr)
+    from cmswitch.progress import quiet
+
+    with quiet(args.quiet):
+        plan = compile_model(args.model, arch=args.arch, strategy=args.strategy,
+                             solver=args.solver, dims=_dims(args),
+                             time_limit=args.time_limit, batch=args.batch, seq=args.seq,
+                             keep_module=args.functional, chunk_arrays=args.chunk_arrays)
+    _warn_unproven(plan)
     if args.output == "-":
         sys.stdout.write(plan.flow)
     elif args.output:
@@ -175,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arrays per piece of operators split by cim-partition (default: "
                    "cmswitch tries half and whole chip, keeps the faster prediction)")
     c.add_argument("--summary", action="store_true", help="print the segment table")
+    c.add_argument("--quiet", action="store_true",
+                   help="no progress bar on stderr (shown only on a terminal, after 2 s)")
     c.add_argument("--simulate", action="store_true",
                    help="also run the flow in cmswitch-sim: simulated cycles beside the "
                    "prediction (printed, and simulated_cycles / prediction_error in --json)")

@@ -44,6 +44,7 @@ from cmswitch.cost.graph import (
 )
 from cmswitch.dialects.cim import SegmentOp, YieldOp
 from cmswitch.errors import CMSwitchError
+from cmswitch.progress import progress
 from cmswitch.solver.mip import (
     Allocation,
     cycles_lower_bound,
@@ -252,7 +253,9 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     buckets: list[list[State]] = [[] for _ in starts]
     buckets[0] = list(value)
     best_total, best_end = float("inf"), None
-    for b in range(last):
+    bar = progress(range(last), "cim-segment", "start")
+    for b in bar:
+        bar.set_postfix_str(f"{cache.priced} segments priced", refresh=False)
         for state in buckets[b]:
             _, c, held_in, k_in = state
             if c == last:

@@ -97,3 +97,30 @@ def test_symbolic_batch_is_bound_by_batch(tmp_path):
 
     ops = json.loads((tmp_path / "r.json").read_text())["operators"]
     assert [(o["m"], o["k"], o["n"]) for o in ops if o["kind"] == "weight"] == [(8, 64, 32)]
+
+
+def test_summary_marks_segments_off_by_more_than_one_and_a_half():
+    """`--summary --simulate`: simulated cycles per segment beside the prediction; a
+    segment whose ratio is outside [1/1.5, 1.5] gets "!" and is listed even past the
+    row limit (numbers made up: 100 vs 140 is within, 100 vs 151 and 100 vs 60 not)."""
+    import io
+    from types import SimpleNamespace
+
+    from cmswitch.arch import load_arch
+    from cmswitch.tools.cli import print_summary
+
+    segs = [{"id": k, "operators": [f"op{k}"], "compute_arrays": 1, "memory_arrays": 0,
+             "weight_copies": {}, "predicted_cycles": 100} for k in range(4)]
+    plan = SimpleNamespace(model="m", arch=load_arch("dynaplasia"), strategy="cmswitch",
+                           segments=segs, predicted_cycles=400, lower_bound_cycles=100,
+                           mip={"solves": 0, "cache_hits": 0, "segment_mips": 0},
+                           compile_seconds=0.0)
+    sim = {"segments": [{"id": str(k), "cycles": c} for k, c in enumerate((140, 100, 151, 60))]}
+    out = io.StringIO()
+    print_summary(plan, out, rows=1, sim=sim)
+    lines = {line.split()[0]: line for line in out.getvalue().splitlines()
+             if line.split() and line.split()[0].isdigit()}
+    assert set(lines) == {"0", "2", "3"}  # row 0, then the two marked ones
+    assert lines["0"].split()[-1] == "140"
+    assert lines["2"].endswith("151 !") and lines["3"].endswith("60 !")
+    assert "segments off by more than 1.5x (!): 2" in out.getvalue()

@@ -6,7 +6,8 @@ LLaMA2-7B and OPT-13B on `prime`; prints one Markdown row per model and hardware
 simulated cycles per strategy, speedup of cmswitch over each baseline (baseline cycles /
 cmswitch cycles), cmswitch's latency over the lower bound, its switch share, and the
 compile seconds per strategy; then the geometric mean of the speedups.  `--json FILE`
-writes the same as ``{"rows": [...], "geomean_speedup_vs_cimmlc": x, ...}``
+writes the same, plus every strategy's predicted cycles and prediction error
+(predicted / simulated - 1), as ``{"rows": [...], "geomean_speedup_vs_cimmlc": x, ...}``
 (DESIGN.md §8), `--plot DIR` the charts (cmswitch/plot.py), `--sweep` adds the
 transformer sweep (batch x sequence).
 
@@ -155,6 +156,8 @@ def make_row(w: Workload, results: dict[str, dict | str]) -> dict[str, Any]:
         "model": w.model.name, "arch": w.arch, "batch": w.batch, "seq": w.seq,
         "cycles": {s: (ok[s]["cycles"] if s in ok else None) for s in results},
         "predicted_cycles": {s: (ok[s]["predicted_cycles"] if s in ok else None) for s in results},
+        "prediction_error": {s: (round(ok[s]["predicted_cycles"] / ok[s]["cycles"] - 1, 4)
+                                 if s in ok and ok[s]["cycles"] else None) for s in results},
         "speedup": speedup,
         "speedup_vs_cimmlc": speedup.get(MAIN_BASELINE),
         "lower_bound_cycles": bound,
@@ -192,18 +195,21 @@ def markdown(doc: dict[str, Any], strategies: list[str], title: str) -> str:
     baselines = [s for s in strategies if s != OURS]
     head = (["model", "hw", "batch", "seq"] + [f"cycles {s}" for s in strategies]
             + [f"speedup vs {b}" for b in baselines]
-            + ["latency / bound", "switch share", "compile s (" + " / ".join(strategies) + ")"])
+            + ["cmswitch predicted / simulated - 1", "latency / bound", "switch share",
+               "compile s (" + " / ".join(strategies) + ")"])
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in doc["rows"]:
         cells = [r["model"], r["arch"], str(r["batch"]), str(r["seq"] or "-")]
         cells += [_int(r["cycles"][s]) for s in strategies]
         cells += [_times(r["speedup"].get(b)) for b in baselines]
-        cells += [_fixed(r["latency_over_bound"], 2),
+        error = r.get("prediction_error", {}).get(OURS)
+        cells += ["n/a" if error is None else f"{100 * error:+.1f}%",
+                  _fixed(r["latency_over_bound"], 2),
                   "n/a" if r["switch_share"] is None else f"{100 * r['switch_share']:.2f}%",
                   " / ".join(_fixed(r["compile_seconds"][s], 1) for s in strategies)]
         lines.append("| " + " | ".join(cells) + " |")
     mean = ["**geomean**", "", "", ""] + [""] * len(strategies)
-    mean += [f"**{_times(doc['geomean_speedup'].get(b))}**" for b in baselines] + ["", "", ""]
+    mean += [f"**{_times(doc['geomean_speedup'].get(b))}**" for b in baselines] + [""] * 4
     lines.append("| " + " | ".join(mean) + " |")
     return "\n".join(lines) + "\n"
 

@@ -32,22 +32,43 @@ def _dims(args: argparse.Namespace) -> dict[str, int]:
     return dims
 
 
-def print_summary(plan, out=sys.stdout, rows: int = 12) -> None:
-    """A readable table: per segment (the first `rows`), operators, arrays in compute /
-    memory mode, weight copies, predicted cycles; then the totals."""
+OFF_BY = 1.5
+"""`--summary --simulate` marks a segment whose simulated and predicted cycles differ by
+more than this factor either way (issue 12: where the cost model is not the flow)."""
+
+
+def print_summary(plan, out=sys.stdout, rows: int = 12, sim: dict | None = None) -> None:
+    """A readable table: per segment (the first `rows`, plus every segment off by more
+    than `OFF_BY` when `sim` is given), operators, arrays in compute / memory mode,
+    weight copies, predicted cycles and, with `sim` (a `cmswitch-sim` report), the
+    simulated cycles, marked ``!`` beyond `OFF_BY`; then the totals."""
     arch = plan.arch
     out.write(f"{plan.model} on {arch.name} ({arch.arrays} arrays of {arch.rows}x{arch.cols}), "
               f"strategy {plan.strategy}\n")
+    simulated = {int(s["id"]): s["cycles"] for s in sim["segments"]} if sim else {}
     out.write(f"{'seg':>4} {'ops':>4}  {'first..last operator':<44} {'compute':>7} "
-              f"{'memory':>6} {'copies':>6} {'predicted':>10}\n")
-    for s in plan.segments[:rows]:
+              f"{'memory':>6} {'copies':>6} {'predicted':>10}"
+              + (f" {'simulated':>10}" if sim else "") + "\n")
+
+    def off(s) -> bool:
+        cyc, pred = simulated.get(s["id"]), max(1, s["predicted_cycles"])
+        return cyc is not None and not 1 / OFF_BY <= cyc / pred <= OFF_BY
+
+    shown = [s for k, s in enumerate(plan.segments) if k < rows or off(s)]
+    for s in shown:
         ops = s["operators"]
         span = ops[0] if len(ops) == 1 else f"{ops[0]}..{ops[-1]}"
         copies = sum(s["weight_copies"].values())
-        out.write(f"{s['id']:>4} {len(ops):>4}  {span[:44]:<44} {s['compute_arrays']:>7} "
-                  f"{s['memory_arrays']:>6} {copies:>6} {s['predicted_cycles']:>10}\n")
-    if len(plan.segments) > rows:
-        out.write(f"   ... {len(plan.segments) - rows} more segments (all of them in --json)\n")
+        line = (f"{s['id']:>4} {len(ops):>4}  {span[:44]:<44} {s['compute_arrays']:>7} "
+                f"{s['memory_arrays']:>6} {copies:>6} {s['predicted_cycles']:>10}")
+        if sim:
+            line += f" {simulated.get(s['id'], 'n/a'):>10}" + (" !" if off(s) else "")
+        out.write(line + "\n")
+    if len(plan.segments) > len(shown):
+        out.write(f"   ... {len(plan.segments) - len(shown)} more segments (all of them in --json)\n")
+    if sim:
+        marked = sum(1 for s in plan.segments if off(s))
+        out.write(f"segments off by more than {OFF_BY}x (!): {marked}\n")
     out.write(f"segments: {len(plan.segments)}   predicted cycles: {plan.predicted_cycles}   "
               f"lower bound: {plan.lower_bound_cycles}   "
               f"ratio: {plan.predicted_cycles / max(plan.lower_bound_cycles, 1):.2f}x\n")
@@ -110,6 +131,7 @@ def _compile(args: argparse.Namespace) -> int:
         with open(args.output, "w") as f:
             f.write(plan.flow)
     report = plan.report()
+    sim = None
     if args.simulate:
         sim = plan.simulate()
         report["simulated_cycles"] = sim["cycles"]
@@ -127,7 +149,7 @@ def _compile(args: argparse.Namespace) -> int:
         for path in plot_plan(plan, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     if args.summary or not (args.output or args.json or args.functional):
-        print_summary(plan, text_out)
+        print_summary(plan, text_out, sim=sim)
     if args.simulate:
         print(f"simulated cycles: {report['simulated_cycles']}   predicted / simulated - 1: "
               f"{report['prediction_error']:+.1%} (the cost model's error; cmswitch-sim "

@@ -1,0 +1,104 @@
+"""Monotonicity a user expects of the optimizer (issue 12): on the same model, a chip
+that is better in one respect — more DRAM, buffer, memory-array or weight-write
+bandwidth, a cheaper mode switch, more arrays — never gets a slower cmswitch
+prediction.  Each better chip keeps every plan of the worse one feasible at no more
+cost, and the DP + MIP is exact, so a slower prediction is a search or model bug.
+The baselines and ablations must not get slower on a chip with more arrays either.
+``CMSWITCH_MONOTONE_EXAMPLES`` sets the examples per property (default 6).
+
+The chunk size of split operators is pinned (`chunk_arrays`) so both chips partition
+the model alike; the tolerance covers stage 2's throughput slack (`T_SLACK`, 1e-4)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, Phase, given, settings
+
+from random_models import random_arches, random_models
+
+from cmswitch.api import compile as compile_model
+from cmswitch.errors import CMSwitchError
+from cmswitch.frontend.onnx_importer import import_onnx
+
+TOLERANCE = 1e-3
+EXAMPLES = int(os.environ.get("CMSWITCH_MONOTONE_EXAMPLES", "6"))
+COMPARED: list[str] = []
+
+BETTER = {
+    "external_bw_bytes": lambda v: v * 2,
+    "global_buffer_bw_bytes": lambda v: v * 2,
+    "internal_bw_bits": lambda v: v * 2,
+    "weight_write_bw_bytes": lambda v: v * 2,
+    "switch_cycles": lambda v: v // 2,
+    "arrays": lambda v: v + 16,
+}
+
+
+def _arch_file(fields: dict, folder) -> str:
+    text = yaml.safe_dump(fields, sort_keys=False)
+    path = folder / f"arch-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _predicted(model, fields: dict, folder, chunk: int, strategy: str = "cmswitch"
+               ) -> int | None:
+    try:
+        return compile_model(import_onnx(model.SerializeToString(), name="mono"),
+                             arch=_arch_file(fields, folder), chunk_arrays=chunk,
+                             strategy=strategy).predicted_cycles
+    except CMSwitchError:
+        return None  # a model the chip cannot take: nothing to compare
+
+
+@pytest.mark.parametrize("field", sorted(BETTER))
+def test_a_better_chip_is_never_predicted_slower(field, tmp_path):
+    @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+              phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(model=random_models(), fields=random_arches(min_arrays=32, min_rows=64),
+           )
+    def run(model, fields):
+        better = dict(fields, **{field: BETTER[field](fields[field])})
+        chunk = fields["arrays"] // 2
+        worse_cycles = _predicted(model, fields, tmp_path, chunk)
+        better_cycles = _predicted(model, better, tmp_path, chunk)
+        if worse_cycles is None or better_cycles is None:
+            return
+        COMPARED.append(field)
+        assert better_cycles <= worse_cycles * (1 + TOLERANCE) + 1, (
+            f"{field} {fields[field]} -> {better[field]}: predicted {worse_cycles} -> "
+            f"{better_cycles} cycles")
+
+    before = len(COMPARED)
+    run()
+    assert len(COMPARED) > before, "no example compiled on both chips"
+
+
+@pytest.mark.parametrize("strategy", ["cimmlc", "puma", "occ", "dp-compute-only", "greedy-mip"])
+def test_no_strategy_is_predicted_slower_on_more_arrays(strategy, tmp_path):
+    """Every baseline and ablation, on a chip of 16 more arrays (the same model, the
+    same chunk size)."""
+    @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+              phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(model=random_models(), fields=random_arches(min_arrays=32, min_rows=64))
+    def run(model, fields):
+        bigger = dict(fields, arrays=fields["arrays"] + 16)
+        chunk = fields["arrays"] // 2
+        small = _predicted(model, fields, tmp_path, chunk, strategy)
+        big = _predicted(model, bigger, tmp_path, chunk, strategy)
+        if small is None or big is None:
+            return
+        COMPARED.append(strategy)
+        assert big <= small * (1 + TOLERANCE) + 1, (
+            f"{strategy}: {fields['arrays']} -> {bigger['arrays']} arrays: predicted "
+            f"{small} -> {big} cycles")
+
+    before = len(COMPARED)
+    run()
+    assert len(COMPARED) > before, "no example compiled on both chips"

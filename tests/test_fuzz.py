@@ -5,7 +5,9 @@ Checked per example (see `random_models.flow_problems`): the simulator accepts t
 flow (modes, capacity, dependencies); every operator runs exactly once, in one
 segment; every tensor is written before it is read; no segment uses more arrays than
 the chip has; and cmswitch is never predicted slower than cimmlc (the baseline's
-plan is priced by the same cost model, so a slower cmswitch plan is a search bug).
+plan is priced by the same cost model, so a slower cmswitch plan is a search bug);
+and cmswitch's prediction is within `ERROR_BOUND` of the simulated cycles (flows of
+at least `ERROR_MIN_CYCLES`).
 
 Profiles: plain pytest runs a quick, derandomized profile (`CI_EXAMPLES` graphs).
 ``CMSWITCH_FUZZ_EXAMPLES=500`` (what `make fuzz` sets) runs that many graphs without
@@ -56,6 +58,18 @@ def _arch_file(fields: dict, folder: Path) -> Path:
     return path
 
 
+ERROR_BOUND = 0.10
+"""Largest |predicted / simulated - 1| of cmswitch allowed on a fuzz graph whose flow
+runs at least `ERROR_MIN_CYCLES` (issue 12: the plan is the flow; `make fuzz` prints
+the worst it met)."""
+ERROR_MIN_CYCLES = 1000
+"""Shorter flows are a few MVMs long, where one cycle of pipeline fill or rounding is
+10-20% (measured: 6 predicted vs 5 simulated, 180 vs 141); their error is reported,
+not bounded."""
+
+ERRORS: list[tuple[float, str]] = []
+"""(|predicted / simulated - 1|, whether the flow is bounded) of every cmswitch flow."""
+
 REFUSED: list[str] = []
 """Models both strategies refused with ModelTooLargeError (an operator cim-partition
 cannot split exceeds the chip): the specified diagnosis, counted and printed apart."""
@@ -82,6 +96,12 @@ def check_case(model, arch_fields: dict, folder: Path) -> list[str]:
             continue
         predicted[strategy] = plan.predicted_cycles
         problems += [f"{strategy}: {p}" for p in flow_problems(plan, report)]
+        if strategy == "cmswitch" and report["cycles"]:
+            error = abs(plan.predicted_cycles / report["cycles"] - 1)
+            ERRORS.append((error, report["cycles"] >= ERROR_MIN_CYCLES))
+            if error > ERROR_BOUND and report["cycles"] >= ERROR_MIN_CYCLES:
+                problems.append(f"cmswitch predicted {plan.predicted_cycles} cycles, "
+                                f"simulated {report['cycles']} ({error:.1%} off)")
     if len(refused) == 1:
         problems.append(f"only one strategy refused the model as too large: {refused[0]}")
     if refused:
@@ -141,6 +161,13 @@ def _fuzz(arches, tmp_path: Path, capsys) -> None:
         with capsys.disabled():
             print(f"\n{len(tried)} graphs tried, {len(violations)} violations "
                   f"({len(REFUSED)} refused as too large for their chip)")
+            for label, errs in (
+                    (f"flows of >= {ERROR_MIN_CYCLES} cycles, bound {ERROR_BOUND:.0%}",
+                     sorted(e for e, big in ERRORS if big)),
+                    ("shorter flows, not bounded", sorted(e for e, big in ERRORS if not big))):
+                if errs:
+                    print(f"worst cmswitch prediction error: {errs[-1]:.1%}, median "
+                          f"{errs[len(errs) // 2]:.1%} over {len(errs)} {label}")
             for line in violations:
                 print(f"  {line}")
     assert not violations, f"{len(violations)} violations, reproducers in {REPRO_DIR}"

@@ -258,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cmswitch.api import STRATEGIES
     from cmswitch.arch import load_arch
+    from cmswitch.progress import quiet
 
     strategies = list(STRATEGIES)
     baselines = [s for s in strategies if s != OURS]
@@ -277,8 +278,9 @@ def run(args: argparse.Namespace) -> int:
     total = (len(main) + len(sweep)) * len(strategies)
     with tqdm(total=total, file=sys.stderr, unit="run", disable=args.no_progress or None,
               dynamic_ncols=True) as progress:
-        rows, failures = run_table(main, strategies, progress, plot_dir)
-        sweep_rows, sweep_failures = run_table(sweep, strategies, progress)
+        with quiet():  # one bar, the bench's own: none per compile inside it
+            rows, failures = run_table(main, strategies, progress, plot_dir)
+            sweep_rows, sweep_failures = run_table(sweep, strategies, progress)
     doc = summarize(rows, baselines)
     doc.update({"strategies": strategies, "settings": {
         "cnn_batch": CNN_BATCH, "transformer_batch": args.batch, "transformer_seq": args.seq,
@@ -335,7 +337,8 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
                         + ",".join(map(str, SWEEP_SEQS)) + " (long)")
     b.add_argument("--json", metavar="FILE", help="write the JSON document here (- for stdout)")
     b.add_argument("--plot", metavar="DIR", help="write the charts (PNG) into this folder")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    b.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="no progress bar on stderr")
     b.set_defaults(func=run)
     return b
 

@@ -58,15 +58,34 @@ def _random_graph(rng: random.Random, dag: bool, matrix_ops: int):
     return ModuleOp([f]), f
 
 
+SLOW_SWITCH = arch_from_dict(dict(ARCH16.model_dump(), name="tiny16-slow-switch",
+                                  switch_cycles=2000))
+"""Switches dear enough that running a segment compute-only often wins."""
+
+
+def test_slow_switches_make_some_segments_compute_only():
+    """With 2000-cycle switches some random graph runs a segment compute-only (the
+    property above then covers both mode variants of the DP)."""
+    assert any(not c.memory_mode for g in _fitting_graphs()
+               for c in dp_segments(g, SLOW_SWITCH, window=0))
+
+
 def reference_cost(p, arch) -> float:
     """Cycles of the best allocation of segment problem `p` (inf if none fits): the
     full two-stage solve of the segment MIP (`solve_segment`, which tests/test_mip.py
-    holds equal to a brute force over every placement), plus the boundary."""
+    holds equal to a brute force over every placement), run with memory-mode arrays plus
+    two switches, or compute-only with none, whichever is cheaper."""
+    from dataclasses import replace
+
     from cmswitch.solver.mip import holdable
 
-    if not holdable(p, arch):
-        return math.inf
-    return solve_segment(p, arch, "highs").cycles + 2 * arch.switch_cycles
+    costs = [math.inf]
+    if holdable(p, arch):
+        costs.append(solve_segment(p, arch, "highs").cycles + 2 * arch.switch_cycles)
+    compute = replace(p, memory_mode=False)
+    if holdable(compute, arch):
+        costs.append(solve_segment(compute, arch, "highs").cycles)
+    return min(costs)
 
 
 def _preload_max(graph, a, b, c, arrays, most) -> int:
@@ -131,11 +150,12 @@ def test_dp_equals_exhaustive_segmentation(seed, dag):
     graph = build_graph(f, ARCH16)
     if any(o.cost.arrays > ARCH16.arrays for o in graph.ops):
         pytest.skip("an operator larger than the tiny chip")
-    for preload in (1, 99, 0):
-        want = exhaustive(graph, ARCH16, preload)
-        plan = dp_segments(graph, ARCH16, window=0, preload=preload)
-        total = sum(c.alloc.cycles + 2 * ARCH16.switch_cycles for c in plan)
-        assert total == pytest.approx(want, rel=1e-3), f"preload={preload}"
+    for arch, preload in ((ARCH16, 1), (ARCH16, 99), (ARCH16, 0), (SLOW_SWITCH, 1)):
+        want = exhaustive(graph, arch, preload)
+        plan = dp_segments(graph, arch, window=0, preload=preload)
+        total = sum(c.alloc.cycles + (2 * arch.switch_cycles if c.memory_mode else 0)
+                    for c in plan)
+        assert total == pytest.approx(want, rel=1e-3), f"{arch.name} preload={preload}"
 
 
 def _fitting_graphs(count: int = 16):

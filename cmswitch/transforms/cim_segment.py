@@ -3,7 +3,9 @@
 Operators are taken in program order (a topological order of the DAG).  A segment may
 start at the first operator or at any weight/dynamic matrix op (vector ops ride with
 the matrix op before them).  With ``cost(i, j)`` the segment MIP's predicted cycles
-for operators ``i..j-1`` plus the boundary (two `CM.switch` statements)::
+for operators ``i..j-1`` — run with memory-mode arrays and charged two `CM.switch`
+statements (switching its memory arrays in when it starts and back when they compute
+again), or run compute-only at no switch cost, whichever is cheaper::
 
     best[0] = 0,  best[j] = min over i < j of best[i] + cost(i, j)
 
@@ -86,6 +88,8 @@ class SegmentChoice:
     held_out: tuple[int, ...] = ()
     preloaded: int = 0
     """Leading weight ops of this segment loaded while the previous one ran (§9.1)."""
+    memory_mode: bool = True
+    """False: the segment runs compute-only (no memory-mode arrays, no switches)."""
 
 
 def segment_starts(graph: Graph) -> list[int]:
@@ -185,41 +189,57 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     starts = segment_starts(graph)
     last = len(starts) - 1
     ends = _next_ends(graph, starts, arch.arrays, window)
-    boundary = 2 * arch.switch_cycles
+    switch_pair = 2 * arch.switch_cycles
+    variants = (False, True) if memory_mode else (False,)
+    chosen: dict[tuple, bool] = {}
     cache = solve_cache()
     priced: dict[tuple, float | None] = {}
 
     def problem_of(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
-                   d: int = 0, k_out: int = 0):
+                   d: int = 0, k_out: int = 0, memory: bool = True):
         reserve, nbytes = preload_of(graph, starts[c], starts[d] - 1, k_out) if k_out else (0, 0)
-        return segment_problem(graph, starts[b], starts[c] - 1, held_in, held_out, memory_mode,
+        return segment_problem(graph, starts[b], starts[c] - 1, held_in, held_out, memory,
                                k_in, reserve, nbytes)
 
     def price(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0, d: int = 0,
               k_out: int = 0, budget: float = float("inf")) -> float | None:
-        """The segment's predicted cycles; None if its held bytes cannot fit, or if
-        no allocation costs less than `budget` — by its lower bound
-        (`cycles_lower_bound`) or by stage 1 searching below it (a dominated
-        candidate: not cached here)."""
+        """The segment's predicted cycles, switches included: the cheaper of running it
+        compute-only and running it with memory-mode arrays plus `switch_pair` (ties:
+        compute-only); `chosen` records which.  None if neither fits, or if no
+        allocation costs less than `budget` (a dominated candidate: not cached)."""
         key = (b, c, held_in, held_out, k_in, d if k_out else 0, k_out)
         if key in priced:
             return priced[key]
-        problem = problem_of(b, c, held_in, held_out, k_in, d, k_out)
-        if not holdable(problem, arch):
+        best, fits = None, False
+        for memory in variants:
+            charge = switch_pair if memory else 0
+            cost, ok = variant(b, c, held_in, held_out, k_in, d, k_out, memory,
+                               budget - charge)
+            fits |= ok
+            if cost is None:
+                continue
+            best, chosen[key] = cost + charge, memory
+            budget = best
+        if best is not None:
+            priced[key] = best
+        elif not fits:
             priced[key] = None
-            return None
+        return best
+
+    def variant(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int, d: int,
+                k_out: int, memory: bool, budget: float) -> tuple[float | None, bool]:
+        """``(cycles or None, whether the held bytes fit)`` of one mode variant."""
+        problem = problem_of(b, c, held_in, held_out, k_in, d, k_out, memory)
+        if not holdable(problem, arch):
+            return None, False
         if cycles_lower_bound(problem, arch) >= budget:
-            return None
+            return None, True
         label = graph.span(starts[b], starts[c] - 1)
         if k_in:
             done, cost = _preloaded_price(problem, arch, label, budget)
-            if not done:
-                cost = cache.price(problem, arch, label, budget)
-        else:
-            cost = cache.price(problem, arch, label, budget)
-        if cost is not None:
-            priced[key] = cost
-        return cost
+            if done:
+                return cost, True
+        return cache.price(problem, arch, label, budget), True
 
     held_of: dict[tuple[int, int, int], tuple[int, ...]] = {}
 
@@ -259,9 +279,9 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
         for state in buckets[b]:
             _, c, held_in, k_in = state
             if c == last:
-                cost = price(b, c, held_in, (), k_in, budget=best_total - value[state] - boundary)
-                if cost is not None and value[state] + cost + boundary < best_total:
-                    best_total, best_end = value[state] + cost + boundary, state
+                cost = price(b, c, held_in, (), k_in, budget=best_total - value[state])
+                if cost is not None and value[state] + cost < best_total:
+                    best_total, best_end = value[state] + cost, state
                 continue
             for d in ends[c]:
                 held = holds(b, c, d) if hold else ()
@@ -269,7 +289,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
                     plain = None
                     for k_out in preloads(b, c, d):
                         nxt = (c, d, held_out, k_out)
-                        budget = value.get(nxt, float("inf")) - value[state] - boundary
+                        budget = value.get(nxt, float("inf")) - value[state]
                         if k_out and plain is not None:
                             # dominated unless cheaper than not preloading plus the
                             # preloaded ops' own load (the most the next segment saves)
@@ -280,7 +300,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
                         if cost is None or (k_out and plain is not None
                                             and cost >= plain + saving(c, d, k_out)):
                             continue
-                        total = value[state] + cost + boundary
+                        total = value[state] + cost
                         if total < value.get(nxt, float("inf")):
                             if nxt not in value:
                                 buckets[c].append(nxt)
@@ -291,10 +311,12 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     state, held_out, d, k_out = best_end, (), 0, 0
     while state is not None:
         b, c, held_in, k_in = state
-        problem = problem_of(b, c, held_in, held_out, k_in, d, k_out)
+        memory = chosen[(b, c, held_in, held_out, k_in, d if k_out else 0, k_out)]
+        problem = problem_of(b, c, held_in, held_out, k_in, d, k_out, memory)
         thr = cache.throughput_of(problem, arch, graph.span(starts[b], starts[c] - 1))
         alloc = evaluate_allocation(problem, thr.copies, thr.pool, thr.places, arch)
-        result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out, k_in))
+        result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out, k_in,
+                                    memory))
         state, held_out, d, k_out = back[state], held_in, c, k_in
     return result[::-1]
 
@@ -367,5 +389,5 @@ class CimSegmentPass(ModulePass):
                 seg.attributes[HOLD_ATTR] = UnitAttr()
             if choice.preloaded:
                 seg.attributes[PRELOADED_ATTR] = IntegerAttr(choice.preloaded, i64)
-            if not self.memory_mode:
+            if not choice.memory_mode:
                 seg.attributes[COMPUTE_ONLY_ATTR] = UnitAttr()

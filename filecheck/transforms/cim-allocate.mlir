@@ -28,10 +28,11 @@ func.func @mem_wins(%x: tensor<1x32x16x16xf32>) -> tensor<1x32x16x16xf32> {
 // compute 800 cycles/copy, but DRAM must carry 100*320 + 100*40 = 36000 B at 32 B/cycle
 // -> L >= 1125 whatever the allocation (x is read once: on chip it would still cost
 // its 32000 B of DRAM, so it is read from DRAM), and one copy (800 <= 1125)
-// suffices: 1 compute array, 0 memory arrays.  Predicted = 400 (load) + 1125 + 8 = 1533.
+// suffices: 1 compute array, 0 memory arrays, so the segment runs compute-only (no
+// switches; with memory-mode arrays it would be no faster and pay two).  Predicted = 400 (load) + 1125 + 8 = 1533.
 func.func @compute_wins(%x: tensor<100x320xf32>) -> tensor<100x40xf32> {
   %y = cim.matmul %x {weight = "w"} : tensor<100x320xf32> -> tensor<100x40xf32>
   func.return %y : tensor<100x40xf32>
 }
-// CHECK:      cim.segment 0 attributes {predicted_cycles = 1533 : i64, places = {x = "dram", y = "dram"}, compute_arrays = 1 : i64, memory_arrays = 0 : i64, load_cycles = 400 : i64, latency_cycles = 1125 : i64, solver_status = "optimal", switch_cycles = 0 : i64}
+// CHECK:      cim.segment 0 attributes {predicted_cycles = 1533 : i64, compute_only, places = {x = "dram", y = "dram"}, compute_arrays = 1 : i64, memory_arrays = 0 : i64, load_cycles = 400 : i64, latency_cycles = 1125 : i64, solver_status = "optimal", switch_cycles = 0 : i64}
 // CHECK-NEXT: cim.matmul %x {copies = 1 : i64, arrays = array<i64: 0, 1>, weight = "w"}

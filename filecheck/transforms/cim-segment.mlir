@@ -13,12 +13,12 @@ func.func @two(%x: tensor<4x2560xf32>) -> tensor<4x400xf32> {
   %b = cim.matmul %r {weight = "B"} : tensor<4x400xf32> -> tensor<4x400xf32>
   func.return %b : tensor<4x400xf32>
 }
-// CHECK:      %0 = cim.segment 0 attributes {predicted_cycles = {{[0-9]+}} : i64} -> tensor<4x400xf32> {
+// CHECK:      %0 = cim.segment 0 attributes {predicted_cycles = {{[0-9]+}} : i64, compute_only} -> tensor<4x400xf32> {
 // CHECK-NEXT:   %a = cim.matmul %x {weight = "A"}
 // CHECK-NEXT:   %r = cim.vector "relu" %a
 // CHECK-NEXT:   cim.yield %r : tensor<4x400xf32>
 // CHECK-NEXT: }
-// CHECK-NEXT: %1 = cim.segment 1 attributes {predicted_cycles = {{[0-9]+}} : i64} -> tensor<4x400xf32> {
+// CHECK-NEXT: %1 = cim.segment 1 attributes {predicted_cycles = {{[0-9]+}} : i64, compute_only} -> tensor<4x400xf32> {
 // CHECK-NEXT:   %b = cim.matmul %0 {weight = "B"}
 // CHECK-NEXT:   cim.yield %b : tensor<4x400xf32>
 // CHECK-NEXT: }

@@ -83,7 +83,7 @@ def reference_cost(p, arch) -> float:
     if holdable(p, arch):
         costs.append(solve_segment(p, arch, "highs").cycles + 2 * arch.switch_cycles)
     compute = replace(p, memory_mode=False)
-    if holdable(compute, arch):
+    if holdable(compute, arch) and not p.reserve:  # the DP's rule: no reserve compute-only
         costs.append(solve_segment(compute, arch, "highs").cycles)
     return min(costs)
 

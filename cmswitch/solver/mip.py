@@ -524,12 +524,6 @@ def _places_of(model, problem: SegmentProblem) -> tuple[str, ...]:
     return tuple(places)
 
 
-def price(thr: Throughput) -> float:
-    """Predicted cycles of a segment at its stage-1 optimum (`solve_throughput`):
-    weight loads of its copies, plus the latency, plus the pipeline fill."""
-    return thr.cycles
-
-
 def _solution(model, mat: list[int], problem: SegmentProblem):
     """``(copies, pool, places)`` of a solved model."""
     copies = tuple(round(model.d[i].value) if i in mat else 0 for i in range(len(problem.ops)))
@@ -654,10 +648,10 @@ class SolveCache:
 
     def price(self, problem: SegmentProblem, arch: Arch, label: str = "",
               cutoff: float = math.inf) -> float | None:
-        """Predicted cycles of a candidate segment (`price` of its stage 1): what the
-        segmentation DP compares; None if not below `cutoff`."""
+        """Predicted cycles of a candidate segment (its stage-1 `Throughput.cycles`):
+        what the segmentation DP compares; None if not below `cutoff`."""
         thr = self.throughput_of(problem, arch, label, cutoff)
-        return None if thr is None else price(thr)
+        return None if thr is None else thr.cycles
 
     def allocation(self, problem: SegmentProblem, arch: Arch, solver: str = "glpk",
                    time_limit: float | None = None, label: str = "") -> Allocation:

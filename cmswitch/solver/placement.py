@@ -145,7 +145,6 @@ class _Search:
         self.nodes = 0
         self.lower = 0.0
         self.complete = True
-        self.n = n
 
     def bound(self, k: int, ap: float, wp: float, ag: float, wg: float, d: float) -> float:
         """A lower bound of the latency of every completion of the first `k` groups:
@@ -199,7 +198,7 @@ class _Search:
         self._visit(0, 0.0, 0, 0.0, 0, d)
 
     def _visit(self, k: int, ap: float, wp: int, ag: float, wg: int, d: float) -> None:
-        if k == self.n:
+        if k == len(self.groups):
             lat = max(self.base, ap / self.cp if ap else 0.0, ag / self.cg if ag else 0.0,
                       d / self.ce)
             if lat < self.best * (1 - REL_GAP):

@@ -29,31 +29,42 @@ def _arch(rng: random.Random):
         internal_bw_bits=rng.choice([16, 32, 64])))
 
 
-def _tensors(rng: random.Random, n: int) -> tuple[TensorUse, ...]:
+def _tensors(rng: random.Random, n: int, late: bool = False) -> tuple[TensorUse, ...]:
     """`n` tensors as `segment_problem` makes them: live-ins (loaded, or read from
     DRAM), internal tensors (perhaps stored), repeats of one shape (a block's
-    equal-sized activations), and a tensor written straight to DRAM."""
+    equal-sized activations), and a tensor written straight to DRAM; with `late`,
+    none, half or all of each tensor's bytes moved by late statements."""
     out = []
     while len(out) < n:
         nbytes = rng.choice([1000, 4000, 20000, 90000])
         window = rng.choice([nbytes, nbytes // 8 + 1, nbytes // 50 + 1])
         onchip = nbytes * rng.choice([2, 3, 9])
+        f = rng.choice([0, 0.5, 1]) if late else 0
         if rng.random() < 0.3:
-            use = TensorUse(nbytes, window, onchip + nbytes, nbytes, onchip)
+            use = TensorUse(nbytes, window, onchip + nbytes, nbytes, onchip, "",
+                            f * onchip, 0, f * onchip)
         else:
             store = rng.choice([0, 0, nbytes])
-            use = TensorUse(nbytes, window, onchip + store, store, onchip)
+            use = TensorUse(nbytes, window, onchip + store, store, onchip, "",
+                            f * (onchip + store), f * store, f * onchip)
         out += [use] * min(n - len(out), rng.choice([1, 1, 2, 4]))
     if rng.random() < 0.3:
-        out.append(TensorUse(5000, 0, 0, 0, 5000, "dram"))
+        out.append(TensorUse(5000, 0, 0, 0, 5000, "dram", 0, 0, 5000 if late else 0))
     return tuple(out)
 
 
 def _problem(rng: random.Random, arch, n: int) -> SegmentProblem:
+    """A weight op, perhaps a vector op, and half the time a dynamic matmul whose
+    write phase delays the late bytes (`SegmentProblem.late`)."""
     ops = [_weight_op_cost("", 256, 320, 64, 1, arch)]
     if rng.random() < 0.5:
         ops.append(OpCost("", "vector", vector_ops=rng.choice([100, 50000, 500000])))
-    return SegmentProblem(tuple(ops), _tensors(rng, n))
+    late: tuple[int, ...] = ()
+    if rng.random() < 0.5:
+        late = (len(ops),)
+        ops.append(_weight_op_cost("", 64, 64, 64, 1, arch, instances=rng.choice([4, 48]),
+                                   kind="dynamic"))
+    return SegmentProblem(tuple(ops), _tensors(rng, n, bool(late)), late=late)
 
 
 def _latency(problem, arch, pool: int, places) -> float | None:
@@ -75,10 +86,30 @@ def _latency(problem, arch, pool: int, places) -> float | None:
         return None
     if loads["pool"] and not pool:
         return None
+    writes = sum(op.weight_bytes for op in problem.ops if op.kind == "dynamic")
     rows = [1.0, sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle,
+            writes / arch.weight_write_bw_bytes,
             loads["gb"] / arch.global_buffer_bw_bytes, loads["dram"] / arch.external_bw_bytes]
     if pool:
         rows.append(loads["pool"] / (ib * pool))
+    if problem.late:  # late bytes move after the write phase (no copies here)
+        late = {"pool": 0.0, "gb": 0.0, "dram": sum(
+            u.late_dram_direct for u in problem.tensors if u.fixed == "dram")}
+        for use, where in zip(problem.tensors, places):
+            if use.fixed:
+                continue
+            if where == "dram":
+                late["dram"] += use.late_dram_direct
+            else:
+                late[where] += use.late_onchip
+                late["dram"] += use.late_dram_onchip
+        w = writes / arch.weight_write_bw_bytes
+        vops = sum(problem.ops[i].vector_ops for i in problem.late)
+        rows += [w + 1.0, w + vops / arch.vector_ops_per_cycle,
+                 w + late["gb"] / arch.global_buffer_bw_bytes,
+                 w + late["dram"] / arch.external_bw_bytes]
+        if pool:
+            rows.append(w + late["pool"] / (ib * pool))
     return max(rows)
 
 
@@ -132,7 +163,13 @@ def _segment(rng: random.Random, arch) -> SegmentProblem:
         if used + o.arrays <= arch.arrays // 2:
             kept.append(o)
             used += o.arrays
-    return SegmentProblem(tuple(kept), _tensors(rng, rng.randint(1, 8)))
+    late: tuple[int, ...] = ()
+    if rng.random() < 0.5 and used < arch.arrays // 2:
+        late = (len(kept),)
+        kept.append(_weight_op_cost("", 64, 64, 64, 1, arch, instances=rng.choice([4, 48]),
+                                    kind="dynamic"))
+    return SegmentProblem(tuple(kept), _tensors(rng, rng.randint(1, 8), bool(late)),
+                          late=late)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -25,7 +25,7 @@ from xdsl.ir import Block, Region
 
 from cmswitch.arch import arch_from_dict, load_arch
 from cmswitch.cost.graph import build_graph, held_tensors, segment_problem
-from cmswitch.dialects.cim import MatmulOp, VectorOp
+from cmswitch.dialects.cim import DynMatmulOp, MatmulOp, VectorOp
 from cmswitch.solver.mip import solve_segment
 from cmswitch.transforms.cim_segment import dp_segments, segment_starts
 
@@ -55,6 +55,25 @@ def _random_graph(rng: random.Random, dag: bool, matrix_ops: int):
     block.add_ops(ops)
     block.add_op(func.ReturnOp(x))
     f = func.FuncOp("main", ([block.args[0].type], [x.type]), Region(block))
+    return ModuleOp([f]), f
+
+
+def _attention_graph(rng: random.Random):
+    """One attention block: q, k, v projections, ``softmax(q kᵀ) v`` (two dynamic
+    matmuls: their MVMs wait for the run-time operand writes, issue 12) and an output
+    projection."""
+    m, width, d = rng.choice([16, 64]), rng.choice([64, 200]), rng.choice([40, 64])
+    block = Block(arg_types=[TensorType(f32, [m, width])])
+    x = block.args[0]
+    q, k, v = (MatmulOp(x, TensorType(f32, [m, d]), f"w{name}") for name in "qkv")
+    kt = VectorOp("transpose", [k.output], [TensorType(f32, [d, m])])
+    scores = DynMatmulOp(q.output, kt.outputs[0], TensorType(f32, [m, m]))
+    probs = VectorOp("softmax", [scores.output], [scores.output.type])
+    ctx = DynMatmulOp(probs.outputs[0], v.output, TensorType(f32, [m, d]))
+    out = MatmulOp(ctx.output, TensorType(f32, [m, width]), "wo")
+    block.add_ops([q, k, kt, scores, probs, v, ctx, out])
+    block.add_op(func.ReturnOp(out.output))
+    f = func.FuncOp("main", ([x.type], [out.output.type]), Region(block))
     return ModuleOp([f]), f
 
 
@@ -189,3 +208,18 @@ def test_holding_is_exercised():
         plan = dp_segments(graph, ARCH16, window=0)
         held_somewhere |= any(c.held_out for c in plan)
     assert held_somewhere
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dp_equals_exhaustive_segmentation_of_attention(seed):
+    """The DP prices the two-phase attention segments (`SegmentProblem.late`) exactly
+    as the exhaustive search's full MIP does."""
+    _, f = _attention_graph(random.Random(seed))
+    graph = build_graph(f, ARCH16)
+    assert any(o.cost.kind == "dynamic" for o in graph.ops)
+    for arch, preload in ((ARCH16, 1), (SLOW_SWITCH, 1)):
+        want = exhaustive(graph, arch, preload)
+        plan = dp_segments(graph, arch, window=0, preload=preload)
+        total = sum(c.alloc.cycles + (2 * arch.switch_cycles if c.memory_mode else 0)
+                    for c in plan)
+        assert total == pytest.approx(want, rel=1e-3), f"{arch.name} preload={preload}"

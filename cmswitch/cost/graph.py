@@ -233,7 +233,11 @@ class TensorUse:
     - `fixed`: "" when the MIP chooses the place among `PLACES`; "dram" for a tensor
       no statement of the segment reads (written straight to DRAM); "hold_in" /
       "hold_out" for a tensor held on chip across the segment's start / end (it sits
-      in that boundary's hold arrays, `hold_arrays`).
+      in that boundary's hold arrays, `hold_arrays`);
+    - `late_onchip`, `late_dram_onchip`, `late_dram_direct`: the part of `onchip`,
+      `dram_onchip`, `dram_direct` moved by the segment's late statements
+      (`SegmentProblem.late`: they start only once the run-time operand writes are
+      done), so the second phase of the segment's pipeline carries them alone.
     """
 
     bytes: int
@@ -242,6 +246,9 @@ class TensorUse:
     dram_onchip: float
     dram_direct: float
     fixed: str = ""
+    late_onchip: float = 0.0
+    late_dram_onchip: float = 0.0
+    late_dram_direct: float = 0.0
 
 
 def hold_arrays(sizes: list[int], array_bytes: int) -> int:
@@ -284,6 +291,13 @@ class SegmentProblem:
     prefetch: int = 0
     """Bytes of the next segment's preloaded weights, read from DRAM and written
     through the weight-write port during this segment's pipeline."""
+    late: tuple[int, ...] = ()
+    """Indices into `ops` of the late operators: the dynamic matmuls and every
+    operator downstream of one inside the segment.  A dynamic matmul's `CIM.mvm`
+    waits for its whole `CIM.write_operand` (docs/cmsasm.md; the simulator's rule),
+    so these run in a second phase, after the weight-write port has done the
+    segment's writes (issue 12: BERT's attention segments simulated 1.9x their
+    single-phase prediction)."""
 
     @property
     def choices(self) -> list[int]:
@@ -294,9 +308,15 @@ class SegmentProblem:
         """DRAM bytes of the tensors written straight to DRAM."""
         return sum(t.dram_direct for t in self.tensors if t.fixed == "dram")
 
-    def hold_traffic(self, side: str) -> float:
-        """Port bytes on the hold arrays of `side` ("hold_in" or "hold_out")."""
-        return sum(t.onchip for t in self.tensors if t.fixed == side)
+    def hold_traffic(self, side: str, late: bool = False) -> float:
+        """Port bytes on the hold arrays of `side` ("hold_in" or "hold_out"); only
+        the late statements' bytes if `late`."""
+        return sum(t.late_onchip if late else t.onchip
+                   for t in self.tensors if t.fixed == side)
+
+    def late_fixed_dram(self) -> float:
+        """The late statements' part of `fixed_dram`."""
+        return sum(t.late_dram_direct for t in self.tensors if t.fixed == "dram")
 
 
 def held_tensors(graph: Graph, first: int, last: int, next_last: int) -> tuple[int, ...]:
@@ -348,20 +368,23 @@ def mvm_shape(cost: OpCost, arch: Arch) -> tuple[int, int, int]:
     return cost.m, cost.groups * cost.k, cost.groups * cost.n
 
 
-def _reads(gop: GraphOp, t: int, graph: Graph, arch: Arch) -> float:
-    """Bytes op `gop` reads of tensor `t` on its port (per operand occurrence)."""
+def _reads(gop: GraphOp, t: int, graph: Graph, arch: Arch) -> tuple[float, float]:
+    """Bytes op `gop` reads of tensor `t` on its port (per operand occurrence):
+    ``(by CIM.write_operand, by the op's MVM or VEC statement)``."""
     cost = gop.cost
     if not cost.arrays:  # VEC: each input's declared size
-        return graph.tensors[t].bytes * gop.inputs.count(t)
+        return 0.0, graph.tensors[t].bytes * gop.inputs.count(t)
     vectors, k, _ = mvm_shape(cost, arch)
-    total = 0.0
+    written = streamed = 0.0
     for pos, u in enumerate(gop.inputs):
         if u != t:
             continue
         # a dynamic matmul's second operand is read once by CIM.write_operand
-        total += cost.weight_bytes if pos == 1 and cost.kind == "dynamic" else \
-            vectors * k * arch.act_bits / 8
-    return total
+        if pos == 1 and cost.kind == "dynamic":
+            written += cost.weight_bytes
+        else:
+            streamed += vectors * k * arch.act_bits / 8
+    return written, streamed
 
 
 def _writes(gop: GraphOp, t: int, graph: Graph, arch: Arch) -> float:
@@ -416,7 +439,25 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
         preloaded=preloaded,
         reserve=reserve,
         prefetch=prefetch,
+        late=tuple(i - first for i in sorted(late_ops(graph, first, last))),
     )
+
+
+def late_ops(graph: Graph, first: int, last: int) -> frozenset[int]:
+    """Operator indices of segment ``first..last`` that start only after a run-time
+    operand write (`SegmentProblem.late`): its dynamic matmuls and, in program order,
+    every operator reading a tensor a late operator produced."""
+    key = ("late", first, last)
+    if key in graph.memo:
+        return graph.memo[key]
+    late: set[int] = set()
+    for i in range(first, last + 1):
+        gop = graph.ops[i]
+        if gop.cost.kind == "dynamic" or any(
+                graph.tensors[t].producer in late for t in gop.inputs):
+            late.add(i)
+    graph.memo[key] = frozenset(late)
+    return graph.memo[key]
 
 
 def _stripped(graph: Graph, index: int, preloaded: bool) -> OpCost:
@@ -433,25 +474,34 @@ def _tensor_uses(graph: Graph, first: int, last: int, held_in: tuple[int, ...],
                  held_out: tuple[int, ...]) -> tuple[tuple[TensorUse, ...], int, int]:
     """`segment_problem`'s tensors and hold-array counts (in, out) for a span."""
     arch = graph.arch
+    late = late_ops(graph, first, last)
     uses = []
     hold_in_sizes, hold_out_sizes = [], []
     for t in segment_tensor_ids(graph, first, last):
         tensor = graph.tensors[t]
         inside = tensor.producer is not None and first <= tensor.producer <= last
         readers = [c for c in tensor.consumers if first <= c <= last]
-        reads = sum(_reads(graph.ops[c], t, graph, arch) for c in dict.fromkeys(readers))
+        reads = late_reads = 0.0
+        for c in dict.fromkeys(readers):
+            written, streamed = _reads(graph.ops[c], t, graph, arch)
+            reads += written + streamed
+            late_reads += streamed if c in late else 0.0
         outlives = tensor.is_output or any(c > last for c in tensor.consumers)
         if t in held_in:
-            uses.append(TensorUse(tensor.bytes, tensor.bytes, reads, 0, 0, "hold_in"))
+            uses.append(TensorUse(tensor.bytes, tensor.bytes, reads, 0, 0, "hold_in",
+                                  late_reads))
             hold_in_sizes.append(tensor.bytes)
             continue
         write = _writes(graph.ops[tensor.producer], t, graph, arch) if inside else 0.0
+        produced_late = inside and tensor.producer in late
+        late_write = write if produced_late else 0.0
         if t in held_out:
-            uses.append(TensorUse(tensor.bytes, tensor.bytes, write + reads, 0, 0, "hold_out"))
+            uses.append(TensorUse(tensor.bytes, tensor.bytes, write + reads, 0, 0, "hold_out",
+                                  late_write + late_reads))
             hold_out_sizes.append(tensor.bytes)
             continue
         if not readers:
-            uses.append(TensorUse(tensor.bytes, 0, 0, 0, write, "dram"))
+            uses.append(TensorUse(tensor.bytes, 0, 0, 0, write, "dram", 0, 0, late_write))
             continue
         if inside:
             producer = graph.ops[tensor.producer]
@@ -459,15 +509,18 @@ def _tensor_uses(graph: Graph, first: int, last: int, held_in: tuple[int, ...],
             window = tensor.bytes if whole else min(
                 tensor.bytes, op_window(graph, producer, first, last))
             store = tensor.bytes if outlives else 0
+            late_store = store if produced_late else 0  # MEM.store follows its producer
             uses.append(TensorUse(tensor.bytes, window, write + reads + store, store,
-                                  write + reads))
+                                  write + reads, "", late_write + late_reads + late_store,
+                                  late_store, late_write + late_reads))
         else:  # live-in: MEM.load into the chip, or every consumer reads DRAM
             window = max(graph.working_set(t, c) for c in readers)
             uses.append(TensorUse(tensor.bytes, min(tensor.bytes, window),
-                                  tensor.bytes + reads, tensor.bytes, reads))
-    # a tensor whose DRAM bytes an on-chip place does not lower only loads ports
-    # there: DRAM is at least as good for every allocation (exact dominance)
+                                  tensor.bytes + reads, tensor.bytes, reads, "",
+                                  late_reads, 0, late_reads))
+    # a tensor whose DRAM bytes (both phases) an on-chip place does not lower only
+    # loads ports there: DRAM is at least as good for every allocation (exact dominance)
     uses = [replace(u, fixed="dram") if not u.fixed and u.dram_direct <= u.dram_onchip
-            else u for u in uses]
+            and u.late_dram_direct <= u.late_dram_onchip else u for u in uses]
     ab = arch.array_bytes
     return tuple(uses), hold_arrays(hold_in_sizes, ab), hold_arrays(hold_out_sizes, ab)

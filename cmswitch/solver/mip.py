@@ -24,6 +24,13 @@ lowered flow's statements move; ``S`` a lower bound of the latency so the throug
              sum_t w_t q_t <= gb_bytes                          buffer capacity
              sum_i a_i d_i + P + H_in + H_out <= arrays - Rv    array budget
              p_t + q_t <= 1,  d_i in {1..D_i},  P in {0..arrays}
+  and, for a segment with dynamic matmuls (late operators, `SegmentProblem.late`),
+  the second phase, after ``W = (sum_dyn W_i + Pf) / weight_write_bw`` cycles of
+  run-time operand writes (`write_phase`)::
+             W + c_i / d_i <= S/T                               each late operator
+             W + late_r(p, q) / bw_r <= S/T                     each port r, its late
+                                                                bytes (`TensorUse.late_*`)
+             W + late_v / vector_ops_per_cycle <= S/T           late digital-unit ops
 
 ``p_t`` / ``q_t``: tensor t lives in the pool / the global buffer (else DRAM) — the
 lowering places each tensor exactly there (`cim-to-metaop`), so the rows are the
@@ -165,6 +172,43 @@ def _writes(problem: SegmentProblem) -> int:
     return sum(op.weight_bytes for op in problem.ops if op.kind == "dynamic") + problem.prefetch
 
 
+def write_phase(problem: SegmentProblem, arch: Arch) -> float:
+    """``W``, the cycles of the first phase of a segment with late operators
+    (`SegmentProblem.late`; 0 without): the bytes of the weight-write port — the
+    run-time operand writes and the prefetched weights, which share it — over
+    ``weight_write_bw_bytes``.  The simulator starts a dynamic matmul's MVM only
+    after its whole `CIM.write_operand` and shares the port fairly, so the writes
+    end together, at ``W``, and the late statements run after it (issue 12)."""
+    if not problem.late:
+        return 0.0
+    return _writes(problem) / arch.weight_write_bw_bytes
+
+
+def late_base(problem: SegmentProblem, arch: Arch) -> float:
+    """Cycles no placement or copy count changes of a segment with late operators:
+    ``W + max(1, late vector ops / vector_ops_per_cycle, each hold range's late bytes
+    / (ib H))`` (`write_phase`, then the second phase's fixed rows); 0 without."""
+    if not problem.late:
+        return 0.0
+    ib = arch.internal_bw_bits / 8
+    vops = sum(problem.ops[i].vector_ops for i in problem.late)
+    rows = [1.0, vops / arch.vector_ops_per_cycle]
+    for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
+        if h:
+            rows.append(problem.hold_traffic(side, late=True) / (ib * h))
+    return write_phase(problem, arch) + max(rows)
+
+
+def compute_latency(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch) -> float:
+    """The compute rows' latency for `copies` (cycles): ``max c_i / d_i`` over the
+    matrix operators, ``W + c_i / d_i`` for a late one (`write_phase`); 0 for none."""
+    shift = write_phase(problem, arch)
+    late = set(problem.late)
+    return max([op.compute / d + (shift if i in late else 0.0)
+                for i, (op, d) in enumerate(zip(problem.ops, copies)) if op.arrays],
+               default=0.0)
+
+
 def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     """A lower bound ``S`` of the segment's steady-state latency (cycles), >= 1: no
     allocation beats the most copies of an op, the digital unit, the run-time operand
@@ -181,7 +225,10 @@ def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
         min(t.dram_onchip, t.dram_direct) for t in choice)
     bounds = [1.0, sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
               _writes(problem) / arch.weight_write_bw_bytes, dram / arch.external_bw_bytes]
-    bounds += [op.compute / op.max_copies for op in ops if op.arrays]
+    shift, late = write_phase(problem, arch), set(problem.late)
+    bounds += [op.compute / op.max_copies + (shift if i in late else 0.0)
+               for i, op in enumerate(ops) if op.arrays]
+    bounds.append(late_base(problem, arch))
     for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
         if h:
             bounds.append(problem.hold_traffic(side) / (ib * h))
@@ -254,6 +301,20 @@ def _build(problem: SegmentProblem, arch: Arch, t_fixed: float):
         traffic = problem.hold_traffic(side)
         if traffic:
             m.c.add(traffic / scale * m.T <= ib * h)
+    if problem.late:  # the second phase: L - W = S/T - W, times T/S: 1 - W T/S
+        room = 1 - write_phase(problem, arch) * t_fixed / scale
+        for i in problem.late:
+            if i in mat:
+                m.c.add(ops[i].compute / scale * m.T <= m.d[i] * room)
+        m.c.add(late_base(problem, arch) / scale * m.T <= 1)
+        if ch:
+            m.c.add(sum(tens[t].late_onchip / scale * zp[t] for t in ch) <= ib * m.P * room)
+            m.c.add(sum(tens[t].late_onchip / scale * zq[t] for t in ch)
+                    <= arch.global_buffer_bw_bytes * room)
+        m.c.add((problem.late_fixed_dram() * m.T + sum(
+            tens[t].late_dram_direct * (m.T - zp[t] - zq[t])
+            + tens[t].late_dram_onchip * (zp[t] + zq[t]) for t in ch)) / scale
+            <= arch.external_bw_bytes * room)
     writes = _writes(problem)
     if writes:
         m.c.add(writes / scale * m.T <= arch.weight_write_bw_bytes)
@@ -381,6 +442,7 @@ def _port_model(problem: SegmentProblem, arch: Arch, pool: int, scale: float):
     for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
         if h:
             base.append(problem.hold_traffic(side) / (ib * h) / scale)
+    base.append(late_base(problem, arch) / scale)
     m.c.add(m.U >= max(base))
     if ch:
         m.c.add(sum(tens[t].onchip / scale * m.p[t] for t in ch) <= ib * pool * m.U)
@@ -392,31 +454,46 @@ def _port_model(problem: SegmentProblem, arch: Arch, pool: int, scale: float):
     m.c.add((fixed + sum(tens[t].dram_direct * (1 - m.p[t] - m.q[t])
                          + tens[t].dram_onchip * (m.p[t] + m.q[t]) for t in ch)) / scale
             <= arch.external_bw_bytes * m.U)
+    if problem.late:  # the second phase: late bytes within U - W
+        room = m.U - write_phase(problem, arch) / scale
+        if ch:
+            m.c.add(sum(tens[t].late_onchip / scale * m.p[t] for t in ch) <= ib * pool * room)
+            m.c.add(sum(tens[t].late_onchip / scale * m.q[t] for t in ch)
+                    <= arch.global_buffer_bw_bytes * room)
+        m.c.add((problem.late_fixed_dram() + sum(
+            tens[t].late_dram_direct * (1 - m.p[t] - m.q[t])
+            + tens[t].late_dram_onchip * (m.p[t] + m.q[t]) for t in ch)) / scale
+            <= arch.external_bw_bytes * room)
     m.obj = pyo.Objective(expr=m.U, sense=pyo.minimize)
     return m
 
 
 def copy_chain(problem: SegmentProblem, arch: Arch) -> list[tuple[float, tuple[int, ...]]]:
-    """``(L, copies)`` for every compute breakpoint ``L = c_i / k`` (``k <= D_i``) and
-    ``L = max c_i``, slowest first: the fewest copies ``ceil(c_i / L)`` that sustain
-    latency ``L``, up to the first that exceeds the array budget.  Every allocation's
-    copies are at least those of its latency's chain element."""
+    """``(L, copies)`` for every compute breakpoint ``L = c_i / k`` (``k <= D_i``;
+    ``W + c_i / k`` for a late operator, `write_phase`) and the latency of one copy
+    each, slowest first: the fewest copies ``ceil(c_i / L)`` (``ceil(c_i / (L - W))``)
+    that sustain latency ``L``, up to the first that exceeds the array budget.  Every
+    allocation's copies are at least those of its latency's chain element."""
     ops = problem.ops
-    points = {max([op.compute for op in ops if op.arrays] + [1.0])}
-    for op in ops:
+    shift = [write_phase(problem, arch) if i in problem.late else 0.0
+             for i in range(len(ops))]
+    ones = tuple(1 if op.arrays else 0 for op in ops)
+    points = {max(compute_latency(problem, ones, arch), 1.0)}
+    for op, w in zip(ops, shift):
         if op.arrays and op.compute:
-            points.update(op.compute / k for k in range(1, op.max_copies + 1))
+            points.update(w + op.compute / k for k in range(1, op.max_copies + 1))
     budget = usable_arrays(problem, arch) - problem.hold_in - problem.hold_out
     chain = []
     for lat in sorted(points, reverse=True):
-        copies = tuple(max(1, math.ceil(op.compute / lat - 1e-9)) if op.arrays else 0
-                       for op in ops)
+        if any(op.arrays and lat <= w for op, w in zip(ops, shift)):
+            break  # a late operator's compute cannot end within the latency
+        copies = tuple(max(1, math.ceil(op.compute / (lat - w) - 1e-9)) if op.arrays else 0
+                       for op, w in zip(ops, shift))
         if any(d > op.max_copies for d, op in zip(copies, ops) if op.arrays):
             break
         if sum(op.arrays * d for op, d in zip(ops, copies)) > budget:
             break
-        chain.append((max([op.compute / d for op, d in zip(ops, copies) if op.arrays and d]
-                          + [0.0]), copies))
+        chain.append((compute_latency(problem, copies, arch), copies))
     return chain
 
 
@@ -698,21 +775,23 @@ def fresh_cache() -> Iterator[SolveCache]:
         _ACTIVE.reset(token)
 
 
-def port_loads(problem: SegmentProblem, places: tuple[str, ...], arch: Arch
-               ) -> dict[str, float]:
+def port_loads(problem: SegmentProblem, places: tuple[str, ...], arch: Arch,
+               late: bool = False) -> dict[str, float]:
     """Bytes each shared port carries in the segment's pipeline for a placement
     (`places` per `SegmentProblem.tensors`): "pool", "gb", "dram", "hold_in",
-    "hold_out" — the rows of the MIP, evaluated."""
+    "hold_out" — the rows of the MIP, evaluated; with `late`, only the late
+    statements' bytes (the second phase's rows)."""
     loads = dict.fromkeys(("pool", "gb", "hold_in", "hold_out"), 0.0)
-    loads["dram"] = problem.fixed_dram() + problem.prefetch
+    loads["dram"] = problem.late_fixed_dram() if late else \
+        problem.fixed_dram() + problem.prefetch
     for use, place in zip(problem.tensors, places):
         if use.fixed == "dram":
             continue
         if place == "dram":
-            loads["dram"] += use.dram_direct
+            loads["dram"] += use.late_dram_direct if late else use.dram_direct
             continue
-        loads[place] += use.onchip
-        loads["dram"] += use.dram_onchip
+        loads[place] += use.late_onchip if late else use.onchip
+        loads["dram"] += use.late_dram_onchip if late else use.dram_onchip
     return loads
 
 
@@ -720,8 +799,9 @@ def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...], pool: 
                         places: tuple[str, ...], arch: Arch,
                         status: str = "fixed") -> Allocation:
     """Price a *fixed* allocation with the MIP's constraints (no solver): its latency is
-    the largest of ``c_i/d_i``, every port's bytes over its bandwidth (`port_loads`),
-    the digital unit and the weight-write port.  Used by the baselines; on the MIP's
+    the largest of ``c_i/d_i`` (`compute_latency`), every port's bytes over its
+    bandwidth (`port_loads`; a segment with late operators also ``W`` plus each
+    port's late bytes, `write_phase`), the digital unit and the weight-write port.  Used by the baselines; on the MIP's
     own answer it returns the MIP's latency.  Raises CMSwitchError if the allocation
     exceeds the arrays or a capacity, or puts data in a pool of no arrays."""
     ops, ib = problem.ops, arch.internal_bw_bits / 8
@@ -735,17 +815,19 @@ def evaluate_allocation(problem: SegmentProblem, copies: tuple[int, ...], pool: 
     if (windows["pool"] > pool_bytes(problem, arch) * pool
             or windows["gb"] > arch.global_buffer_bytes):
         raise CMSwitchError("allocation keeps more data on chip than fits")
-    loads = port_loads(problem, places, arch)
     caps = {"pool": ib * pool, "gb": arch.global_buffer_bw_bytes,
             "dram": arch.external_bw_bytes, "hold_in": ib * problem.hold_in,
             "hold_out": ib * problem.hold_out}
     lat = [1.0, _writes(problem) / arch.weight_write_bw_bytes,
-           sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle]
-    lat += [op.compute / d for op, d in zip(ops, copies) if op.arrays]
-    for port, load in loads.items():
-        if load and not caps[port]:
-            raise CMSwitchError(f"allocation moves data through a {port} of no arrays")
-        lat.append(load / caps[port] if load else 0.0)
+           sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
+           compute_latency(problem, copies, arch), late_base(problem, arch)]
+    phases = ((False, 0.0), (True, write_phase(problem, arch))) if problem.late \
+        else ((False, 0.0),)
+    for late, shift in phases:
+        for port, load in port_loads(problem, places, arch, late).items():
+            if load and not caps[port]:
+                raise CMSwitchError(f"allocation moves data through a {port} of no arrays")
+            lat.append(shift + load / caps[port] if load else 0.0)
     latency = max(lat)
     load = load_cycles(problem, copies, arch)
     fill = fill_cycles(problem, arch)

@@ -9,16 +9,21 @@ bytes on chip ``o_t``, DRAM bytes on chip ``r_t`` or in DRAM ``R_t > r_t``, wind
 all, the global buffer of ``gb_bw`` bytes/cycle and ``Wg`` bytes)::
 
   minimise L = max(base, sum_pool o_t / (ib P), sum_gb o_t / gb_bw,
-                   (F + sum_dram R_t + sum_onchip r_t) / ext_bw)
+                   (F + sum_dram R_t + sum_onchip r_t) / ext_bw,
+                   W + the same three rows over the late bytes)
   subject to sum_pool w_t <= Wp,  sum_gb w_t <= Wg
 
+(the late rows only for a segment with dynamic matmuls: ``W`` = `mip.write_phase`,
+the late bytes `TensorUse.late_onchip` / `late_dram_onchip` / `late_dram_direct`.)
+
 ``base``: the rows no placement changes (one cycle, the digital unit, run-time operand
-writes, the hold arrays).  Depth-first over the tensors, largest DRAM saving
+writes, the hold arrays, `mip.late_base`).  Depth-first over the tensors, largest DRAM saving
 ``R_t - r_t`` first; a node is cut when a valid lower bound of every completion
 reaches the best plan found: the larger of two fractional relaxations of the
 remaining tensors (each a greedy fractional knapsack, exact for its relaxation) —
 the on-chip bandwidth of pool and buffer together against the DRAM port, and the
-free window bytes of both against the DRAM port.  Exact to `REL_GAP`: a node is cut
+free window bytes of both against the DRAM port — and the late rows with every
+remaining late DRAM saving taken.  Exact to `REL_GAP`: a node is cut
 only when no completion is better by more than that; a search that reaches
 `NODE_LIMIT` nodes stops and says how far from its bound it is (`Placement.gap`).  `tests/test_placement.py` proves it equal to the
 Pyomo MILP (GLPK and HiGHS) on random instances.
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 
 from cmswitch.arch import Arch
 from cmswitch.cost.graph import SegmentProblem
+from cmswitch.solver.mip import late_base, write_phase
 
 REL_GAP = 1e-6
 """Optimality tolerance: a node is cut when its bound is within this fraction of the
@@ -56,6 +62,8 @@ class _Group:
     w: int          # window bytes, each
     pool_ok: bool
     gb_ok: bool
+    lo: float = 0.0  # the late statements' part of o, each
+    ls: float = 0.0  # the late statements' part of s, each
 
 
 def base_latency(problem: SegmentProblem, arch: Arch) -> float:
@@ -65,7 +73,8 @@ def base_latency(problem: SegmentProblem, arch: Arch) -> float:
     ib = arch.internal_bw_bits / 8
     writes = sum(op.weight_bytes for op in problem.ops if op.kind == "dynamic") + problem.prefetch
     rows = [1.0, writes / arch.weight_write_bw_bytes,
-            sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle]
+            sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle,
+            late_base(problem, arch)]
     for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
         if h:
             rows.append(problem.hold_traffic(side) / (ib * h))
@@ -95,20 +104,24 @@ def place_tensors(problem: SegmentProblem, arch: Arch, pool: int, window_bytes: 
     wp = window_bytes if pool else 0
     tens = problem.tensors
     dram = problem.fixed_dram() + problem.prefetch
+    late = problem.late_fixed_dram()
     kinds: dict[tuple, list[int]] = {}
     for t in problem.choices:
         u = tens[t]
         dram += u.dram_direct
+        late += u.late_dram_direct
         pool_ok, gb_ok = bool(pool) and u.window <= wp, u.window <= arch.global_buffer_bytes
         if pool_ok or gb_ok:
-            key = (u.onchip, u.dram_direct - u.dram_onchip, u.window, pool_ok, gb_ok)
+            key = (u.onchip, u.dram_direct - u.dram_onchip, u.window, pool_ok, gb_ok,
+                   u.late_onchip, u.late_dram_direct - u.late_dram_onchip)
             kinds.setdefault(key, []).append(t)
     groups = [_Group(tuple(ts), *key) for key, ts in kinds.items()]
     groups.sort(key=lambda g: (-g.s, g.tensors[0]))
     search = _Search(groups, base_latency(problem, arch), ib * pool,
                      float(arch.global_buffer_bw_bytes), float(arch.external_bw_bytes),
-                     wp, arch.global_buffer_bytes, cutoff)
-    search.run(dram)
+                     wp, arch.global_buffer_bytes, cutoff,
+                     write_phase(problem, arch) if problem.late else None)
+    search.run(dram, late)
     if search.best_counts is None:
         return None
     places = {t: "dram" for t in problem.choices}
@@ -126,8 +139,13 @@ class _Search:
     (its completions are the same)."""
 
     def __init__(self, groups: list[_Group], base: float, cp: float, cg: float, ce: float,
-                 wp: float, wg: float, cutoff: float):
-        self.groups, self.base = groups, base
+                 wp: float, wg: float, cutoff: float, shift: float | None = None):
+        self.groups, self.base, self.shift = groups, base, shift
+        # the most late DRAM bytes the groups from depth k on can still save
+        self.late_save = [0.0] * (len(groups) + 1)
+        for k in range(len(groups) - 1, -1, -1):
+            g = groups[k]
+            self.late_save[k] = self.late_save[k + 1] + max(0.0, g.ls) * len(g.tensors)
         self.cp, self.cg, self.ce, self.wp, self.wg = cp, cg, ce, wp, wg
         n = len(groups)
         # (depth, o, s, w, count, pool_ok, gb_ok) in the order each relaxation
@@ -146,14 +164,24 @@ class _Search:
         self.lower = 0.0
         self.complete = True
 
-    def bound(self, k: int, ap: float, wp: float, ag: float, wg: float, d: float) -> float:
+    def late(self, lap: float, lag: float, ld: float) -> float:
+        """The second phase's port rows (late bytes on pool, buffer and DRAM) after
+        the first phase ``W``; 0 for a segment without late operators."""
+        if self.shift is None:
+            return 0.0
+        return self.shift + max(lap / self.cp if lap else 0.0, lag / self.cg if lag else 0.0,
+                                ld / self.ce)
+
+    def bound(self, k: int, ap: float, wp: float, ag: float, wg: float, d: float,
+              lap: float = 0.0, lag: float = 0.0, ld: float = 0.0) -> float:
         """A lower bound of the latency of every completion of the first `k` groups:
         the larger of (a) the on-chip bandwidth relaxation — the least ``L`` with
         ``d - save(cap L - ap - ag) <= ce L``, ``save(b)`` the fractional knapsack of
         the remaining groups' DRAM savings for `b` more port bytes on pool and buffer
         together (``cap`` bytes/cycle) — and (b) the capacity relaxation, the free
-        window bytes filled fractionally by savings per byte."""
-        lo = self.base
+        window bytes filled fractionally by savings per byte — and (c) the second
+        phase's rows with every remaining late DRAM saving taken."""
+        lo = max(self.base, self.late(lap, lag, max(0.0, ld - self.late_save[k])))
         if ap:
             lo = max(lo, ap / self.cp)
         if ag:
@@ -193,18 +221,20 @@ class _Search:
                 break
         return max(lo, (d - save) / ce)
 
-    def run(self, d: float) -> None:
-        self.lower = self.bound(0, 0.0, 0, 0.0, 0, d)
-        self._visit(0, 0.0, 0, 0.0, 0, d)
+    def run(self, d: float, ld: float = 0.0) -> None:
+        """Search from the all-DRAM state: `d` DRAM bytes, `ld` of them late."""
+        self.lower = self.bound(0, 0.0, 0, 0.0, 0, d, 0.0, 0.0, ld)
+        self._visit(0, 0.0, 0, 0.0, 0, d, 0.0, 0.0, ld)
 
-    def _visit(self, k: int, ap: float, wp: int, ag: float, wg: int, d: float) -> None:
+    def _visit(self, k: int, ap: float, wp: int, ag: float, wg: int, d: float,
+               lap: float, lag: float, ld: float) -> None:
         if k == len(self.groups):
             lat = max(self.base, ap / self.cp if ap else 0.0, ag / self.cg if ag else 0.0,
-                      d / self.ce)
+                      d / self.ce, self.late(lap, lag, ld))
             if lat < self.best * (1 - REL_GAP):
                 self.best, self.best_counts = lat, list(self.path)
             return
-        key = (k, ap, wp, ag, wg, d)
+        key = (k, ap, wp, ag, wg, d, lap, lag, ld)
         if key in self.seen:
             return
         self.seen.add(key)
@@ -221,7 +251,8 @@ class _Search:
             for n_gb in range(min(most_g, n - n_pool) + 1):
                 on = n_pool + n_gb
                 state = (ap + n_pool * g.o, wp + n_pool * g.w, ag + n_gb * g.o,
-                         wg + n_gb * g.w, d - on * g.s)
+                         wg + n_gb * g.w, d - on * g.s, lap + n_pool * g.lo,
+                         lag + n_gb * g.lo, ld - on * g.ls)
                 children.append((self.bound(k + 1, *state), -on, n_pool, n_gb, state))
         children.sort()
         for lo, _, n_pool, n_gb, state in children:

@@ -4,7 +4,9 @@ bandwidth, a cheaper mode switch, more arrays — never gets a slower cmswitch
 prediction.  Each better chip keeps every plan of the worse one feasible at no more
 cost, and the DP + MIP is exact, so a slower prediction is a search or model bug.
 The baselines and ablations must not get slower on a chip with more arrays either.
-``CMSWITCH_MONOTONE_EXAMPLES`` sets the examples per property (default 6).
+``CMSWITCH_MONOTONE_EXAMPLES`` sets the examples per property (default 6) and
+``CMSWITCH_MONOTONE_SEED`` draws them from that seed instead of the fixed
+derandomized sequence (to search further).
 
 The chunk size of split operators is pinned (`chunk_arrays`) so both chips partition
 the model alike; the tolerance covers stage 2's throughput slack (`T_SLACK`, 1e-4)."""
@@ -16,7 +18,7 @@ import os
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from random_models import random_arches, random_models
 
@@ -26,6 +28,14 @@ from cmswitch.frontend.onnx_importer import import_onnx
 
 TOLERANCE = 1e-3
 EXAMPLES = int(os.environ.get("CMSWITCH_MONOTONE_EXAMPLES", "6"))
+SEED = os.environ.get("CMSWITCH_MONOTONE_SEED")
+PROFILE = settings(max_examples=EXAMPLES, derandomize=SEED is None, deadline=None,
+                   database=None, phases=[Phase.explicit, Phase.generate],
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _seeded(fn):
+    return seed(int(SEED))(fn) if SEED is not None else fn
 COMPARED: list[str] = []
 
 BETTER = {
@@ -45,6 +55,14 @@ def _arch_file(fields: dict, folder) -> str:
     return str(path)
 
 
+def _repro(model, fields: dict, better: dict, folder) -> str:
+    """Where the failing case's model and both chips were saved (to rerun by hand)."""
+    data = model.SerializeToString()
+    path = folder / f"model-{hashlib.sha256(data).hexdigest()[:16]}.onnx"
+    path.write_bytes(data)
+    return f"{path}, {_arch_file(fields, folder)} vs {_arch_file(better, folder)}"
+
+
 def _predicted(model, fields: dict, folder, chunk: int, strategy: str = "cmswitch"
                ) -> int | None:
     try:
@@ -57,11 +75,9 @@ def _predicted(model, fields: dict, folder, chunk: int, strategy: str = "cmswitc
 
 @pytest.mark.parametrize("field", sorted(BETTER))
 def test_a_better_chip_is_never_predicted_slower(field, tmp_path):
-    @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-              phases=[Phase.explicit, Phase.generate],
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(model=random_models(), fields=random_arches(min_arrays=32, min_rows=64),
-           )
+    @_seeded
+    @PROFILE
+    @given(model=random_models(), fields=random_arches(min_arrays=32, min_rows=64))
     def run(model, fields):
         better = dict(fields, **{field: BETTER[field](fields[field])})
         chunk = fields["arrays"] // 2
@@ -72,20 +88,23 @@ def test_a_better_chip_is_never_predicted_slower(field, tmp_path):
         COMPARED.append(field)
         assert better_cycles <= worse_cycles * (1 + TOLERANCE) + 1, (
             f"{field} {fields[field]} -> {better[field]}: predicted {worse_cycles} -> "
-            f"{better_cycles} cycles")
+            f"{better_cycles} cycles (chunk {chunk}; {_repro(model, fields, better, tmp_path)})")
 
     before = len(COMPARED)
     run()
     assert len(COMPARED) > before, "no example compiled on both chips"
 
 
-@pytest.mark.parametrize("strategy", ["cimmlc", "puma", "occ", "dp-compute-only", "greedy-mip"])
+@pytest.mark.parametrize("strategy", ["puma", "occ", "dp-compute-only", "greedy-mip"])
 def test_no_strategy_is_predicted_slower_on_more_arrays(strategy, tmp_path):
     """Every baseline and ablation, on a chip of 16 more arrays (the same model, the
-    same chunk size)."""
-    @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-              phases=[Phase.explicit, Phase.generate],
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    same chunk size) — but `cimmlc`: it reproduces CIM-MLC's duplication knapsack,
+    which spends every leftover array on conv copies without pricing their weight
+    loads, so more arrays can make it slower (CMSWITCH_MONOTONE_SEED=1 finds 81 ->
+    97 arrays: 1578 -> 1893 cycles, 7 copies of a conv instead of 1).  Changing that
+    would no longer be the published baseline."""
+    @_seeded
+    @PROFILE
     @given(model=random_models(), fields=random_arches(min_arrays=32, min_rows=64))
     def run(model, fields):
         bigger = dict(fields, arrays=fields["arrays"] + 16)
@@ -97,7 +116,7 @@ def test_no_strategy_is_predicted_slower_on_more_arrays(strategy, tmp_path):
         COMPARED.append(strategy)
         assert big <= small * (1 + TOLERANCE) + 1, (
             f"{strategy}: {fields['arrays']} -> {bigger['arrays']} arrays: predicted "
-            f"{small} -> {big} cycles")
+            f"{small} -> {big} cycles (chunk {chunk}; {_repro(model, fields, bigger, tmp_path)})")
 
     before = len(COMPARED)
     run()

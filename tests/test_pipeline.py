@@ -209,6 +209,54 @@ def test_place_compute_puts_the_preloaded_op_where_the_rest_still_fits():
     assert place_compute([4], 0, 12, set(), 12, ([5], 12)) == [0]
 
 
+def test_a_preload_below_the_next_segments_pool_is_kept(tmp_path):
+    """Two matmuls of one input x (11x51) and two adds x+x: w1 (19 arrays), then w3
+    (12 arrays, preloaded during w1's segment) with the adds, on 62 arrays; the
+    second segment stripes x over a pool.  The preloaded w3 must sit below that pool
+    (arrays 0..11, w1 at 12..30), not right after w1 (19..30, which splits the free
+    arrays into 0..18 and 31..61 and made cim-allocate drop the preload, predicting
+    941 cycles: slower than on the same chip with half the memory-array bandwidth,
+    880; found by tests/test_monotone.py)."""
+    import numpy as np
+    import onnx
+    import yaml
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cmswitch.sim.simulator import simulate
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [11, 51])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+            for n in ("y1", "y3", "s", "t")]
+    inits = [numpy_helper.from_array(np.zeros((51, n), np.float32), f"w{i}")
+             for i, n in ((1, 299), (3, 186))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["y1"]),
+             helper.make_node("MatMul", ["x", "w3"], ["y3"]),
+             helper.make_node("Add", ["x", "x"], ["s"]),
+             helper.make_node("Add", ["x", "x"], ["t"])]
+    model = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "two", [x], outs, inits)), model)
+    fields = dict(
+        name="hw62", arrays=62, rows=320, cols=64, cell_bits=2, weight_bits=8, act_bits=16,
+        mvm_cycles=7, internal_bw_bits=16, external_bw_bytes=128, global_buffer_bytes=81920,
+        global_buffer_bw_bytes=8, switch_cycles=0, weight_write_bw_bytes=32,
+        vector_ops_per_cycle=64, clock_mhz=200)
+    cycles = {}
+    for bits in (8, 16):
+        hw = tmp_path / f"hw{bits}.yaml"
+        hw.write_text(yaml.safe_dump(dict(fields, internal_bw_bits=bits)))
+        plan = compile_model(model, arch=str(hw), keep_module=True)
+        cycles[bits] = plan.predicted_cycles
+    segs = [o for o in main_func(plan.module).body.block.ops if isinstance(o, SegmentOp)]
+    assert len(segs) == 2 and segs[1].attributes["preloaded"].value.data == 1
+    first, second = plan.flow.split(".segment ")[1:]
+    assert "CIM.load_weight w3 tiles=1x12 copies=1 bytes=9486 -> a[0:12]" in first
+    assert "CIM.mvm w3 a[0:12]" in second and "CIM.load_weight" not in second
+    lo, hi = segs[1].attributes["pool"].get_values()
+    assert lo >= 12  # one range above the preloaded w3
+    assert cycles[16] <= cycles[8]
+    assert simulate(plan.flow)["cycles"] > 0
+
+
 def test_preloading_is_faster_in_the_simulator_on_the_hand_made_chain(tmp_path):
     """The chain of filecheck/transforms/cim-segment-preload.mlir (hand-computed there:
     15392 predicted cycles with preloading, 20720 without): the simulator, which

@@ -402,8 +402,13 @@ def layout_segments(graph: Graph, plan: list[SegmentContext], allocs: list[Alloc
         if ctx.preloaded and not _lead_placed(graph, ctx, allocs[k], lay, before, arch):
             return k
         nxt = plan[k + 1] if k + 1 < len(plan) else None
-        ahead = (_lead_sizes(graph, nxt), lay.ceiling) \
-            if nxt is not None and nxt.preloaded else None
+        ahead = None
+        if nxt is not None and nxt.preloaded:
+            # the next segment's preloaded ops are its compute: below its pool as well
+            # as outside this segment's arrays (a pool of the next segment above
+            # them must stay one range)
+            after = layout_of(k + 1, nxt.problem(graph), allocs[k + 1], arch, lay.hold_out)
+            ahead = (_lead_sizes(graph, nxt), min(lay.ceiling, after.ceiling))
         busy.append(write_allocation(graph, ctx.seg, ctx.first, ctx.last, allocs[k],
                                      problem, lay, arch, before, ctx.preloaded, ahead))
         layouts.append(lay)

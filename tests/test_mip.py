@@ -107,7 +107,7 @@ def _load(p, copies, arch) -> float:
 
 def brute_force_cycles(p: SegmentProblem, arch) -> float:
     """The fewest predicted cycles (weight loads + latency + fill) of any allocation."""
-    fill = sum(arch.mvm_cycles for op in p.ops if op.arrays)
+    fill = arch.mvm_cycles * max(0, len([op for op in p.ops if op.arrays]) - 1)
     options = [("dram",) if u.fixed == "dram" else (u.fixed,) if u.fixed
                else ("pool", "gb", "dram") for u in p.tensors]
     best = math.inf

@@ -259,7 +259,7 @@ def test_a_preload_below_the_next_segments_pool_is_kept(tmp_path):
 
 def test_preloading_is_faster_in_the_simulator_on_the_hand_made_chain(tmp_path):
     """The chain of filecheck/transforms/cim-segment-preload.mlir (hand-computed there:
-    15392 predicted cycles with preloading, 20720 without): the simulator, which
+    16512 predicted cycles with preloading, 21720 without): the simulator, which
     shares no timing code with the optimizer, must agree that preloading wins."""
     from cmswitch.sim.simulator import simulate
 

@@ -9,7 +9,7 @@ func.func @main(%x: tensor<1x32x16x16xf32>) -> tensor<1x32x16x16xf32> {
   %y = cim.conv2d %x {weight = "w", kernel = array<i64: 3, 3>, strides = array<i64: 1, 1>, pads = array<i64: 1, 1, 1, 1>, dilations = array<i64: 1, 1>, groups = 1 : i64} : tensor<1x32x16x16xf32> -> tensor<1x32x16x16xf32>
   func.return %y : tensor<1x32x16x16xf32>
 }
-// CHECK:      metaop.segment 0 attributes {ops = "w", predicted = 1556 : i64} {
+// CHECK:      metaop.segment 0 attributes {ops = "w", predicted = 1548 : i64} {
 // CHECK-NEXT:   metaop.switch "TOM" [66, 96]
 // CHECK-NEXT:   metaop.load_weight "w" [0, 3] {tiles = array<i64: 1, 1>, copies = 3 : i64, bytes = 9216 : i64}
 // CHECK-NEXT:   metaop.parallel {
@@ -21,7 +21,7 @@ func.func @main(%x: tensor<1x32x16x16xf32>) -> tensor<1x32x16x16xf32> {
 // ASM:      .arch dynaplasia arrays=96 rows=320 cols=320
 // ASM:      .tensor x bytes=8192 input
 // ASM-NEXT: .tensor y bytes=8192 output
-// ASM-NEXT: .segment 0 ops=w predicted=1556
+// ASM-NEXT: .segment 0 ops=w predicted=1548
 // ASM-NEXT:   CM.switch TOM a[66:96]
 // ASM-NEXT:   CIM.load_weight w tiles=1x1 copies=3 bytes=9216 -> a[0:3]
 // ASM-NEXT:   parallel {

@@ -204,7 +204,8 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     def price(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0, d: int = 0,
               k_out: int = 0, budget: float = float("inf")) -> float | None:
         """The segment's predicted cycles, switches included: the cheaper of running it
-        compute-only and running it with memory-mode arrays plus `switch_pair` (ties:
+        compute-only and running it with memory-mode arrays plus `switch_pair` (one
+        switch for the last segment: its arrays turn memory, nothing turns them back; ties:
         compute-only); `chosen` records which.  None if neither fits, or if no
         allocation costs less than `budget` (a dominated candidate: not cached)."""
         key = (b, c, held_in, held_out, k_in, d if k_out else 0, k_out)
@@ -216,7 +217,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
         # segment's reserve free for a dual-mode successor (measured on ResNet-18:
         # every such preload was dropped, 469180 planned -> 494555 cycles allocated)
         for memory in variants if not (k_out and memory_mode) else (True,):
-            charge = switch_pair if memory else 0
+            charge = 0 if not memory else switch_pair if c != last else arch.switch_cycles
             cost, ok = variant(b, c, held_in, held_out, k_in, d, k_out, memory,
                                budget - charge)
             fits |= ok

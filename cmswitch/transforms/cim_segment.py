@@ -90,6 +90,8 @@ class SegmentChoice:
     """Leading weight ops of this segment loaded while the previous one ran (§9.1)."""
     memory_mode: bool = True
     """False: the segment runs compute-only (no memory-mode arrays, no switches)."""
+    switch_cycles: float = 0.0
+    """The mode switches the DP charged the segment (cycles, beside `alloc`)."""
 
 
 def segment_starts(graph: Graph) -> list[int]:
@@ -162,6 +164,11 @@ def _preloaded_price(problem: SegmentProblem, arch: Arch, label: str,
     return True, thr.cycles - saved
 
 
+SAME_COST = 1e-6
+"""Relative difference under which two prices of a segment count as equal: under a
+cycle below a million, above the float noise between two searches of one plan."""
+
+
 def dp_segments(graph: Graph, arch: Arch, window: int = 0,
                 hold: bool = True, memory_mode: bool = True,
                 preload: int = 1) -> list[SegmentChoice]:
@@ -191,7 +198,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     ends = _next_ends(graph, starts, arch.arrays, window)
     switch_pair = 2 * arch.switch_cycles
     variants = (False, True) if memory_mode else (False,)
-    chosen: dict[tuple, bool] = {}
+    chosen: dict[tuple, tuple[bool, float]] = {}  # (memory mode, switch cycles charged)
     cache = solve_cache()
     priced: dict[tuple, float | None] = {}
 
@@ -212,18 +219,35 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
         if key in priced:
             return priced[key]
         best, fits = None, False
-        # compute-only beside a dual-mode DP only when it reserves no arrays for the
-        # next segment's preload: cim-allocate's layout cannot keep a compute-only
-        # segment's reserve free for a dual-mode successor (measured on ResNet-18:
-        # every such preload was dropped, 469180 planned -> 494555 cycles allocated)
-        for memory in variants if not (k_out and memory_mode) else (True,):
-            charge = 0 if not memory else switch_pair if c != last else arch.switch_cycles
+        charge = switch_pair if c != last else arch.switch_cycles
+        if k_out and memory_mode:
+            # compute-only beside a dual-mode DP only when it reserves no arrays for the
+            # next segment's preload: cim-allocate's layout cannot keep a compute-only
+            # segment's reserve free for a dual-mode successor (measured on ResNet-18:
+            # every such preload was dropped, 469180 planned -> 494555 cycles allocated)
+            # — but when running compute-only is as fast, the memory variant's plan
+            # needs no memory-mode arrays (cim-allocate's tie-break leaves the pool
+            # empty) and pays no switch
+            cost, fits = variant(b, c, held_in, held_out, k_in, d, k_out, True, budget)
+            if cost is not None:
+                same, _ = variant(b, c, held_in, held_out, k_in, d, k_out, False,
+                                  cost * (1 + SAME_COST))
+                best = cost if same is not None else \
+                    cost + charge if cost + charge < budget else None
+            if best is not None:
+                priced[key], chosen[key] = best, (True, best - cost)
+            elif not fits:
+                priced[key] = None
+            return best
+        for memory in variants:
+            charge = switch_pair if c != last else arch.switch_cycles
+            charge = charge if memory else 0
             cost, ok = variant(b, c, held_in, held_out, k_in, d, k_out, memory,
                                budget - charge)
             fits |= ok
             if cost is None:
                 continue
-            best, chosen[key] = cost + charge, memory
+            best, chosen[key] = cost + charge, (memory, charge)
             budget = best
         if best is not None:
             priced[key] = best
@@ -316,12 +340,12 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     state, held_out, d, k_out = best_end, (), 0, 0
     while state is not None:
         b, c, held_in, k_in = state
-        memory = chosen[(b, c, held_in, held_out, k_in, d if k_out else 0, k_out)]
+        memory, switches = chosen[(b, c, held_in, held_out, k_in, d if k_out else 0, k_out)]
         problem = problem_of(b, c, held_in, held_out, k_in, d, k_out, memory)
         thr = cache.throughput_of(problem, arch, graph.span(starts[b], starts[c] - 1))
         alloc = evaluate_allocation(problem, thr.copies, thr.pool, thr.places, arch)
         result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out, k_in,
-                                    memory))
+                                    memory, switches))
         state, held_out, d, k_out = back[state], held_in, c, k_in
     return result[::-1]
 

@@ -202,6 +202,21 @@ def late_base(problem: SegmentProblem, arch: Arch) -> float:
     return write_phase(problem, arch) + max(rows)
 
 
+def base_latency(problem: SegmentProblem, arch: Arch) -> float:
+    """Cycles no placement changes: 1, the digital unit (``sum v / vector_ops``), the
+    run-time operand writes and preloaded bytes (``/ weight_write_bw``), each hold
+    range's traffic (``/ (ib H)``) and `late_base` — the rows of the MIP without a
+    place variable (the placement search's and `_port_model`'s floor)."""
+    ib = arch.internal_bw_bits / 8
+    rows = [1.0, _writes(problem) / arch.weight_write_bw_bytes,
+            sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle,
+            late_base(problem, arch)]
+    for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
+        if h:
+            rows.append(problem.hold_traffic(side) / (ib * h))
+    return max(rows)
+
+
 def compute_latency(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch) -> float:
     """The compute rows' latency for `copies` (cycles): ``max c_i / d_i`` over the
     matrix operators, ``W + c_i / d_i`` for a late one (`write_phase`); 0 for none."""
@@ -440,13 +455,7 @@ def _port_model(problem: SegmentProblem, arch: Arch, pool: int, scale: float):
         if tens[t].window > arch.global_buffer_bytes:
             m.q[t].fix(0)
         m.c.add(m.p[t] + m.q[t] <= 1)
-    base = [1.0 / scale, _writes(problem) / arch.weight_write_bw_bytes / scale,
-            sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle / scale]
-    for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
-        if h:
-            base.append(problem.hold_traffic(side) / (ib * h) / scale)
-    base.append(late_base(problem, arch) / scale)
-    m.c.add(m.U >= max(base))
+    m.c.add(m.U >= base_latency(problem, arch) / scale)
     if ch:
         m.c.add(sum(tens[t].onchip / scale * m.p[t] for t in ch) <= ib * pool * m.U)
         m.c.add(sum(tens[t].onchip / scale * m.q[t] for t in ch)

@@ -17,7 +17,7 @@ all, the global buffer of ``gb_bw`` bytes/cycle and ``Wg`` bytes)::
 the late bytes `TensorUse.late_onchip` / `late_dram_onchip` / `late_dram_direct`.)
 
 ``base``: the rows no placement changes (one cycle, the digital unit, run-time operand
-writes, the hold arrays, `mip.late_base`).  Depth-first over the tensors, largest DRAM saving
+writes, the hold arrays, the late operators' fixed rows: `mip.base_latency`).  Depth-first over the tensors, largest DRAM saving
 ``R_t - r_t`` first; a node is cut when a valid lower bound of every completion
 reaches the best plan found: the larger of two fractional relaxations of the
 remaining tensors (each a greedy fractional knapsack, exact for its relaxation) —
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from cmswitch.arch import Arch
 from cmswitch.cost.graph import SegmentProblem
-from cmswitch.solver.mip import late_base, write_phase
+from cmswitch.solver.mip import base_latency, write_phase
 
 REL_GAP = 1e-6
 """Optimality tolerance: a node is cut when its bound is within this fraction of the
@@ -64,21 +64,6 @@ class _Group:
     gb_ok: bool
     lo: float = 0.0  # the late statements' part of o, each
     ls: float = 0.0  # the late statements' part of s, each
-
-
-def base_latency(problem: SegmentProblem, arch: Arch) -> float:
-    """Cycles no placement changes: 1, the digital unit (``sum v / vector_ops``), the
-    run-time operand writes and preloaded bytes (``/ weight_write_bw``) and each hold
-    range's traffic (``/ (ib H)``) — the rows of the MIP without a place variable."""
-    ib = arch.internal_bw_bits / 8
-    writes = sum(op.weight_bytes for op in problem.ops if op.kind == "dynamic") + problem.prefetch
-    rows = [1.0, writes / arch.weight_write_bw_bytes,
-            sum(op.vector_ops for op in problem.ops) / arch.vector_ops_per_cycle,
-            late_base(problem, arch)]
-    for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
-        if h:
-            rows.append(problem.hold_traffic(side) / (ib * h))
-    return max(rows)
 
 
 @dataclass(frozen=True)

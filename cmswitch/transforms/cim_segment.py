@@ -232,23 +232,19 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
             if cost is not None:
                 same, _ = variant(b, c, held_in, held_out, k_in, d, k_out, False,
                                   cost * (1 + SAME_COST))
-                best = cost if same is not None else \
-                    cost + charge if cost + charge < budget else None
-            if best is not None:
-                priced[key], chosen[key] = best, (True, best - cost)
-            elif not fits:
-                priced[key] = None
-            return best
-        for memory in variants:
-            charge = switch_pair if c != last else arch.switch_cycles
-            charge = charge if memory else 0
-            cost, ok = variant(b, c, held_in, held_out, k_in, d, k_out, memory,
-                               budget - charge)
-            fits |= ok
-            if cost is None:
-                continue
-            best, chosen[key] = cost + charge, (memory, charge)
-            budget = best
+                paid = 0 if same is not None else charge
+                if cost + paid < budget:
+                    best, chosen[key] = cost + paid, (True, paid)
+        else:
+            for memory in variants:
+                paid = charge if memory else 0
+                cost, ok = variant(b, c, held_in, held_out, k_in, d, k_out, memory,
+                                   budget - paid)
+                fits |= ok
+                if cost is None:
+                    continue
+                best, chosen[key] = cost + paid, (memory, paid)
+                budget = best
         if best is not None:
             priced[key] = best
         elif not fits:

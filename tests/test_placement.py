@@ -186,3 +186,42 @@ def test_stage1_exact_equals_stage1_by_milp(seed: int, solver: str):
     again = mip.evaluate_allocation(problem, exact.copies, exact.pool, exact.places, arch)
     assert again.cycles == pytest.approx(exact.cycles, rel=1e-9)
     assert math.isfinite(exact.cycles)
+
+
+def test_round_up_to_the_lattice_by_hand():
+    """Rows of 392-cycle steps (12,544-byte multiples at 32 bytes/cycle, MobileNet-V2's
+    activations), one offset by 1,176 cycles (a fixed DRAM tensor): a bound of
+    57,018.2 cycles rounds to 146 x 392 = 57,232 on the first rows and to
+    1,176 + 143 x 392 = 57,232 on the third; a bound at the base stays; a row of any
+    value (step 0) stops the rounding."""
+    from cmswitch.solver.placement import _round_up
+
+    rows = [(0.0, 392.0), (0.0, 392.0), (1176.0, 392.0)]
+    assert _round_up(57018.2, 10584.0, rows) == 57232.0
+    assert _round_up(57232.0, 10584.0, rows) == 57232.0  # on a point: stays
+    assert _round_up(57232.0 + 1e-9, 10584.0, rows) < 57233.0  # float noise: not a step up
+    assert _round_up(10584.0, 10584.0, rows) == 10584.0
+    assert _round_up(57018.2, 10584.0, rows + [(0.0, 0.0)]) == 57018.2
+    assert _round_up(57018.2, 10584.0, [(0.0, 392.0), (100.0, 1000.0)]) == 57100.0
+
+
+def test_a_number_partitioning_placement_is_proven_within_the_node_limit():
+    """A MobileNet-V2 segment's placement (a pool of 6 arrays): 24 activations of
+    12,544-byte multiples over three 32-byte/cycle ports.  Without the lattice rounding
+    the search stopped at `NODE_LIMIT` 0.375% above its fractional bound; rounded, the
+    bound meets the optimum and the search proves it.  The value is the Pyomo MILP's
+    (HiGHS), an independent method."""
+    arch = load_arch("dynaplasia")
+    block = [(150528, 896), (752640, 16128), (150528, 896), (150528, 5376), (25088, 896)]
+    sizes = [(50176, 1792), (50176, 896), (301056, 1792), (489216, 21504), (75264, 896),
+             (75264, 2688), (37632, 896)] + block + [(37632, 896)] + block \
+        + [(37632, 896)] + block
+    tensors = [TensorUse(o, w, o, 0, o) for o, w in sizes]
+    tensors.append(TensorUse(175616, 0, 0, 0, 175616, "dram"))
+    vector = OpCost("", "vector", vector_ops=10976 * arch.vector_ops_per_cycle)
+    problem = SegmentProblem((vector,), tuple(tensors))
+    pool = 6
+    found = place_tensors(problem, arch, pool, mip.pool_bytes(problem, arch) * pool)
+    assert found.gap == 0
+    assert found.latency == pytest.approx(_milp(problem, arch, pool, "highs"), rel=1e-6)
+    assert _latency(problem, arch, pool, found.places) == pytest.approx(found.latency)

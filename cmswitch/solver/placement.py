@@ -23,7 +23,11 @@ reaches the best plan found: the larger of two fractional relaxations of the
 remaining tensors (each a greedy fractional knapsack, exact for its relaxation) —
 the on-chip bandwidth of pool and buffer together against the DRAM port, and the
 free window bytes of both against the DRAM port — and the late rows with every
-remaining late DRAM saving taken.  Exact to `REL_GAP`: a node is cut
+remaining late DRAM saving taken — rounded up to the next latency a plan can have
+(each port's bytes are sums of whole tensors' bytes, so its latency lies on a lattice
+of the gcd's steps, `_lattices`; MobileNet-V2's activations are 12,544-byte multiples,
+392 cycles at 32 bytes/cycle, and the fractional bound falls between two points).
+Exact to `REL_GAP`: a node is cut
 only when no completion is better by more than that; a search that reaches
 `NODE_LIMIT` nodes stops and says how far from its bound it is (`Placement.gap`).  `tests/test_placement.py` proves it equal to the
 Pyomo MILP (GLPK and HiGHS) on random instances.
@@ -31,6 +35,7 @@ Pyomo MILP (GLPK and HiGHS) on random instances.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cmswitch.arch import Arch
@@ -46,9 +51,9 @@ NODE_LIMIT = 2_000
 """Search nodes before the search stops with the best plan found and reports its gap
 to the root bound (`Placement.gap`): the large segments of many near-equal tensors
 are number-partitioning problems whose proof can take hours.  Measured on
-MobileNet-V2: 32 of ~3,000 searches stop here, at most 2.4% above their (weak) root
-bound, none of them in a chosen segment; the same plan as with 20,000 nodes, compile
-9.9 s instead of 17.8 s."""
+MobileNet-V2 (3,163 searches): 41 stopped here before the lattice rounding, 8 after
+(at most 2.3% above their root bound, none of them in a chosen segment), and the
+search nodes fell from 110,916 to 37,616; the same plan either way."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +107,13 @@ def place_tensors(problem: SegmentProblem, arch: Arch, pool: int, window_bytes: 
             kinds.setdefault(key, []).append(t)
     groups = [_Group(tuple(ts), *key) for key, ts in kinds.items()]
     groups.sort(key=lambda g: (-g.s, g.tensors[0]))
+    shift = write_phase(problem, arch) if problem.late else None
     search = _Search(groups, base_latency(problem, arch), ib * pool,
                      float(arch.global_buffer_bw_bytes), float(arch.external_bw_bytes),
-                     wp, arch.global_buffer_bytes, cutoff,
-                     write_phase(problem, arch) if problem.late else None)
+                     wp, arch.global_buffer_bytes, cutoff, shift)
+    search.lattices = _lattices(groups, dram, late, ib * pool,
+                                float(arch.global_buffer_bw_bytes),
+                                float(arch.external_bw_bytes), shift)
     search.run(dram, late)
     if search.best_counts is None:
         return None
@@ -115,6 +123,62 @@ def place_tensors(problem: SegmentProblem, arch: Arch, pool: int, window_bytes: 
             places[t] = "pool" if j < n_pool else "gb" if j < n_pool + n_gb else "dram"
     gap = 0.0 if search.complete else search.best / search.lower - 1
     return Placement(search.best, tuple(u.fixed or places[t] for t, u in enumerate(tens)), gap)
+
+
+def _step(values) -> int:
+    """The greatest common divisor of byte counts (0 if one is not a whole number:
+    no lattice, no rounding)."""
+    g = 0
+    for v in values:
+        if v != int(v):
+            return 0
+        g = math.gcd(g, int(v))
+    return g
+
+
+def _lattices(groups: list[_Group], dram: float, late: float, cp: float, cg: float,
+              ce: float, shift: float | None) -> list[tuple[float, float]]:
+    """``(offset, step)`` cycles per port row: every value the row can take is
+    ``offset + n step`` for an integer ``n`` (its bytes are sums of whole tensors'
+    bytes, multiples of their gcd, `_step`), so a plan's latency — the largest row
+    or `base` — lies on one of these lattices.  A row with ``step = 0`` can take any
+    value.  The pool's and the buffer's bytes start at 0, DRAM's at the all-DRAM
+    bytes `dram` and fall by the savings; the late rows (``W = shift``) likewise."""
+    rows = []
+    on_pool = _step(g.o for g in groups if g.pool_ok)
+    on_gb = _step(g.o for g in groups if g.gb_ok)
+    saved = _step(g.s for g in groups)
+    if cp:
+        rows.append((0.0, on_pool / cp))
+    rows += [(0.0, on_gb / cg), (dram / ce, saved / ce)]
+    if shift is not None:
+        late_pool = _step(g.lo for g in groups if g.pool_ok)
+        late_gb = _step(g.lo for g in groups if g.gb_ok)
+        if cp:
+            rows.append((shift, late_pool / cp))
+        rows += [(shift, late_gb / cg),
+                 (shift + late / ce, _step(g.ls for g in groups) / ce)]
+    return rows
+
+
+LATTICE_EPS = 1e-7
+"""Steps of float noise `_round_up` forgives before it rounds up to the next lattice
+point (a bound that sits on a point must not be pushed past it)."""
+
+
+def _round_up(lo: float, base: float, rows: list[tuple[float, float]]) -> float:
+    """The least latency at or above the lower bound `lo` that a plan can have: `base`
+    itself, or for some port row its first lattice point ``offset + n step >= lo``
+    (`_lattices`).  Exact strengthening of a bound: the plans' latencies are ``max(base,
+    rows)``, so one at least `lo` is `base` (if ``lo == base``) or a row's value."""
+    if lo <= base:
+        return lo
+    best = math.inf
+    for offset, step in rows:
+        if not step:
+            return lo
+        best = min(best, offset + math.ceil((lo - offset) / step - LATTICE_EPS) * step)
+    return max(lo, best)
 
 
 class _Search:
@@ -148,6 +212,7 @@ class _Search:
         self.nodes = 0
         self.lower = 0.0
         self.complete = True
+        self.lattices: list[tuple[float, float]] = []
 
     def late(self, lap: float, lag: float, ld: float) -> float:
         """The second phase's port rows (late bytes on pool, buffer and DRAM) after
@@ -204,7 +269,7 @@ class _Search:
             else:
                 save += s * free / w
                 break
-        return max(lo, (d - save) / ce)
+        return _round_up(max(lo, (d - save) / ce), self.base, self.lattices)
 
     def run(self, d: float, ld: float = 0.0) -> None:
         """Search from the all-DRAM state: `d` DRAM bytes, `ld` of them late."""

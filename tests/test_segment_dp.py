@@ -227,3 +227,57 @@ def test_dp_equals_exhaustive_segmentation_of_attention(seed):
         plan = dp_segments(graph, arch, window=0, preload=preload)
         total = sum(c.alloc.cycles + c.switch_cycles for c in plan)
         assert total == pytest.approx(want, rel=1e-3), f"{arch.name} preload={preload}"
+
+
+def _partitioned_graph(model, arch_name: str = "dynaplasia", **kw):
+    from xdsl.context import Context
+
+    from cmswitch.api import _all_dialects, load_module
+    from cmswitch.frontend.configs import build_transformer
+    from cmswitch.transforms.cim_partition import CimPartitionPass
+    from cmswitch.transforms.common import main_func
+
+    arch = load_arch(arch_name)
+    module = build_transformer(model, **kw) if kw else load_module(model)
+    ctx = Context()
+    _all_dialects(ctx)
+    CimPartitionPass(max_arrays=arch.arrays // 2).apply(ctx, module)
+    return build_graph(main_func(module), arch), arch
+
+
+@pytest.mark.parametrize("model, kw", [
+    ("llama2-7b", {"batch": 1, "seq": 16, "layers": 2}),
+    ("models/resnet18.onnx", {}),
+])
+def test_equal_span_signatures_give_equal_problems(model, kw):
+    """`span_signature` (the DP's key for sharing built candidates between repeated
+    blocks and between the chunk sizes' graphs) is sound: over every candidate span
+    of the DP window, with its held tensors in and out, spans of equal keys have equal
+    `segment_problem`s — and repeated blocks do share keys (the test is not vacuous)."""
+    from cmswitch.cost.graph import relative_tensors, span_signature
+    from cmswitch.transforms.cim_segment import DEFAULT_WINDOW, _next_ends
+
+    graph, arch = _partitioned_graph(model, **kw)
+    starts = segment_starts(graph)
+    ends = _next_ends(graph, starts, arch.arrays, DEFAULT_WINDOW)
+    interned: dict = {}
+    seen: dict = {}
+    merged = 0
+    for b in range(len(starts) - 1):
+        for c in ends[b]:
+            first, last = starts[b], starts[c] - 1
+            outs = {()} | {held_tensors(graph, first, last, starts[d] - 1)
+                           for d in (ends[c] if c < len(starts) - 1 else [])}
+            ins = {()} | {held_tensors(graph, starts[a], first - 1, last)
+                          for a in range(b) if c in ends[b] and b in ends[a]}
+            for held_in in ins:
+                for held_out in outs:
+                    key = (span_signature(graph, first, last, interned),
+                           relative_tensors(graph, first, held_in),
+                           relative_tensors(graph, first, held_out))
+                    problem = segment_problem(graph, first, last, held_in, held_out)
+                    if key in seen:
+                        merged += 1
+                        assert seen[key] == problem, graph.span(first, last)
+                    seen[key] = problem
+    assert merged > 10

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from xdsl.dialects.builtin import StringAttr
 from xdsl.dialects.func import FuncOp
@@ -299,6 +299,15 @@ class SegmentProblem:
     segment's writes (issue 12: BERT's attention segments simulated 1.9x their
     single-phase prediction)."""
 
+    def __hash__(self) -> int:
+        """The fields' hash, computed once: the solve cache and the DP look a problem
+        up many times (a frozen dataclass would rehash every tensor each time)."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     @property
     def choices(self) -> list[int]:
         """Indices of the tensors whose place the MIP chooses."""
@@ -441,6 +450,62 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
         prefetch=prefetch,
         late=tuple(i - first for i in sorted(late_ops(graph, first, last))),
     )
+
+
+def _op_signature(graph: Graph, index: int) -> tuple:
+    """Everything `segment_problem` reads about op `index` and its tensors, with
+    every op position relative to `index`: its stripped cost; per input slot the
+    tensor's bytes, producer (offset and output slot; a graph input by its id),
+    consumers (offsets), whether it is a model output, and the working set this op
+    needs of it; the same per output.  Ops of a repeated block (LLaMA's 32 decoder
+    layers) get equal signatures."""
+    gop = graph.ops[index]
+
+    def desc(t: int) -> tuple:
+        tensor = graph.tensors[t]
+        if tensor.producer is None:
+            where: tuple = ("input", t)
+        else:
+            where = (tensor.producer - index, graph.ops[tensor.producer].outputs.index(t))
+        return (tensor.bytes, where, tuple(c - index for c in tensor.consumers),
+                tensor.is_output)
+
+    return (_stripped(graph, index, False),
+            tuple((desc(t), graph.working_set(t, index)) for t in gop.inputs),
+            tuple(desc(t) for t in gop.outputs))
+
+
+def span_signature(graph: Graph, first: int, last: int, interned: dict[tuple, int]
+                   ) -> tuple[int, ...]:
+    """A key equal for two spans of operators ``first..last`` whose `segment_problem`s
+    are equal for equally placed held tensors (`relative_tensors`): the ops'
+    `_op_signature`s, each interned in `interned` as a small integer (one dict per
+    compile, so the chunk sizes' graphs share it).  Two spans with equal signatures
+    touch tensors of equal bytes, consumers and working sets in the same id order
+    (ids follow producer positions), so their problems are equal;
+    tests/test_segment_dp.py checks it on every span of repeated-block models."""
+    key = ("sig", first, last)
+    if key not in graph.memo:
+        ids = []
+        for i in range(first, last + 1):
+            opkey = ("opsig", i)
+            if opkey not in graph.memo:
+                graph.memo[opkey] = interned.setdefault(_op_signature(graph, i),
+                                                        len(interned))
+            ids.append(graph.memo[opkey])
+        graph.memo[key] = tuple(ids)
+    return graph.memo[key]
+
+
+def relative_tensors(graph: Graph, first: int, tensors: tuple[int, ...]) -> tuple:
+    """Held tensor ids as ``(producer offset from first, output slot)``: the form
+    `span_signature` keys take them in."""
+    out = []
+    for t in tensors:
+        producer = graph.tensors[t].producer
+        out.append((producer - first, graph.ops[producer].outputs.index(t))
+                   if producer is not None else ("input", t))
+    return tuple(out)
 
 
 def late_ops(graph: Graph, first: int, last: int) -> frozenset[int]:

@@ -208,7 +208,7 @@ class _Search:
         self.best = cutoff
         self.best_counts: list[tuple[int, int]] | None = None
         self.path: list[tuple[int, int]] = []
-        self.seen: set[tuple] = set()
+        self.seen: dict[tuple, list[tuple[int, int]]] = {}
         self.nodes = 0
         self.lower = 0.0
         self.complete = True
@@ -284,10 +284,13 @@ class _Search:
             if lat < self.best * (1 - REL_GAP):
                 self.best, self.best_counts = lat, list(self.path)
             return
-        key = (k, ap, wp, ag, wg, d, lap, lag, ld)
-        if key in self.seen:
+        # a state of the same depth and loads with no more window bytes used on either
+        # side was met before: its completions include every completion of this one
+        key = (k, ap, ag, d, lap, lag, ld)
+        met = self.seen.setdefault(key, [])
+        if any(p <= wp and g <= wg for p, g in met):
             return
-        self.seen.add(key)
+        met.append((wp, wg))
         self.nodes += 1
         if self.nodes > NODE_LIMIT:
             self.complete = False

@@ -42,7 +42,9 @@ from cmswitch.cost.graph import (
     held_tensors,
     preload_of,
     preloadable,
+    relative_tensors,
     segment_problem,
+    span_signature,
 )
 from cmswitch.dialects.cim import SegmentOp, YieldOp
 from cmswitch.errors import CMSwitchError
@@ -202,11 +204,37 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     cache = solve_cache()
     priced: dict[tuple, float | None] = {}
 
-    def problem_of(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
-                   d: int = 0, k_out: int = 0, memory: bool = True):
-        reserve, nbytes = preload_of(graph, starts[c], starts[d] - 1, k_out) if k_out else (0, 0)
-        return segment_problem(graph, starts[b], starts[c] - 1, held_in, held_out, memory,
-                               k_in, reserve, nbytes)
+    built: dict[tuple, tuple[SegmentProblem, bool, float]] = {}
+
+    def candidate(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
+                  d: int = 0, k_out: int = 0, memory: bool = True
+                  ) -> tuple[SegmentProblem, bool, float]:
+        """``(problem, whether its held bytes fit, cycles_lower_bound)``, built once per
+        distinct problem (a state asks again for every budget and next end)."""
+        reserve, nbytes = preloaded_weights(c, d, k_out) if k_out else (0, 0)
+        key = (b, c, held_in, held_out, k_in, reserve, nbytes, memory)
+        if key in built:
+            return built[key]
+        first = starts[b]
+        shared = (arch, span_signature(graph, first, starts[c] - 1, cache.signatures),
+                  relative_tensors(graph, first, held_in),
+                  relative_tensors(graph, first, held_out), k_in, reserve, nbytes, memory)
+        if shared not in cache.candidates:
+            problem = segment_problem(graph, first, starts[c] - 1, held_in, held_out,
+                                      memory, k_in, reserve, nbytes)
+            fits = holdable(problem, arch)
+            cache.candidates[shared] = (problem, fits,
+                                        cycles_lower_bound(problem, arch) if fits else 0.0)
+        built[key] = cache.candidates[shared]
+        return built[key]
+
+    weights_of: dict[tuple[int, int, int], tuple[int, int]] = {}
+
+    def preloaded_weights(c: int, d: int, k: int) -> tuple[int, int]:
+        """`preload_of` the next segment ``c..d-1``, once per triple."""
+        if (c, d, k) not in weights_of:
+            weights_of[c, d, k] = preload_of(graph, starts[c], starts[d] - 1, k)
+        return weights_of[c, d, k]
 
     def price(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0, d: int = 0,
               k_out: int = 0, budget: float = float("inf")) -> float | None:
@@ -254,10 +282,10 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     def variant(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int, d: int,
                 k_out: int, memory: bool, budget: float) -> tuple[float | None, bool]:
         """``(cycles or None, whether the held bytes fit)`` of one mode variant."""
-        problem = problem_of(b, c, held_in, held_out, k_in, d, k_out, memory)
-        if not holdable(problem, arch):
+        problem, fits, lower = candidate(b, c, held_in, held_out, k_in, d, k_out, memory)
+        if not fits:
             return None, False
-        if cycles_lower_bound(problem, arch) >= budget:
+        if lower >= budget:
             return None, True
         label = graph.span(starts[b], starts[c] - 1)
         if k_in:
@@ -289,7 +317,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
         """Load cycles of one copy of the first `k` preloadable ops of ``c..d-1``: the
         most preloading them can save the next segment (it could run the same plan
         and load them itself), so a reserve costing more is dominated."""
-        _, nbytes = preload_of(graph, starts[c], starts[d] - 1, k)
+        _, nbytes = preloaded_weights(c, d, k)
         return nbytes / min(arch.external_bw_bytes, arch.weight_write_bw_bytes)
 
     State = tuple[int, int, tuple, int]
@@ -337,7 +365,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     while state is not None:
         b, c, held_in, k_in = state
         memory, switches = chosen[(b, c, held_in, held_out, k_in, d if k_out else 0, k_out)]
-        problem = problem_of(b, c, held_in, held_out, k_in, d, k_out, memory)
+        problem, _, _ = candidate(b, c, held_in, held_out, k_in, d, k_out, memory)
         thr = cache.throughput_of(problem, arch, graph.span(starts[b], starts[c] - 1))
         alloc = evaluate_allocation(problem, thr.copies, thr.pool, thr.places, arch)
         result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out, k_in,

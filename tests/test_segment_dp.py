@@ -281,3 +281,24 @@ def test_equal_span_signatures_give_equal_problems(model, kw):
                         assert seen[key] == problem, graph.span(first, last)
                     seen[key] = problem
     assert merged > 10
+
+
+def test_the_dp_window_contains_cim_mlcs_segments():
+    """Beyond the window the DP's candidates are exactly CIM-MLC's greedy segments
+    (`greedy_segments`), so its space contains the all-compute baseline's plan —
+    MobileNet-V2's first one packs 24 matrix operators, far past the window of 6."""
+    from cmswitch.strategies.cimmlc import greedy_segments
+    from cmswitch.transforms.cim_segment import DEFAULT_WINDOW, _next_ends
+
+    graph, arch = _partitioned_graph("models/mobilenet_v2.onnx")
+    starts = segment_starts(graph)
+    ends = _next_ends(graph, starts, arch.arrays, DEFAULT_WINDOW)
+    position = {s: i for i, s in enumerate(starts)}
+    segments = greedy_segments(graph, arch)
+    for first, last in segments:
+        assert position[last + 1] in ends[position[first]], graph.span(first, last)
+    longest = max(position[last + 1] - position[first] for first, last in segments)
+    assert longest > DEFAULT_WINDOW
+    beyond = sum(1 for b, row in enumerate(ends) for c in row if c - b > DEFAULT_WINDOW)
+    assert beyond == sum(1 for first, last in segments
+                         if position[last + 1] - position[first] > DEFAULT_WINDOW)

@@ -149,15 +149,18 @@ def preload_choices(graph: Graph, first: int, last: int, next_first: int, next_l
 
 
 def _preloaded_price(problem: SegmentProblem, arch: Arch, label: str,
-                     budget: float) -> tuple[bool, float | None]:
+                     budget: float, plain: SegmentProblem | None = None
+                     ) -> tuple[bool, float | None]:
     """The price of a segment whose first ``problem.preloaded`` weight ops were loaded
     before it, without a solve of its own, when the same segment loading them itself
     runs them with one copy each: then (that plan is feasible for both, and any
     preloaded plan is a plain plan minus those loads) the price is the plain price
     minus their load cycles ``saved``.  Returns ``(True, price)`` then, ``(True,
     None)`` when no plain plan costs less than ``budget + saved`` (so the preloaded
-    one reaches `budget`: dominated), ``(False, None)`` otherwise (the caller solves)."""
-    plain = replace(problem, preloaded=0)
+    one reaches `budget`: dominated), ``(False, None)`` otherwise (the caller solves).
+    `plain`: ``replace(problem, preloaded=0)`` if the caller keeps one (the same object
+    each time makes the solve cache's look-ups identity checks)."""
+    plain = plain or replace(problem, preloaded=0)
     if not holdable(plain, arch):
         return False, None
     lead = [i for i, op in enumerate(problem.ops) if op.arrays][:problem.preloaded]
@@ -209,13 +212,14 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     cache = solve_cache()
     priced: dict[tuple, float | None] = {}
 
-    built: dict[tuple, tuple[SegmentProblem, bool, float]] = {}
+    built: dict[tuple, tuple] = {}
 
     def candidate(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
                   d: int = 0, k_out: int = 0, memory: bool = True
-                  ) -> tuple[SegmentProblem, bool, float]:
-        """``(problem, whether its held bytes fit, cycles_lower_bound)``, built once per
-        distinct problem (a state asks again for every budget and next end)."""
+                  ) -> tuple[SegmentProblem, bool, float, SegmentProblem | None]:
+        """``(problem, whether its held bytes fit, cycles_lower_bound, the problem
+        without its preload)``, built once per distinct problem (a state asks again for
+        every budget and next end)."""
         reserve, nbytes = preloaded_weights(c, d, k_out) if k_out else (0, 0)
         key = (b, c, held_in, held_out, k_in, reserve, nbytes, memory)
         if key in built:
@@ -229,7 +233,8 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
                                       memory, k_in, reserve, nbytes)
             fits = holdable(problem, arch)
             cache.candidates[shared] = (problem, fits,
-                                        cycles_lower_bound(problem, arch) if fits else 0.0)
+                                        cycles_lower_bound(problem, arch) if fits else 0.0,
+                                        replace(problem, preloaded=0) if k_in else None)
         built[key] = cache.candidates[shared]
         return built[key]
 
@@ -287,14 +292,15 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     def variant(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int, d: int,
                 k_out: int, memory: bool, budget: float) -> tuple[float | None, bool]:
         """``(cycles or None, whether the held bytes fit)`` of one mode variant."""
-        problem, fits, lower = candidate(b, c, held_in, held_out, k_in, d, k_out, memory)
+        problem, fits, lower, plain = candidate(b, c, held_in, held_out, k_in, d, k_out,
+                                                memory)
         if not fits:
             return None, False
         if lower >= budget:
             return None, True
         label = graph.span(starts[b], starts[c] - 1)
         if k_in:
-            done, cost = _preloaded_price(problem, arch, label, budget)
+            done, cost = _preloaded_price(problem, arch, label, budget, plain)
             if done:
                 return cost, True
         return cache.price(problem, arch, label, budget), True
@@ -370,7 +376,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     while state is not None:
         b, c, held_in, k_in = state
         memory, switches = chosen[(b, c, held_in, held_out, k_in, d if k_out else 0, k_out)]
-        problem, _, _ = candidate(b, c, held_in, held_out, k_in, d, k_out, memory)
+        problem = candidate(b, c, held_in, held_out, k_in, d, k_out, memory)[0]
         thr = cache.throughput_of(problem, arch, graph.span(starts[b], starts[c] - 1))
         alloc = evaluate_allocation(problem, thr.copies, thr.pool, thr.places, arch)
         result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out, k_in,

@@ -308,10 +308,19 @@ class SegmentProblem:
             object.__setattr__(self, "_hash", cached)
         return cached
 
+    def __getstate__(self) -> dict:
+        """The fields without the cached derived values (a string's hash differs in
+        another process)."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
     @property
-    def choices(self) -> list[int]:
-        """Indices of the tensors whose place the MIP chooses."""
-        return [i for i, t in enumerate(self.tensors) if not t.fixed]
+    def choices(self) -> tuple[int, ...]:
+        """Indices of the tensors whose place the MIP chooses (computed once)."""
+        cached = self.__dict__.get("_choices")
+        if cached is None:
+            cached = tuple(i for i, t in enumerate(self.tensors) if not t.fixed)
+            object.__setattr__(self, "_choices", cached)
+        return cached
 
     def fixed_dram(self) -> float:
         """DRAM bytes of the tensors written straight to DRAM."""

@@ -711,10 +711,10 @@ class SolveCache:
     beyond: dict[tuple, float] = field(default_factory=dict)
     """Problems priced with a cutoff and found no cheaper: the cutoff."""
     allocations: dict[tuple, Allocation] = field(default_factory=dict)
-    candidates: dict[tuple, tuple] = field(default_factory=dict)
-    """The DP's candidate problems with their feasibility and lower bound, keyed by
-    `cmswitch.cost.graph.span_signature` (so repeated blocks, and both chunk sizes'
-    graphs, build each distinct problem once)."""
+    candidates: dict[Arch, dict[tuple, tuple]] = field(default_factory=dict)
+    """Per hardware, the DP's candidate problems with their feasibility and lower
+    bound, keyed by `cmswitch.cost.graph.span_signature` (so repeated blocks, and both
+    chunk sizes' graphs, build each distinct problem once)."""
     signatures: dict[tuple, int] = field(default_factory=dict)
     """Interned operator signatures (`span_signature`)."""
     priced: int = 0

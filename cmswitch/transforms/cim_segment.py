@@ -213,6 +213,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     priced: dict[tuple, float | None] = {}
 
     built: dict[tuple, tuple] = {}
+    candidates = cache.candidates.setdefault(arch, {})
 
     def candidate(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
                   d: int = 0, k_out: int = 0, memory: bool = True
@@ -225,18 +226,42 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
         if key in built:
             return built[key]
         first = starts[b]
-        shared = (arch, span_signature(graph, first, starts[c] - 1, cache.signatures),
+        shared = (span_signature(graph, first, starts[c] - 1, cache.signatures),
                   relative_tensors(graph, first, held_in),
                   relative_tensors(graph, first, held_out), k_in, reserve, nbytes, memory)
-        if shared not in cache.candidates:
+        if shared not in candidates:
             problem = segment_problem(graph, first, starts[c] - 1, held_in, held_out,
                                       memory, k_in, reserve, nbytes)
             fits = holdable(problem, arch)
-            cache.candidates[shared] = (problem, fits,
+            candidates[shared] = (problem, fits,
                                         cycles_lower_bound(problem, arch) if fits else 0.0,
                                         replace(problem, preloaded=0) if k_in else None)
-        built[key] = cache.candidates[shared]
+        built[key] = candidates[shared]
         return built[key]
+
+    bounds: dict[tuple[int, int, int, int], float] = {}
+
+    def op_bound(b: int, c: int, k_in: int, prefetch: int) -> float:
+        """The part of `cycles_lower_bound` the operators alone give (their loads of one
+        copy, the fill, and the steady-state rows no tensor enters: each op's most
+        copies, the digital unit, the weight-write port), without building the
+        candidate: never above its `cycles_lower_bound`, so a budget it reaches
+        prunes exactly."""
+        key = (b, c, k_in, prefetch)
+        if key not in bounds:
+            ops = [graph.ops[i].cost for i in range(starts[b], starts[c])]
+            lead = set(preloadable(graph, starts[b], starts[c] - 1)[:k_in])
+            load = sum(max(o.weight_bytes / arch.external_bw_bytes,
+                           o.weight_bytes / arch.weight_write_bw_bytes)
+                       for i, o in zip(range(starts[b], starts[c]), ops)
+                       if o.kind == "weight" and i not in lead)
+            matrix = [(i, o) for i, o in zip(range(starts[b], starts[c]), ops) if o.arrays]
+            writes = sum(o.weight_bytes for o in ops if o.kind == "dynamic") + prefetch
+            rows = [1.0, sum(o.vector_ops for o in ops) / arch.vector_ops_per_cycle,
+                    writes / arch.weight_write_bw_bytes]
+            rows += [o.compute / (1 if i in lead else o.max_copies) for i, o in matrix]
+            bounds[key] = load + max(rows) + arch.mvm_cycles * max(0, len(matrix) - 1)
+        return bounds[key]
 
     weights_of: dict[tuple[int, int, int], tuple[int, int]] = {}
 
@@ -292,6 +317,8 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     def variant(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int, d: int,
                 k_out: int, memory: bool, budget: float) -> tuple[float | None, bool]:
         """``(cycles or None, whether the held bytes fit)`` of one mode variant."""
+        if op_bound(b, c, k_in, preloaded_weights(c, d, k_out)[1] if k_out else 0) >= budget:
+            return None, True  # dominated before its tensors are priced
         problem, fits, lower, plain = candidate(b, c, held_in, held_out, k_in, d, k_out,
                                                 memory)
         if not fits:

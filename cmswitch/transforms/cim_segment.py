@@ -148,19 +148,17 @@ def preload_choices(graph: Graph, first: int, last: int, next_first: int, next_l
     return (0, count) if count else (0,)
 
 
-def _preloaded_price(problem: SegmentProblem, arch: Arch, label: str,
-                     budget: float, plain: SegmentProblem | None = None
-                     ) -> tuple[bool, float | None]:
+def _preloaded_price(problem: SegmentProblem, plain: SegmentProblem, arch: Arch,
+                     label: str, budget: float) -> tuple[bool, float | None]:
     """The price of a segment whose first ``problem.preloaded`` weight ops were loaded
     before it, without a solve of its own, when the same segment loading them itself
-    runs them with one copy each: then (that plan is feasible for both, and any
-    preloaded plan is a plain plan minus those loads) the price is the plain price
-    minus their load cycles ``saved``.  Returns ``(True, price)`` then, ``(True,
-    None)`` when no plain plan costs less than ``budget + saved`` (so the preloaded
-    one reaches `budget`: dominated), ``(False, None)`` otherwise (the caller solves).
-    `plain`: ``replace(problem, preloaded=0)`` if the caller keeps one (the same object
-    each time makes the solve cache's look-ups identity checks)."""
-    plain = plain or replace(problem, preloaded=0)
+    (`plain`: ``preloaded=0``, their copies free) runs them with one copy each at its
+    optimum: then (that plan is feasible for both, and any preloaded plan is a plain
+    plan minus those loads) the price is the plain price minus their load cycles
+    ``saved``.  Returns ``(True, price)`` then, ``(True, None)`` when no plain plan
+    costs less than ``budget + saved`` (so the preloaded one reaches `budget`:
+    dominated), ``(False, None)`` otherwise (the caller solves).  The DP passes its
+    own candidate as `plain`, usually priced already."""
     if not holdable(plain, arch):
         return False, None
     lead = [i for i, op in enumerate(problem.ops) if op.arrays][:problem.preloaded]
@@ -218,9 +216,10 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     def candidate(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
                   d: int = 0, k_out: int = 0, memory: bool = True
                   ) -> tuple[SegmentProblem, bool, float, SegmentProblem | None]:
-        """``(problem, whether its held bytes fit, cycles_lower_bound, the problem
-        without its preload)``, built once per distinct problem (a state asks again for
-        every budget and next end)."""
+        """``(problem, whether its held bytes fit, cycles_lower_bound, the same segment
+        loading its leading weights itself — `_preloaded_price`'s plain problem, the
+        DP's own candidate, so usually priced already)``, built once per distinct
+        problem (a state asks again for every budget and next end)."""
         reserve, nbytes = preloaded_weights(c, d, k_out) if k_out else (0, 0)
         key = (b, c, held_in, held_out, k_in, reserve, nbytes, memory)
         if key in built:
@@ -233,9 +232,10 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
             problem = segment_problem(graph, first, starts[c] - 1, held_in, held_out,
                                       memory, k_in, reserve, nbytes)
             fits = holdable(problem, arch)
+            plain = candidate(b, c, held_in, held_out, 0, d, k_out, memory)[0] if k_in \
+                else None
             candidates[shared] = (problem, fits,
-                                        cycles_lower_bound(problem, arch) if fits else 0.0,
-                                        replace(problem, preloaded=0) if k_in else None)
+                                  cycles_lower_bound(problem, arch) if fits else 0.0, plain)
         built[key] = candidates[shared]
         return built[key]
 
@@ -327,7 +327,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
             return None, True
         label = graph.span(starts[b], starts[c] - 1)
         if k_in:
-            done, cost = _preloaded_price(problem, arch, label, budget, plain)
+            done, cost = _preloaded_price(problem, plain, arch, label, budget)
             if done:
                 return cost, True
         return cache.price(problem, arch, label, budget), True

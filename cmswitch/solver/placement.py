@@ -158,7 +158,9 @@ def _lattices(groups: list[_Group], dram: float, late: float, cp: float, cg: flo
             rows.append((shift, late_pool / cp))
         rows += [(shift, late_gb / cg),
                  (shift + late / ce, _step(g.ls for g in groups) / ce)]
-    return rows
+    if any(not step for _, step in rows):
+        return []  # a row of any value: nothing to round to
+    return sorted(set(rows))
 
 
 LATTICE_EPS = 1e-7
@@ -169,9 +171,10 @@ point (a bound that sits on a point must not be pushed past it)."""
 def _round_up(lo: float, base: float, rows: list[tuple[float, float]]) -> float:
     """The least latency at or above the lower bound `lo` that a plan can have: `base`
     itself, or for some port row its first lattice point ``offset + n step >= lo``
-    (`_lattices`).  Exact strengthening of a bound: the plans' latencies are ``max(base,
-    rows)``, so one at least `lo` is `base` (if ``lo == base``) or a row's value."""
-    if lo <= base:
+    (`_lattices`; none: `lo`).  Exact strengthening of a bound: the plans' latencies
+    are ``max(base, rows)``, so one at least `lo` is `base` (if ``lo == base``) or a
+    row's value."""
+    if lo <= base or not rows:
         return lo
     best = math.inf
     for offset, step in rows:
@@ -201,9 +204,12 @@ class _Search:
         # takes the remaining groups: by savings per port byte, per window byte
         rows = [(k, g.o, g.s, g.w, len(g.tensors), g.pool_ok, g.gb_ok)
                 for k, g in enumerate(groups)]
-        self.by_bw = sorted(rows, key=lambda r: (-r[2] / r[1], r[0]))
-        self.by_cap = sorted(rows, key=lambda r: (-(r[2] / r[3]) if r[3] else float("-inf"),
-                                                  r[0]))
+        by_bw = sorted(rows, key=lambda r: (-r[2] / r[1], r[0]))
+        by_cap = sorted(rows, key=lambda r: (-(r[2] / r[3]) if r[3] else float("-inf"),
+                                             r[0]))
+        # per depth k, the groups from k on, in each relaxation's order
+        self.by_bw = [[r for r in by_bw if r[0] >= k] for k in range(n + 1)]
+        self.by_cap = [[r for r in by_cap if r[0] >= k] for k in range(n + 1)]
         self.cap_bw = (cp if any(g.pool_ok for g in groups) else 0.0) + cg
         self.best = cutoff
         self.best_counts: list[tuple[int, int]] | None = None
@@ -231,7 +237,8 @@ class _Search:
         together (``cap`` bytes/cycle) — and (b) the capacity relaxation, the free
         window bytes filled fractionally by savings per byte — and (c) the second
         phase's rows with every remaining late DRAM saving taken."""
-        lo = max(self.base, self.late(lap, lag, max(0.0, ld - self.late_save[k])))
+        lo = self.base if self.shift is None else \
+            max(self.base, self.late(lap, lag, max(0.0, ld - self.late_save[k])))
         if ap:
             lo = max(lo, ap / self.cp)
         if ag:
@@ -243,8 +250,8 @@ class _Search:
         if d > ce * start:
             used_o, saved = 0.0, 0.0
             lat = 0.0
-            for j, o, s, w, cnt, pool_ok, gb_ok in self.by_bw:
-                if j < k or not (pool_ok and w <= free_p or gb_ok and w <= free_g):
+            for _, o, s, w, cnt, pool_ok, gb_ok in self.by_bw[k]:
+                if not (pool_ok and w <= free_p or gb_ok and w <= free_g):
                     continue
                 rho = s / o
                 lat = (d - saved + rho * (aon + used_o)) / (ce + rho * cap)
@@ -259,8 +266,8 @@ class _Search:
             lo = max(lo, start)
         free = max(0.0, free_p) + max(0.0, free_g)
         save = 0.0
-        for j, o, s, w, cnt, pool_ok, gb_ok in self.by_cap:
-            if j < k or not (pool_ok and w <= free_p or gb_ok and w <= free_g):
+        for _, o, s, w, cnt, pool_ok, gb_ok in self.by_cap[k]:
+            if not (pool_ok and w <= free_p or gb_ok and w <= free_g):
                 continue
             size = w * cnt
             if size <= free:

@@ -228,6 +228,17 @@ def compute_latency(problem: SegmentProblem, copies: tuple[int, ...], arch: Arch
 
 
 def latency_scale(problem: SegmentProblem, arch: Arch) -> float:
+    """`_latency_scale`, computed once per problem and hardware (the DP's lower bound
+    and the solve both ask; kept on the frozen problem, dropped when pickled)."""
+    hit = problem.__dict__.get("_scale")
+    if hit is not None and hit[0] is arch:
+        return hit[1]
+    value = _latency_scale(problem, arch)
+    object.__setattr__(problem, "_scale", (arch, value))
+    return value
+
+
+def _latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     """A lower bound ``S`` of the segment's steady-state latency (cycles), >= 1: no
     allocation beats the most copies of an op, the digital unit, the run-time operand
     writes, the hold arrays' ports, the DRAM bytes no placement avoids (each tensor's

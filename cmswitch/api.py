@@ -264,7 +264,11 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     from cmswitch.asm.printer import print_flow
     from cmswitch.transforms.cim_allocate import CimAllocatePass
     from cmswitch.transforms.cim_partition import CimPartitionPass
-    from cmswitch.transforms.cim_segment import CimSegmentPass
+    from cmswitch.transforms.cim_segment import (
+        CimSegmentPass,
+        predicted_cycles,
+        write_segments,
+    )
     from cmswitch.transforms.cim_to_metaop import CimToMetaopPass
 
     if strategy not in STRATEGIES:
@@ -281,21 +285,22 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     chunk = chunk_arrays or hw.arrays // 2
     if strategy in ("cmswitch", "dp-compute-only"):
         best = None
+        segmenter = CimSegmentPass(memory_mode=strategy == "cmswitch")
         for limit in (chunk_arrays,) if chunk_arrays else chunk_candidates(hw):
             trial = module.clone()
             before = _count_ops(trial)
             CimPartitionPass(max_arrays=limit).apply(ctx, trial)
             split = _count_ops(trial) != before
-            CimSegmentPass(memory_mode=strategy == "cmswitch").apply(ctx, trial)
             # the DP's own prediction picks the chunk size; only the winner's segments
-            # get the full MIP (cim-allocate)
-            cycles = sum(o.attributes["predicted_cycles"].value.data
-                         for o in main_func(trial).body.block.ops if isinstance(o, SegmentOp))
+            # are written into its IR and get the full MIP (cim-allocate)
+            graph, plan = segmenter.plan(main_func(trial), hw)
+            cycles = predicted_cycles(plan)
             if best is None or cycles < best[0]:
-                best = (cycles, trial, limit)
+                best = (cycles, trial, limit, graph, plan)
             if not split:
                 break  # nothing was split: the chunk size does not matter
-        _, module, chunk = best
+        _, module, chunk, graph, plan = best
+        write_segments(main_func(module), graph, plan)
         CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
     else:
         CimPartitionPass(max_arrays=chunk).apply(ctx, module)

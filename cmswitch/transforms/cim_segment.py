@@ -469,16 +469,35 @@ class CimSegmentPass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = resolve_arch(op, self.arch)
         func = main_func(op)
+        graph, plan = self.plan(func, arch)
+        write_segments(func, graph, plan)
+
+    def plan(self, func: FuncOp, arch: Arch) -> tuple[Graph, list[SegmentChoice]]:
+        """The DP's segments for `func` with this pass's options, without changing
+        the IR (`write_segments` does): the graph they index and the choices.  Raises
+        CMSwitchError if `func` is already segmented."""
         if any(isinstance(o, SegmentOp) for o in func.body.block.ops):
             raise CMSwitchError("cim-segment: the model is already segmented")
         graph = build_graph(func, arch)
-        plan = dp_segments(graph, arch, self.window,
-                           self.hold, self.memory_mode, self.preload)
-        for seg, choice in zip(wrap_segments(func, graph, plan), plan):
-            seg.attributes["predicted_cycles"] = IntegerAttr(round(choice.alloc.cycles), i64)
-            if choice.held_out:
-                seg.attributes[HOLD_ATTR] = UnitAttr()
-            if choice.preloaded:
-                seg.attributes[PRELOADED_ATTR] = IntegerAttr(choice.preloaded, i64)
-            if not choice.memory_mode:
-                seg.attributes[COMPUTE_ONLY_ATTR] = UnitAttr()
+        return graph, dp_segments(graph, arch, self.window, self.hold, self.memory_mode,
+                                  self.preload)
+
+
+def predicted_cycles(plan: list[SegmentChoice]) -> int:
+    """The plan's predicted cycles as `write_segments` records them (each segment's
+    ``predicted_cycles``, rounded)."""
+    return sum(round(choice.alloc.cycles) for choice in plan)
+
+
+def write_segments(func: FuncOp, graph: Graph, plan: list[SegmentChoice]) -> None:
+    """Wrap each segment of `plan` in a `cim.segment` with its annotations
+    (``predicted_cycles``, `HOLD_ATTR`, `PRELOADED_ATTR`, `COMPUTE_ONLY_ATTR`): what
+    `cim-segment` leaves for `cim-allocate`."""
+    for seg, choice in zip(wrap_segments(func, graph, plan), plan):
+        seg.attributes["predicted_cycles"] = IntegerAttr(round(choice.alloc.cycles), i64)
+        if choice.held_out:
+            seg.attributes[HOLD_ATTR] = UnitAttr()
+        if choice.preloaded:
+            seg.attributes[PRELOADED_ATTR] = IntegerAttr(choice.preloaded, i64)
+        if not choice.memory_mode:
+            seg.attributes[COMPUTE_ONLY_ATTR] = UnitAttr()

@@ -51,9 +51,10 @@ NODE_LIMIT = 2_000
 """Search nodes before the search stops with the best plan found and reports its gap
 to the root bound (`Placement.gap`): the large segments of many near-equal tensors
 are number-partitioning problems whose proof can take hours.  Measured on
-MobileNet-V2 (3,163 searches): 41 stopped here before the lattice rounding, 8 after
-(at most 2.3% above their root bound, none of them in a chosen segment), and the
-search nodes fell from 110,916 to 37,616; the same plan either way."""
+MobileNet-V2: of 3,163 searches 41 stopped here before the lattice rounding, 8 after
+it (nodes 110,916 -> 37,616, the same plan); with the window-dominance rule and the
+DP's own pruning, 1 of 2,633 searches (11,955 nodes) stops here, not in a chosen
+segment."""
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ def test_dp_equals_exhaustive_segmentation_of_attention(seed):
         assert total == pytest.approx(want, rel=1e-3), f"{arch.name} preload={preload}"
 
 
-def _partitioned_graph(model, arch_name: str = "dynaplasia", **kw):
+def _partitioned_graph(model, arch_name: str = "dynaplasia", chunk: int = 0, **kw):
     from xdsl.context import Context
 
     from cmswitch.api import _all_dialects, load_module
@@ -241,7 +241,7 @@ def _partitioned_graph(model, arch_name: str = "dynaplasia", **kw):
     module = build_transformer(model, **kw) if kw else load_module(model)
     ctx = Context()
     _all_dialects(ctx)
-    CimPartitionPass(max_arrays=arch.arrays // 2).apply(ctx, module)
+    CimPartitionPass(max_arrays=chunk or arch.arrays // 2).apply(ctx, module)
     return build_graph(main_func(module), arch), arch
 
 
@@ -302,3 +302,29 @@ def test_the_dp_window_contains_cim_mlcs_segments():
     beyond = sum(1 for b, row in enumerate(ends) for c in row if c - b > DEFAULT_WINDOW)
     assert beyond == sum(1 for first, last in segments
                          if position[last + 1] - position[first] > DEFAULT_WINDOW)
+
+
+@pytest.mark.parametrize("model, kw", [
+    ("models/resnet18.onnx", {}),
+    ("llama2-7b", {"batch": 1, "seq": 16, "layers": 2}),
+])
+def test_a_dp_resumed_from_the_other_chunk_size_equals_a_fresh_one(model, kw):
+    """The second chunk size's DP starts from the first one's tables for the leading
+    operators both graphs share (`_resume`); its plan must be the one a DP on an
+    empty cache finds."""
+    from cmswitch.solver.mip import fresh_cache
+
+    def plan_of(graph, arch):
+        return [(c.first, c.last, c.held_in, c.held_out, c.preloaded, c.memory_mode,
+                 round(c.alloc.cycles), c.switch_cycles)
+                for c in dp_segments(graph, arch, window=6)]
+
+    half, arch = _partitioned_graph(model, **kw)
+    whole, _ = _partitioned_graph(model, chunk=arch.arrays, **kw)
+    with fresh_cache():
+        alone = plan_of(whole, arch)
+    with fresh_cache() as cache:
+        plan_of(half, arch)
+        resumed = plan_of(whole, arch)
+        assert cache.dp_runs
+    assert resumed == alone

@@ -493,17 +493,20 @@ def span_signature(graph: Graph, first: int, last: int, interned: dict[tuple, in
     touch tensors of equal bytes, consumers and working sets in the same id order
     (ids follow producer positions), so their problems are equal;
     tests/test_segment_dp.py checks it on every span of repeated-block models."""
-    key = ("sig", first, last)
-    if key not in graph.memo:
+    # the ids mean something only beside `interned`: the memo is per interning dict
+    # (a graph priced under two solve caches must not mix their ids)
+    memo = graph.memo.setdefault(("signatures", id(interned)), (interned, {}))
+    if memo[0] is not interned:
+        memo = graph.memo[("signatures", id(interned))] = (interned, {})
+    spans = memo[1]
+    if (first, last) not in spans:
         ids = []
         for i in range(first, last + 1):
-            opkey = ("opsig", i)
-            if opkey not in graph.memo:
-                graph.memo[opkey] = interned.setdefault(_op_signature(graph, i),
-                                                        len(interned))
-            ids.append(graph.memo[opkey])
-        graph.memo[key] = tuple(ids)
-    return graph.memo[key]
+            if i not in spans:
+                spans[i] = interned.setdefault(_op_signature(graph, i), len(interned))
+            ids.append(spans[i])
+        spans[first, last] = tuple(ids)
+    return spans[first, last]
 
 
 def relative_tensors(graph: Graph, first: int, tensors: tuple[int, ...]) -> tuple:

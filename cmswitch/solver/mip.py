@@ -728,6 +728,9 @@ class SolveCache:
     chunk sizes' graphs, build each distinct problem once)."""
     signatures: dict[tuple, int] = field(default_factory=dict)
     """Interned operator signatures (`span_signature`)."""
+    dp_runs: dict[tuple, object] = field(default_factory=dict)
+    """The last finished segmentation DP per hardware and DP options
+    (`cmswitch.transforms.cim_segment._resume`)."""
     priced: int = 0
     hits: int = 0
     mips: int = 0

@@ -177,6 +177,54 @@ SAME_COST = 1e-6
 cycle below a million, above the float noise between two searches of one plan."""
 
 
+@dataclass(frozen=True)
+class _DPRun:
+    """A finished DP's tables, kept in the compile's `SolveCache.dp_runs` so the next
+    run on a graph with the same leading operators (the other chunk size's graph,
+    `cmswitch.api.chunk_candidates`) starts from them (`_resume`)."""
+
+    signature: tuple[int, ...]
+    starts: list[int]
+    value: dict
+    back: dict
+    buckets: list[list]
+    chosen: dict
+
+
+def _resume(earlier: _DPRun | None, signature: tuple[int, ...], starts: list[int],
+            value: dict, back: dict, buckets: list[list], chosen: dict) -> int:
+    """Copy into this run's tables the states of `earlier` whose value cannot differ
+    here, and return the last such end position (0: none).  A state ``(b, c, H, k)``
+    is worth the cheapest way to run the operators before ``starts[b]``, found from
+    segments, held tensors and preloads that only look at operators before
+    ``starts[c]`` and the unit at ``c`` (`_next_ends`' greedy end): when the two graphs'
+    operator signatures (`span_signature`: costs and tensor structure, consumers
+    included) agree up to ``starts[c + 1]``, its value, back pointer and the charges
+    of the transitions into it are the earlier run's.  Exact: a state past that point
+    is priced anew, from all its incoming transitions."""
+    if earlier is None:
+        return 0
+    same = 0
+    for mine, theirs in zip(signature, earlier.signature):
+        if mine != theirs:
+            break
+        same += 1
+    final = 0
+    while final + 2 < len(starts) and final + 2 < len(earlier.starts) \
+            and starts[final + 2] <= same and starts[final + 2] == earlier.starts[final + 2]:
+        final += 1
+    if not final:
+        return 0
+    for b in range(final):
+        buckets[b] = [s for s in earlier.buckets[b] if s[1] <= final]
+        for state in buckets[b]:
+            value[state], back[state] = earlier.value[state], earlier.back[state]
+    for key, charge in earlier.chosen.items():
+        if key[1] <= final and key[5] <= final:
+            chosen[key] = charge
+    return final
+
+
 def dp_segments(graph: Graph, arch: Arch, window: int = 0,
                 hold: bool = True, memory_mode: bool = True,
                 preload: int = 1) -> list[SegmentChoice]:
@@ -363,6 +411,12 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     back: dict[State, State | None] = dict.fromkeys(value)
     buckets: list[list[State]] = [[] for _ in starts]
     buckets[0] = list(value)
+    # tensor ids (held sets in the states) match between graphs of as many inputs
+    inputs = sum(1 for t in graph.tensors if t.producer is None)
+    run_key = (arch, window, hold, memory_mode, preload, inputs)
+    signature = span_signature(graph, 0, len(graph.ops) - 1, cache.signatures)
+    final = _resume(cache.dp_runs.get(run_key), signature, starts, value, back, buckets,
+                    chosen)
     best_total, best_end = float("inf"), None
     bar = progress(range(last), "cim-segment", "start")
     for b in bar:
@@ -375,6 +429,8 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
                     best_total, best_end = value[state] + cost, state
                 continue
             for d in ends[c]:
+                if d <= final:
+                    continue  # the next state is the earlier run's, already final
                 held = holds(b, c, d) if hold else ()
                 for held_out in ((), held) if held else ((),):
                     plain = None
@@ -396,6 +452,7 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
                             if nxt not in value:
                                 buckets[c].append(nxt)
                             value[nxt], back[nxt] = total, state
+    cache.dp_runs[run_key] = _DPRun(signature, starts, value, back, buckets, chosen)
     if best_end is None:
         raise CMSwitchError("no segmentation fits the chip")
     result: list[SegmentChoice] = []

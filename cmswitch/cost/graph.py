@@ -440,16 +440,13 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
     weight ops were loaded during the previous segment (one copy each); `reserve` /
     `prefetch`: the arrays and bytes of the next segment's preload (`preload_of`).
     Raises CMSwitchError if `preloaded` exceeds the `preloadable` ops."""
-    lead = set(preloadable(graph, first, last)[:preloaded])
-    if len(lead) < preloaded:
-        raise CMSwitchError(f"{graph.span(first, last)}: {preloaded} preloaded weight ops "
-                            f"asked, only {len(lead)} lead the segment")
+    ops = segment_ops(graph, first, last, preloaded)
     key = ("uses", first, last, held_in, held_out)
     if key not in graph.memo:
         graph.memo[key] = _tensor_uses(graph, first, last, held_in, held_out)
     uses, hold_in, hold_out = graph.memo[key]
     return SegmentProblem(
-        ops=tuple(_stripped(graph, i, i in lead) for i in range(first, last + 1)),
+        ops=ops,
         tensors=uses,
         hold_in=hold_in,
         hold_out=hold_out,
@@ -459,6 +456,18 @@ def segment_problem(graph: Graph, first: int, last: int, held_in: tuple[int, ...
         prefetch=prefetch,
         late=tuple(i - first for i in sorted(late_ops(graph, first, last))),
     )
+
+
+def segment_ops(graph: Graph, first: int, last: int, preloaded: int = 0
+                ) -> tuple[OpCost, ...]:
+    """`SegmentProblem.ops` of operators ``first..last``: their costs without names,
+    one copy at most for the first `preloaded` `preloadable` ones.  Raises
+    CMSwitchError if `preloaded` exceeds the `preloadable` ops."""
+    lead = set(preloadable(graph, first, last)[:preloaded])
+    if len(lead) < preloaded:
+        raise CMSwitchError(f"{graph.span(first, last)}: {preloaded} preloaded weight ops "
+                            f"asked, only {len(lead)} lead the segment")
+    return tuple(_stripped(graph, i, i in lead) for i in range(first, last + 1))
 
 
 def _op_signature(graph: Graph, index: int) -> tuple:

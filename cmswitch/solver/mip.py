@@ -252,12 +252,8 @@ def _latency_scale(problem: SegmentProblem, arch: Arch) -> float:
     choice = [tens[t] for t in problem.choices]
     dram = problem.fixed_dram() + problem.prefetch + sum(
         min(t.dram_onchip, t.dram_direct) for t in choice)
-    bounds = [1.0, sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
-              _writes(problem) / arch.weight_write_bw_bytes, dram / arch.external_bw_bytes]
-    shift, late = write_phase(problem, arch), set(problem.late)
-    bounds += [op.compute / op.max_copies + (shift if i in late else 0.0)
-               for i, op in enumerate(ops) if op.arrays]
-    bounds.append(late_base(problem, arch))
+    bounds = _operator_rows(problem, arch) + [dram / arch.external_bw_bytes,
+                                              late_base(problem, arch)]
     for side, h in (("hold_in", problem.hold_in), ("hold_out", problem.hold_out)):
         if h:
             bounds.append(problem.hold_traffic(side) / (ib * h))
@@ -273,6 +269,27 @@ def _latency_scale(problem: SegmentProblem, arch: Arch) -> float:
         bounds.append((work + spread / ib)
                       / (free + (arch.global_buffer_bw_bytes + arch.external_bw_bytes) / ib))
     return max(bounds)
+
+
+def _operator_rows(problem: SegmentProblem, arch: Arch) -> list[float]:
+    """The latency rows no tensor enters (cycles): 1, the digital unit, the
+    weight-write port (run-time operand writes and prefetched weights), and each
+    matrix op's most copies (``W + c_i / D_i`` for a late one)."""
+    ops = problem.ops
+    shift, late = write_phase(problem, arch), set(problem.late)
+    return [1.0, sum(op.vector_ops for op in ops) / arch.vector_ops_per_cycle,
+            _writes(problem) / arch.weight_write_bw_bytes] + [
+        op.compute / op.max_copies + (shift if i in late else 0.0)
+        for i, op in enumerate(ops) if op.arrays]
+
+
+def operator_bound(problem: SegmentProblem, arch: Arch) -> float:
+    """The part of `cycles_lower_bound` the operators alone give: one copy of each
+    weight loaded, the fill, and `_operator_rows` — never above it, and defined for a
+    problem without tensors (the DP prunes on it before building a candidate's)."""
+    ones = tuple(1 if op.arrays else 0 for op in problem.ops)
+    return (load_cycles(problem, ones, arch) + max(_operator_rows(problem, arch))
+            + fill_cycles(problem, arch))
 
 
 def cycles_lower_bound(problem: SegmentProblem, arch: Arch) -> float:

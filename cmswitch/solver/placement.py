@@ -109,12 +109,10 @@ def place_tensors(problem: SegmentProblem, arch: Arch, pool: int, window_bytes: 
     groups = [_Group(tuple(ts), *key) for key, ts in kinds.items()]
     groups.sort(key=lambda g: (-g.s, g.tensors[0]))
     shift = write_phase(problem, arch) if problem.late else None
-    search = _Search(groups, base_latency(problem, arch), ib * pool,
-                     float(arch.global_buffer_bw_bytes), float(arch.external_bw_bytes),
-                     wp, arch.global_buffer_bytes, cutoff, shift)
-    search.lattices = _lattices(groups, dram, late, ib * pool,
-                                float(arch.global_buffer_bw_bytes),
-                                float(arch.external_bw_bytes), shift)
+    cg, ce = float(arch.global_buffer_bw_bytes), float(arch.external_bw_bytes)
+    search = _Search(groups, base_latency(problem, arch), ib * pool, cg, ce,
+                     wp, arch.global_buffer_bytes, cutoff, shift,
+                     _lattices(groups, dram, late, ib * pool, cg, ce, shift))
     search.run(dram, late)
     if search.best_counts is None:
         return None
@@ -192,8 +190,10 @@ class _Search:
     (its completions are the same)."""
 
     def __init__(self, groups: list[_Group], base: float, cp: float, cg: float, ce: float,
-                 wp: float, wg: float, cutoff: float, shift: float | None = None):
+                 wp: float, wg: float, cutoff: float, shift: float | None = None,
+                 lattices: list[tuple[float, float]] | None = None):
         self.groups, self.base, self.shift = groups, base, shift
+        self.lattices = lattices or []  # `_lattices`: what `bound` rounds up to
         # the most late DRAM bytes the groups from depth k on can still save
         self.late_save = [0.0] * (len(groups) + 1)
         for k in range(len(groups) - 1, -1, -1):
@@ -219,7 +219,6 @@ class _Search:
         self.nodes = 0
         self.lower = 0.0
         self.complete = True
-        self.lattices: list[tuple[float, float]] = []
 
     def late(self, lap: float, lag: float, ld: float) -> float:
         """The second phase's port rows (late bytes on pool, buffer and DRAM) after

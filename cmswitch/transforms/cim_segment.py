@@ -26,7 +26,7 @@ exact and in-process (`cmswitch.solver.placement`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, UnitAttr, i64
@@ -43,6 +43,7 @@ from cmswitch.cost.graph import (
     preload_of,
     preloadable,
     relative_tensors,
+    segment_ops,
     segment_problem,
     span_signature,
 )
@@ -54,7 +55,7 @@ from cmswitch.solver.mip import (
     cycles_lower_bound,
     evaluate_allocation,
     holdable,
-    load_cycles,
+    operator_bound,
     solve_cache,
 )
 from cmswitch.transforms.common import check_options, main_func, resolve_arch
@@ -290,25 +291,14 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     bounds: dict[tuple[int, int, int, int], float] = {}
 
     def op_bound(b: int, c: int, k_in: int, prefetch: int) -> float:
-        """The part of `cycles_lower_bound` the operators alone give (their loads of one
-        copy, the fill, and the steady-state rows no tensor enters: each op's most
-        copies, the digital unit, the weight-write port), without building the
-        candidate: never above its `cycles_lower_bound`, so a budget it reaches
-        prunes exactly."""
+        """`operator_bound` of the candidate's operators without building its tensors
+        (no late phase either: lower still), never above its `cycles_lower_bound`, so
+        a budget it reaches prunes exactly."""
         key = (b, c, k_in, prefetch)
         if key not in bounds:
-            ops = [graph.ops[i].cost for i in range(starts[b], starts[c])]
-            lead = set(preloadable(graph, starts[b], starts[c] - 1)[:k_in])
-            load = sum(max(o.weight_bytes / arch.external_bw_bytes,
-                           o.weight_bytes / arch.weight_write_bw_bytes)
-                       for i, o in zip(range(starts[b], starts[c]), ops)
-                       if o.kind == "weight" and i not in lead)
-            matrix = [(i, o) for i, o in zip(range(starts[b], starts[c]), ops) if o.arrays]
-            writes = sum(o.weight_bytes for o in ops if o.kind == "dynamic") + prefetch
-            rows = [1.0, sum(o.vector_ops for o in ops) / arch.vector_ops_per_cycle,
-                    writes / arch.weight_write_bw_bytes]
-            rows += [o.compute / (1 if i in lead else o.max_copies) for i, o in matrix]
-            bounds[key] = load + max(rows) + arch.mvm_cycles * max(0, len(matrix) - 1)
+            ops = segment_ops(graph, starts[b], starts[c] - 1, k_in)
+            bounds[key] = operator_bound(
+                SegmentProblem(ops, preloaded=k_in, prefetch=prefetch), arch)
         return bounds[key]
 
     weights_of: dict[tuple[int, int, int], tuple[int, int]] = {}

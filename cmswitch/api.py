@@ -25,6 +25,9 @@ STRATEGIES = ("cmswitch", "cimmlc", "puma", "occ", "dp-compute-only", "greedy-mi
 of CMSwitch: `dp-compute-only` (its DP segmentation, no memory-mode arrays) and
 `greedy-mip` (CIM-MLC's greedy segmentation, the dual-mode MIP per segment)."""
 
+MIP_STRATEGIES = ("cmswitch", "dp-compute-only", "greedy-mip")
+"""The strategies whose segments get the Pyomo MIP (`cim-allocate`)."""
+
 
 @dataclass
 class Plan:
@@ -193,7 +196,7 @@ def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict
 
 
 def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
-                time_limit: float | None) -> None:
+                time_limit: float | None, jobs: int = 0) -> None:
     """Segment and allocate with a strategy other than the DP passes: wrap its
     segments and write its allocations, as `cim-segment` + `cim-allocate` would."""
     from cmswitch.strategies.cimmlc import cimmlc_plan, greedy_segments
@@ -212,10 +215,12 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
     if strategy == "cimmlc":
         plan = cimmlc_plan(graph, arch)
     elif strategy == "greedy-mip":
-        plan = [SegmentChoice(first, last, solve_cache().allocation(
-                    segment_problem(graph, first, last), arch, solver, time_limit,
-                    graph.span(first, last)))
-                for first, last in greedy_segments(graph, arch)]
+        spans = greedy_segments(graph, arch)
+        allocs = solve_cache().allocate_all(
+            [(segment_problem(graph, first, last), graph.span(first, last))
+             for first, last in spans], arch, solver, time_limit, jobs)
+        plan = [SegmentChoice(first, last, alloc)
+                for (first, last), alloc in zip(spans, allocs)]
     else:
         plan = layerwise_plan(graph, arch, strategy)
     contexts = held_plan(graph, wrap_segments(func, graph, plan))
@@ -243,24 +248,27 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
             strategy: str = "cmswitch", solver: str = "glpk",
             dims: dict[str, int] | None = None, time_limit: float | None = None,
             batch: int | None = None, seq: int | None = None,
-            keep_module: bool = False, chunk_arrays: int | None = None) -> Plan:
+            keep_module: bool = False, chunk_arrays: int | None = None,
+            jobs: int = 0) -> Plan:
     """Compile a model (path to `.onnx`/`.mlir`, or a `cim` module) for a hardware
     preset or file: cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
     `keep_module=True` keeps a copy of the allocated `cim` module in `Plan.module`.
     `chunk_arrays` pins the arrays per piece of split operators (default: the
     `cmswitch` and `dp-compute-only` strategies try `chunk_candidates`, the others use
     half the chip).  Raises CMSwitchError for bad input, unknown strategy or hardware,
-    or a `chunk_arrays` outside 1..arrays.  Every compile starts on an empty solve
-    cache (`fresh_cache`): nothing priced by an earlier compile is reused."""
+    or a `chunk_arrays` outside 1..arrays.  `jobs`: worker processes for the chosen
+    segments' MIPs (`cmswitch.solver.workers`; 0 = ``$CMSWITCH_JOBS`` or every core,
+    1 = in-process); the plan does not depend on it.  Every compile starts on an
+    empty solve cache (`fresh_cache`): nothing priced by an earlier compile is reused."""
     from cmswitch.solver.mip import fresh_cache
 
     with fresh_cache() as cache:
         return _compile(model, arch, strategy, solver, dims, time_limit, batch, seq,
-                        keep_module, chunk_arrays, cache)
+                        keep_module, chunk_arrays, cache, jobs)
 
 
 def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_module,
-             chunk_arrays, cache) -> Plan:
+             chunk_arrays, cache, jobs) -> Plan:
     from cmswitch.asm.printer import print_flow
     from cmswitch.transforms.cim_allocate import CimAllocatePass
     from cmswitch.transforms.cim_partition import CimPartitionPass
@@ -269,11 +277,14 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
         predicted_cycles,
         write_segments,
     )
+    from cmswitch.solver.workers import prestart
     from cmswitch.transforms.cim_to_metaop import CimToMetaopPass
 
     if strategy not in STRATEGIES:
         raise CMSwitchError(f"unknown strategy '{strategy}' (available: {', '.join(STRATEGIES)})")
     start = time.perf_counter()
+    if strategy in MIP_STRATEGIES:
+        prestart(jobs)  # Pyomo loads in the workers while the model imports and the DP runs
     module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq)
     hw = load_arch(arch)
     if arch:
@@ -301,10 +312,10 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
                 break  # nothing was split: the chunk size does not matter
         _, module, chunk, graph, plan = best
         write_segments(main_func(module), graph, plan)
-        CimAllocatePass(solver=solver, time_limit=time_limit or 0.0).apply(ctx, module)
+        CimAllocatePass(solver=solver, time_limit=time_limit or 0.0, jobs=jobs).apply(ctx, module)
     else:
         CimPartitionPass(max_arrays=chunk).apply(ctx, module)
-        _apply_plan(module, hw, strategy, solver, time_limit)
+        _apply_plan(module, hw, strategy, solver, time_limit, jobs)
     func = main_func(module)
     graph = build_graph(func, hw)
     segments, operators = _segment_rows(graph, func, hw)

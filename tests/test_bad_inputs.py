@@ -417,6 +417,7 @@ def test_solver_time_out_without_solution_is_reported(monkeypatch, tmp_path, cap
     segment's `solver_status` (forced by stubbing the solver call)."""
     import cmswitch.solver.mip as mip
 
+    monkeypatch.setenv("CMSWITCH_JOBS", "1")  # the stub is this process's: solve here
     monkeypatch.setattr(mip, "_run_solver", lambda model, solver, limit: "maxTimeLimit")
     path = tmp_path / "odd.onnx"
     path.write_bytes(matmul_weight([3, 37], [37, 29]))

@@ -131,3 +131,17 @@ def test_resnet18_for_real(tmp_path):
         "resnet18_dynaplasia_cmswitch_segments.png", "resnet18_dynaplasia_cmswitch_timeline.png",
         "speedups.png"]
     assert "| **geomean** |" in r.stdout
+
+
+def test_compile_bench_keeps_the_fastest_run_and_refuses_runs_that_differ():
+    from cmswitch.bench.compile_time import best_of
+
+    def report(seconds, wall, rss, solves=7):
+        return {"compile_seconds": seconds, "wall_seconds": wall, "peak_rss_mb": rss,
+                "predicted_cycles": 100, "mip": {"solves": solves, "segment_mips": 2}}
+
+    best = best_of("m", "cmswitch", "glpk",
+                   [report(2.0, 2.9, 90), report(1.5, 3.1, 80), report(1.8, 2.5, 95)])
+    assert (best["compile_seconds"], best["wall_seconds"], best["peak_rss_mb"]) == (1.5, 2.5, 95)
+    with pytest.raises(RuntimeError, match="runs differ"):
+        best_of("m", "cmswitch", "glpk", [report(1.0, 1.0, 1), report(1.0, 1.0, 1, solves=8)])

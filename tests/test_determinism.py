@@ -66,3 +66,16 @@ def test_glpk_and_highs_give_the_same_flow(model, tmp_path):
     # solvers' tolerances, can fall either side of the DP's pruning bound
     assert report_g.pop("mip")["solves"] > 0 and report_h.pop("mip")["solves"] > 0
     assert json.dumps(report_g) == json.dumps(report_h)
+
+
+def test_the_plan_does_not_depend_on_the_worker_processes(tmp_path):
+    """The chosen segments' MIPs solved in-process (``--jobs 1``) and on two worker
+    processes (``--jobs 2``, cmswitch/solver/workers.py) give the same bytes."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    model = str(MODELS / "resnet18.onnx")
+    flow_a, report_a = _compile(model, tmp_path / "a", "1", "--jobs", "1")
+    flow_b, report_b = _compile(model, tmp_path / "b", "1", "--jobs", "2")
+    assert flow_a == flow_b
+    assert json.dumps(report_a) == json.dumps(report_b)
+    assert report_a["mip"]["segment_mips"] > 1, "one MIP would not use the workers"

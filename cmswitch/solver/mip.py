@@ -554,8 +554,6 @@ def solve_throughput(problem: SegmentProblem, arch: Arch, method: str = "exact",
     best found — or `cutoff` cycles: None if no allocation is cheaper than that (the
     DP's budget: a candidate that cannot win is not priced to the end).  Raises
     CMSwitchError as `solve_segment`."""
-    import pyomo.environ as pyo
-
     from cmswitch.solver.placement import place_tensors
 
     _check(problem, arch, method, STAGE1_METHODS)
@@ -585,6 +583,8 @@ def solve_throughput(problem: SegmentProblem, arch: Arch, method: str = "exact",
                 f"placement within {found.gap:.2%} of its bound (search limit)"
             solved[pool] = (found.latency, status, found.places)
             return solved[pool]
+        import pyomo.environ as pyo  # only here: the exact path never imports Pyomo
+
         model = _port_model(problem, arch, pool, scale)
         status = _run(model, method, time_limit)
         if model.U.value is None:
@@ -791,6 +791,27 @@ class SolveCache:
             self.allocations[key] = _labelled(label, solve_segment, problem, arch, solver,
                                               time_limit, thr)
         return self.allocations[key]
+
+    def allocate_all(self, requests: list[tuple[SegmentProblem, str]], arch: Arch,
+                     solver: str = "glpk", time_limit: float | None = None,
+                     jobs: int = 0) -> list[Allocation]:
+        """`allocation` of each ``(problem, label)`` of `requests`, in that order; the
+        MIPs not cached yet are solved on `jobs` worker processes
+        (`cmswitch.solver.workers`; 0 = all local cores), stage 1 here from the cache.
+        Raises CMSwitchError naming the first failing segment's label."""
+        from cmswitch.solver.workers import run_all
+
+        todo: dict[tuple, tuple] = {}
+        for problem, label in requests:
+            key = (problem, arch, solver)
+            if key in self.allocations or key in todo:
+                continue
+            thr = self.throughput_of(problem, arch, label)
+            todo[key] = (label, solve_segment, problem, arch, solver, time_limit, thr)
+        for key, found in zip(todo, run_all(_labelled, list(todo.values()), jobs)):
+            self.mips += 1
+            self.allocations[key] = found
+        return [self.allocations[problem, arch, solver] for problem, _ in requests]
 
 
 def _labelled(label: str, fn, *args):

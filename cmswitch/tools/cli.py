@@ -123,7 +123,8 @@ def _compile(args: argparse.Namespace) -> int:
         plan = compile_model(args.model, arch=args.arch, strategy=args.strategy,
                              solver=args.solver, dims=_dims(args),
                              time_limit=args.time_limit, batch=args.batch, seq=args.seq,
-                             keep_module=args.functional, chunk_arrays=args.chunk_arrays)
+                             keep_module=args.functional, chunk_arrays=args.chunk_arrays,
+                             jobs=args.jobs or 0)
     _warn_unproven(plan)
     if args.output == "-":
         sys.stdout.write(plan.flow)
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--chunk-arrays", type=_positive(int), default=None, metavar="N",
                    help="arrays per piece of operators split by cim-partition (default: "
                    "cmswitch tries half and whole chip, keeps the faster prediction)")
+    c.add_argument("--jobs", type=_positive(int), default=None, metavar="N",
+                   help="worker processes for the segment MIPs (default: $CMSWITCH_JOBS, "
+                   "else every core; 1 = in-process); the plan does not depend on it")
     c.add_argument("--summary", action="store_true", help="print the segment table")
     c.add_argument("--quiet", action="store_true",
                    help="no progress bar on stderr (shown only on a terminal, after 2 s)")

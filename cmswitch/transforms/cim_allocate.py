@@ -417,16 +417,22 @@ def layout_segments(graph: Graph, plan: list[SegmentContext], allocs: list[Alloc
 
 @dataclass(frozen=True)
 class CimAllocatePass(ModulePass):
-    """Solve the array-allocation MIP of every segment and assign array addresses."""
+    """Solve the array-allocation MIP of every segment and assign array addresses.
+
+    Options: ``arch``, ``solver`` (glpk | highs), ``time-limit`` (seconds per solve,
+    0 = none), ``jobs`` (worker processes for the segments' MIPs,
+    `cmswitch.solver.workers`; 0 = ``$CMSWITCH_JOBS`` or every core, 1 = in-process).
+    The plan does not depend on ``jobs``."""
 
     name = "cim-allocate"
 
     arch: str | None = None
     solver: str = "glpk"
     time_limit: float | int = 0.0
+    jobs: int = 0
 
     def __post_init__(self) -> None:
-        check_options(self.name, time_limit=self.time_limit)
+        check_options(self.name, time_limit=self.time_limit, jobs=self.jobs)
         check_solver(self.name, self.solver)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
@@ -436,10 +442,11 @@ class CimAllocatePass(ModulePass):
         graph = build_graph(func, arch)
         plan = held_plan(graph, segments)
 
-        def solve(k: int) -> Allocation:
-            return solve_cache().allocation(plan[k].problem(graph), arch, self.solver,
-                                            self.time_limit or None,
-                                            graph.span(plan[k].first, plan[k].last))
+        def solve(ks) -> list[Allocation]:
+            """The allocations of segments `ks`, their MIPs on the worker processes."""
+            return solve_cache().allocate_all(
+                [(plan[k].problem(graph), graph.span(plan[k].first, plan[k].last))
+                 for k in ks], arch, self.solver, self.time_limit or None, self.jobs)
 
         def drop_preload(k: int) -> None:
             """Segment k loads its leading weights itself after all, and segment k-1
@@ -447,9 +454,9 @@ class CimAllocatePass(ModulePass):
             plan[k] = replace(plan[k], preloaded=0)
             plan[k].seg.attributes.pop(PRELOADED_ATTR, None)
             plan[k - 1] = replace(plan[k - 1], reserve=0, prefetch=0)
-            allocs[k - 1], allocs[k] = solve(k - 1), solve(k)
+            allocs[k - 1], allocs[k] = solve((k - 1, k))
 
-        allocs = [solve(k) for k in range(len(plan))]
+        allocs = solve(range(len(plan)))
         busy: list[set[int]] = []  # busy[k]: the arrays segment k was laid out on
         layouts: list[Layout] = []
         start = 0

@@ -87,7 +87,8 @@ class OnnxWeights:
     honours ``transB`` (or ``transA`` for a constant left operand); Conv's ``B`` and
     Gemm's ``C`` are the bias.  Raises CMSwitchError for a weight whose data is not in
     the file, that no such node reads directly (constant-folded weights), that two
-    nodes read differently, or a Gemm with ``alpha``/``beta`` other than 1.
+    nodes read differently.  A Gemm's ``alpha`` scales its matrix and ``beta`` its
+    bias (ONNX: ``Y = alpha A B + beta C``).
     """
 
     def __init__(self, model: onnx.ModelProto, base_dir: Path, label: str) -> None:
@@ -114,12 +115,15 @@ class OnnxWeights:
     def load(cls, path: str | os.PathLike) -> "OnnxWeights":
         """Read an ONNX file (external data only when needed).  Raises CMSwitchError
         if it cannot be read."""
+        from cmswitch.frontend.onnx_importer import prepare_model
+
         path = Path(path)
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError, OSError, ...
             raise CMSwitchError(f"{path}: cannot read ONNX model ({str(exc).splitlines()[0]})") from None
-        return cls(model, path.resolve().parent, str(path))
+        # the importer's graph: BatchNormalization folded into the weights it scales
+        return cls(prepare_model(model, str(path)), path.resolve().parent, str(path))
 
     def array(self, name: str) -> np.ndarray:
         """The constant tensor `name` as numpy.  Raises CMSwitchError when its data is
@@ -189,7 +193,7 @@ class OnnxWeights:
         w = self.array(name).astype(np.float32)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Conv":
-            if pos != 1 or w.ndim != 4:
+            if pos != 1 or w.ndim not in (3, 4):  # 1-D: the module's conv of height 1
                 raise CMSwitchError(f"{self.label}: Conv node '{node.name}' reads '{name}' "
                                     "as its input; only constant 2-D weights are supported")
             groups = int(attrs.get("group", 1))
@@ -198,22 +202,35 @@ class OnnxWeights:
             bias = self._bias(node, 2)
             return WeightMatrix(np.ascontiguousarray(values),
                                 None if bias is None else bias.reshape(1, groups, -1))
-        if node.op_type == "Gemm" and (attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            raise CMSwitchError(f"{self.label}: Gemm node '{node.name}' has alpha/beta other "
-                                "than 1, which the cim module does not record")
+        if node.op_type == "Gemm":  # Y = alpha A B + beta C: the scales go with the data
+            return self._scaled(node, pos, name, w, float(attrs.get("alpha", 1.0)),
+                                float(attrs.get("beta", 1.0)))
+        return self._product(node, pos, name, w, attrs)
+
+    def _scaled(self, node: onnx.NodeProto, pos: int, name: str, w: np.ndarray,
+                alpha: float, beta: float) -> WeightMatrix:
+        """A Gemm's matrix times ``alpha`` and bias times ``beta`` (none if 0)."""
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = self._product(node, pos, name, w, attrs, with_bias=beta != 0.0)
+        bias = None if plain.bias is None else plain.bias * np.float32(beta)
+        return WeightMatrix(plain.values * np.float32(alpha), bias)
+
+    def _product(self, node: onnx.NodeProto, pos: int, name: str, w: np.ndarray,
+                 attrs: dict, with_bias: bool = True) -> WeightMatrix:
+        """The matrix of a Gemm / MatMul reading weight `name` at input `pos`."""
         if w.ndim > 2 and any(d != 1 for d in w.shape[:-2]):
             raise CMSwitchError(f"{self.label}: weight '{name}' is a batch of matrices")
         if pos == 1:
             matrix = w.reshape(-1, 1) if w.ndim == 1 else w.reshape(w.shape[-2:])
             if attrs.get("transB", 0):
                 matrix = matrix.T
-            bias = self._bias(node, 2) if node.op_type == "Gemm" else None
+            bias = self._bias(node, 2) if node.op_type == "Gemm" and with_bias else None
             if bias is not None:  # C broadcasts to (M, N): keep (1 or M, 1 group, N)
                 bias = np.atleast_2d(bias)
                 bias = np.broadcast_to(bias, (bias.shape[0], matrix.shape[1]))[:, None, :]
             return WeightMatrix(np.ascontiguousarray(matrix)[None], bias)
         # constant left operand: the module computes Y^T = op(B)^T @ op(A)^T
-        if node.op_type == "Gemm" and self._bias(node, 2) is not None:
+        if node.op_type == "Gemm" and with_bias and self._bias(node, 2) is not None:
             raise CMSwitchError(f"{self.label}: Gemm node '{node.name}' with a constant A and "
                                 "a bias C is not supported in functional mode")
         if w.ndim == 1:
@@ -399,6 +416,160 @@ def _layernorm(op: Operation, ins: list) -> np.ndarray:
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
+
+def _slot(op: Operation, ins: list, index: int) -> np.ndarray | None:
+    """The operand that was ONNX input `index` (``operand_slots``), or None."""
+    slots = _attr(op, "operand_slots", list(range(len(ins))))
+    return ins[slots.index(index)] if index in slots else None
+
+
+def _clip(op: Operation, ins: list) -> np.ndarray:
+    """Clip (ONNX >= 11): each bound from its run-time operand (inputs 1 and 2), else
+    the recorded ``min`` / ``max``, else none."""
+    out = ins[0]
+    for index, name, fn in ((1, "min", np.maximum), (2, "max", np.minimum)):
+        bound = _slot(op, ins, index)
+        if bound is None and _attr(op, name) is not None:
+            bound = np.asarray(_attr(op, name), dtype=ins[0].dtype)
+        if bound is not None:
+            out = fn(out, bound)
+    return out
+
+
+def _need(op: Operation, ins: list, count: int, what: str) -> None:
+    if len(ins) < count:
+        raise CMSwitchError(f"VEC.{op.kind.data}: its {what} are not run-time operands "
+                            "and were not recorded; functional mode cannot compute it")
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """A per-channel vector ``(C,)`` shaped to broadcast along axis 1 of rank `ndim`."""
+    return v.reshape([1, -1] + [1] * (ndim - 2))
+
+
+def _batchnorm(op: Operation, ins: list) -> np.ndarray:
+    """ONNX BatchNormalization (inference): ``(x - mean) / sqrt(var + eps) * scale + B``
+    per channel (axis 1)."""
+    _need(op, ins, 5, "scale, bias, mean and variance")
+    x, scale, bias, mean, var = ins[:5]
+    eps = np.float32(_attr(op, "epsilon", 1e-5))
+    n = x.ndim
+    return ((x - _per_channel(mean, n)) / np.sqrt(_per_channel(var, n) + eps)
+            * _per_channel(scale, n) + _per_channel(bias, n))
+
+
+def _instance_norm(op: Operation, ins: list) -> np.ndarray:
+    """ONNX InstanceNormalization: per sample and channel over the spatial axes."""
+    _need(op, ins, 3, "scale and bias")
+    x, scale, bias = ins[:3]
+    axes = tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + np.float32(_attr(op, "epsilon", 1e-5)))
+    return y * _per_channel(scale, x.ndim) + _per_channel(bias, x.ndim)
+
+
+def _lrn(op: Operation, ins: list) -> np.ndarray:
+    """ONNX LRN: ``x / (bias + alpha/size * square_sum)^beta``, the square sum over
+    channels ``c - floor((size-1)/2) .. c + ceil((size-1)/2)``."""
+    x = ins[0]
+    size = _attr(op, "size")
+    if size is None:
+        raise CMSwitchError("VEC.lrn: its size was not recorded in the module")
+    alpha, beta = _attr(op, "alpha", 1e-4), _attr(op, "beta", 0.75)
+    bias = _attr(op, "bias", 1.0)
+    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
+    sq = np.square(x.astype(np.float64))
+    total = np.zeros_like(sq)
+    channels = x.shape[1]
+    for c in range(channels):
+        total[:, c] = sq[:, max(0, c - lo):min(channels, c + hi + 1)].sum(axis=1)
+    return (x / (bias + alpha / size * total) ** beta).astype(np.float32)
+
+
+def _slope(op: Operation, ins: list) -> np.ndarray:
+    """PRelu's slope: a run-time operand, else the recorded ``slope`` (``slope_shape``)."""
+    if _slot(op, ins, 1) is not None:
+        return _slot(op, ins, 1)
+    slope = _attr(op, "slope")
+    if slope is None:
+        _need(op, ins, 2, "slope")
+    values = np.asarray(slope, dtype=np.float32)
+    return values.reshape(_attr(op, "slope_shape", list(values.shape)))
+
+
+def _log_softmax(op: Operation, ins: list) -> np.ndarray:
+    x = ins[0]
+    axis = _attr(op, "axis", -1)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _pad(op: Operation, ins: list) -> np.ndarray:
+    """ONNX Pad (opset >= 11): ``pads`` begins then ends per axis (of ``axes`` if
+    given), ``mode`` constant / reflect / edge / wrap, ``constant_value``."""
+    x = ins[0]
+    pads = _slot(op, ins, 1)
+    pads = pads.astype(np.int64).tolist() if pads is not None else _attr(op, "pads")
+    if pads is None:
+        raise CMSwitchError("VEC.pad: its pads were not recorded in the module")
+    value = _slot(op, ins, 2)
+    value = value if value is not None else _attr(op, "constant_value", 0.0)
+    axes = _slot(op, ins, 3)
+    axes = axes.tolist() if axes is not None else _attr(op, "axes", list(range(x.ndim)))
+    axes = [axes] if isinstance(axes, int) else axes
+    width = [(0, 0)] * x.ndim
+    for i, a in enumerate(axes):
+        width[a % x.ndim] = (pads[i], pads[i + len(axes)])
+    grow = [(max(0, b), max(0, e)) for b, e in width]
+    mode = _attr(op, "mode", "constant")
+    if mode == "constant":
+        fill = np.asarray(value).reshape(-1)
+        y = np.pad(x, grow, constant_values=fill[0] if fill.size else 0)
+    else:
+        y = np.pad(x, grow, mode=mode)  # numpy's reflect / edge / wrap are ONNX's
+    # negative pads crop
+    return y[tuple(slice(-min(0, b), y.shape[a] + min(0, e)) for a, (b, e) in enumerate(width))]
+
+
+def _tile(op: Operation, ins: list) -> np.ndarray:
+    repeats = _slot(op, ins, 1)
+    repeats = repeats.astype(np.int64).tolist() if repeats is not None else _attr(op, "repeats")
+    if repeats is None:
+        raise CMSwitchError("VEC.tile: its repeats were not recorded in the module")
+    return np.tile(ins[0], repeats)
+
+
+def _nary(fn: Callable) -> Callable:
+    return lambda op, ins: fn(np.stack(np.broadcast_arrays(*ins)), axis=0)
+
+
+_SELU_ALPHA = 1.67326319217681884765625
+_SELU_GAMMA = 1.05070102214813232421875
+"""Selu's defaults (ONNX spec)."""
+
+_NEW_KINDS: dict[str, Callable] = {
+    "batchnorm": _batchnorm, "instance_norm": _instance_norm, "lrn": _lrn,
+    "leaky_relu": lambda op, ins: np.where(ins[0] < 0, np.float32(_attr(op, "alpha", 0.01))
+                                           * ins[0], ins[0]),
+    "prelu": lambda op, ins: np.where(ins[0] < 0, _slope(op, ins) * ins[0], ins[0]),
+    "elu": lambda op, ins: np.where(ins[0] < 0, np.float32(_attr(op, "alpha", 1.0))
+                                    * (np.exp(ins[0]) - 1), ins[0]),
+    "selu": lambda op, ins: np.float32(_attr(op, "gamma", _SELU_GAMMA)) * np.where(
+        ins[0] > 0, ins[0], np.float32(_attr(op, "alpha", _SELU_ALPHA)) * (np.exp(ins[0]) - 1)),
+    "celu": lambda op, ins: np.maximum(0, ins[0]) + np.minimum(0, np.float32(
+        _attr(op, "alpha", 1.0)) * (np.exp(ins[0] / np.float32(_attr(op, "alpha", 1.0))) - 1)),
+    "softplus": lambda op, ins: np.log(np.exp(ins[0]) + 1),
+    "softsign": lambda op, ins: ins[0] / (1 + np.abs(ins[0])),
+    "abs": lambda op, ins: np.abs(ins[0]),
+    "hard_sigmoid": lambda op, ins: np.clip(np.float32(_attr(op, "alpha", 0.2)) * ins[0]
+                                            + np.float32(_attr(op, "beta", 0.5)), 0, 1),
+    "hard_swish": lambda op, ins: ins[0] * np.clip(ins[0] / 6 + 0.5, 0, 1),
+    "log_softmax": _log_softmax, "log": lambda op, ins: np.log(ins[0]),
+    "sum": _nary(np.sum), "mean": _nary(np.mean), "pad": _pad, "tile": _tile,
+}
+"""Kernels of issue 14's kinds (ONNX operator formulas), ``(op, ins) -> array``."""
+
 _UNARY: dict[str, Callable] = {
     "neg": np.negative, "sqrt": np.sqrt, "reciprocal": np.reciprocal, "exp": np.exp,
     "erf": _erf, "tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
@@ -422,9 +593,16 @@ def vector_kernel(op: Operation, ins: list, out_shapes: list, out_dtypes: list,
     importer folded away (an ``add`` with one input, ...)."""
     kind = op.kind.data
     x = ins[0] if ins else None
+    lost = _attr(op, "unrecorded_constants", 0)
+    if lost:
+        raise CMSwitchError(f"VEC.{kind}: {lost} constant operand(s) folded by the importer "
+                            "without their values; functional mode cannot compute it")
 
     def one(value: np.ndarray) -> list:
         return [np.asarray(value)]
+
+    if kind in _NEW_KINDS:
+        return one(_NEW_KINDS[kind](op, ins))
 
     if kind in _BINARY:
         if len(ins) != 2:
@@ -452,8 +630,11 @@ def vector_kernel(op: Operation, ins: list, out_shapes: list, out_dtypes: list,
             return one(0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))))
         return one(0.5 * x * (1 + _erf(x / np.sqrt(2))))
     if kind == "clip":
-        return one(np.clip(x, _attr(op, "min"), _attr(op, "max")))
+        return one(_clip(op, ins))
     if kind == "cast":
+        if len(ins) > 1:  # QuantizeLinear / DequantizeLinear with run-time scales
+            raise CMSwitchError("VEC.cast: a scaled cast (QuantizeLinear / DequantizeLinear) "
+                                "is not implemented in functional mode")
         return one(x.astype(out_dtypes[0]))
     if kind == "softmax":
         return one(_softmax(x, _attr(op, "axis", -1)))

@@ -58,13 +58,16 @@ VECTOR_KINDS: dict[str, str] = {
             "max", "min",
             "softmax", "layernorm", "rmsnorm", "reduce_mean", "reduce_sum", "reduce_max",
             "maxpool", "avgpool", "global_avgpool", "psum_add",
+            "batchnorm", "instance_norm", "lrn", "leaky_relu", "prelu", "elu", "selu",
+            "celu", "softplus", "softsign", "abs", "hard_sigmoid", "hard_swish",
+            "log_softmax", "log", "sum", "mean",
         )
     },
     **{
         k: "movement"
         for k in (
             "reshape", "transpose", "concat", "split", "slice", "gather", "expand",
-            "squeeze", "unsqueeze", "flatten", "identity", "range", "shape",
+            "squeeze", "unsqueeze", "flatten", "identity", "range", "shape", "pad", "tile",
         )
     },
 }

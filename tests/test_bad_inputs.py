@@ -200,10 +200,15 @@ ONNX_CASES = {
     "gemm_no_bias": (gemm([4, 8], [8, 16], bias=False), [], [("weight", 4, 8, 16, 1)]),
     "gemm_trans_ab_no_bias": (gemm([8, 4], [16, 8], bias=False, transA=1, transB=1), [],
                               [("weight", 4, 8, 16, 1)]),
-    "gemm_alpha_refused": (gemm([4, 8], [8, 16], bias=True, alpha=2.0), [],
-                           r"Gemm with alpha=2\.0 is not supported"),
-    "gemm_beta_refused": (gemm([4, 8], [8, 16], bias=True, beta=0.5), [],
-                          r"Gemm with beta=0\.5 is not supported"),
+    # alpha / beta scale the constant weight and bias (issue 14): the same operator
+    "gemm_alpha_scales_the_weight": (gemm([4, 8], [8, 16], bias=True, alpha=2.0), [],
+                                     [("weight", 4, 8, 16, 1)]),
+    "gemm_beta_scales_the_bias": (gemm([4, 8], [8, 16], bias=True, beta=0.5), [],
+                                  [("weight", 4, 8, 16, 1)]),
+    "gemm_alpha_on_two_activations_refused": (
+        model([helper.make_node("Gemm", ["a", "b"], ["y"], name="g", alpha=2.0)],
+              [vi("a", [4, 8]), vi("b", [8, 16])], [vi("y", [4, 16])]), [],
+        r"Gemm node 'g': alpha=2, beta=1 on a product of two activations is not supported"),
     # [2,5,8] @ [8,16]: 10 vectors
     "matmul_rank3_weight": (matmul_weight([2, 5, 8], [8, 16]), [], [("weight", 10, 8, 16, 1)]),
     # [2,1,4,8] @ [3,8,5] -> [2,3,4,5]: six 4x8 @ 8x5 instances, priced per instance
@@ -244,7 +249,7 @@ ONNX_CASES = {
                        [], r"unsupported ONNX operator 'Einsum' at node 'my_einsum'"),
     "custom_domain_op": (custom_domain(), [], r"unsupported ONNX operator 'com\.example\.FancyOp' at node 'fancy'"),
     "control_flow": (if_node(), [], r"unsupported ONNX operator 'If' at node 'branch'"),
-    "conv3d": (conv([1, 3, 4, 4, 4], [4, 3, 3, 3, 3]), [], r"Conv node 'conv' is not 2-D"),
+    "conv3d": (conv([1, 3, 4, 4, 4], [4, 3, 3, 3, 3]), [], r"Conv node 'conv' is 3-D .*only 1-D and 2-D"),
     "runtime_reshape": (runtime_reshape(), [], r"cannot determine the shape of tensor 'y'.*dyn_reshape"),
     "shape_inference_fails": (single("Add", [vi("x", [3]), vi("z", [4])], [vi("y", None)]), [],
                               r"shape inference failed: .*my_add"),

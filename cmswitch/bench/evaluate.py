@@ -90,24 +90,28 @@ class Workload:
         return f"{self.model.name} {shape} @ {self.arch}"
 
 
-def main_workloads(models: list[str], archs: list[str] | None, batch: int, seq: int) -> list[Workload]:
-    """The main table's rows: each model on the default hardware and, for PRIME_MODELS,
-    on prime; or, when `archs` is given, each model on each of those.  Transformers run
-    prefill at `batch` x `seq`, CNNs at CNN_BATCH."""
+def main_workloads(models: list[str | Model], archs: list[str] | None, batch: int,
+                   seq: int) -> list[Workload]:
+    """The main table's rows: each model (a name of `MODELS` or a `Model`) on the
+    default hardware and, for PRIME_MODELS, on prime; or, when `archs` is given, each
+    model on each of those.  Transformers run prefill at `batch` x `seq`, CNNs (and a
+    user's ONNX file) at CNN_BATCH."""
     rows = []
-    for name in models:
-        model = MODELS[name]
+    for model in models:
+        model = MODELS[model] if isinstance(model, str) else model
         shape = (batch, seq) if model.transformer else (CNN_BATCH, None)
-        targets = archs or [DEFAULT_ARCH] + ([PRIME_ARCH] if name in PRIME_MODELS else [])
+        prime = [PRIME_ARCH] if model.name in PRIME_MODELS and model.name in MODELS else []
+        targets = archs or [DEFAULT_ARCH] + prime
         rows.extend(Workload(model, arch, *shape) for arch in targets)
     return rows
 
 
-def sweep_workloads(models: list[str], archs: list[str] | None) -> list[Workload]:
+def sweep_workloads(models: list[str | Model], archs: list[str] | None) -> list[Workload]:
     """The sweep's rows: each transformer of `models` at SWEEP_BATCHES x SWEEP_SEQS on
     the default hardware (or each of `archs`)."""
-    return [Workload(MODELS[name], arch, b, s)
-            for name in models if MODELS[name].transformer
+    chosen = [MODELS[m] if isinstance(m, str) else m for m in models]
+    return [Workload(model, arch, b, s)
+            for model in chosen if model.transformer
             for arch in archs or [DEFAULT_ARCH]
             for b in SWEEP_BATCHES for s in SWEEP_SEQS]
 
@@ -245,9 +249,22 @@ def run_table(workloads: list[Workload], strategies: list[str], progress,
     return rows, failures
 
 
-def _models_arg(args: argparse.Namespace) -> list[str]:
+def _models_arg(args: argparse.Namespace) -> list[Model]:
+    """The models of the run: the named ones in the set's order, then the user's
+    `.onnx` files in the order given.  Raises CMSwitchError for an entry that is
+    neither a model of the set nor an existing `.onnx` file."""
     chosen = args.models or (list(QUICK_MODELS) if args.quick else list(MODELS))
-    return [name for name in MODELS if name in chosen]  # the set's order, no duplicates
+    files: dict[str, Model] = {}
+    for entry in chosen:
+        if entry in MODELS:
+            continue
+        path = Path(entry)
+        if path.suffix != ".onnx" or not path.is_file():
+            raise CMSwitchError(f"--models {entry}: not a model of the set "
+                                f"({', '.join(MODELS)}) nor an existing .onnx file")
+        files.setdefault(str(path.resolve()), Model(path.stem, str(path.resolve()), False))
+    named = [MODELS[name] for name in MODELS if name in chosen]
+    return named + list(files.values())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -320,8 +337,10 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     """Register the `bench` subcommand on an argparse subparsers object."""
     b = sub.add_parser("bench", help="the evaluation table: every model under every strategy",
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
-    b.add_argument("--models", nargs="+", choices=list(MODELS), metavar="MODEL",
-                   help="only these models (default: all): " + ", ".join(MODELS))
+    b.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="only these models (default: all): " + ", ".join(MODELS)
+                        + "; or paths of your own .onnx files (run like the CNNs, batch "
+                        f"{CNN_BATCH})")
     b.add_argument("--quick", action="store_true",
                    help="a small subset: " + ", ".join(QUICK_MODELS))
     b.add_argument("--arch", nargs="+", default=None, metavar="PRESET|FILE",

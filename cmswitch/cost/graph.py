@@ -113,6 +113,8 @@ ROW_KINDS = frozenset((
     "sigmoid", "relu", "clip", "gelu", "silu", "cos", "sin", "where", "isnan", "not",
     "equal", "less", "greater", "and", "or", "cast", "max", "min", "softmax", "layernorm",
     "rmsnorm", "psum_add", "reshape", "identity", "squeeze", "unsqueeze", "flatten",
+    "batchnorm", "leaky_relu", "prelu", "elu", "selu", "celu", "softplus", "softsign", "abs",
+    "hard_sigmoid", "hard_swish", "log_softmax", "log", "sum", "mean",
 ))
 """Vector kinds that consume their operands row by row in order (element-wise, or
 normalising over the last axis, or a view that keeps row-major order)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, prod
 
+from xdsl.dialects.builtin import IntegerAttr
 from xdsl.ir import Operation, SSAValue
 
 from cmswitch.arch import Arch
@@ -32,13 +33,28 @@ OPS_PER_ELEMENT: dict[str, int] = {
     "softmax": 5, "layernorm": 8, "rmsnorm": 5, "gelu": 8, "silu": 4, "sigmoid": 4, "tanh": 4,
     "erf": 4, "exp": 2, "pow": 2, "sqrt": 2, "reciprocal": 2, "div": 2,
     "cos": 4, "sin": 4,
+    # issue 14's kinds, counted the same way from their ONNX formulas: batchnorm
+    # x*s + t (scale and shift precomputed); instance_norm as layernorm; leaky_relu /
+    # prelu a compare and a multiply; elu / celu / selu an exp (2) and a select, celu
+    # and selu a scale more; softplus log(1 + exp x); softsign x / (1 + |x|);
+    # hard_sigmoid a multiply-add and a clip; hard_swish that and a multiply;
+    # log_softmax as softmax plus a log; log as exp.  lrn: see `vector_ops`.
+    "batchnorm": 2, "instance_norm": 8, "leaky_relu": 2, "prelu": 2, "elu": 3, "celu": 4,
+    "selu": 4, "softplus": 4, "softsign": 4, "hard_sigmoid": 3, "hard_swish": 4,
+    "log_softmax": 7, "log": 2,
 }
+LRN_OPS_PER_WINDOW_ELEMENT = 1
+"""lrn: one multiply-add per element of its ``size``-channel window (the square sum),
+plus `LRN_OPS_PER_ELEMENT` for ``(bias + alpha/size * sum)^beta`` and the divide."""
+LRN_OPS_PER_ELEMENT = 6
+"""lrn: the scale and bias (2), the power (2, as `pow`) and the divide (2) per element."""
 #: Movement kinds that physically copy every element (one digital-unit op each);
 #: the other movement kinds (reshape, squeeze, ...) only re-address data: free.
-COPYING_MOVES = frozenset({"transpose", "concat", "split", "gather", "slice", "expand"})
+COPYING_MOVES = frozenset({"transpose", "concat", "split", "gather", "slice", "expand",
+                           "pad", "tile"})
 #: Kinds priced per input element (each input element is read and combined once).
 PER_INPUT = frozenset({"maxpool", "avgpool", "global_avgpool", "reduce_mean",
-                       "reduce_sum", "reduce_max"})
+                       "reduce_sum", "reduce_max", "sum", "mean"})
 
 
 @dataclass(frozen=True)
@@ -136,6 +152,10 @@ def vector_ops(op: VectorOp) -> int:
         return out_elems if kind in COPYING_MOVES else 0
     if kind in PER_INPUT:
         return sum(prod(tensor_shape(x)) for x in op.inputs)
+    if kind == "lrn":
+        size = op.attributes.get("size")
+        window = size.value.data if isinstance(size, IntegerAttr) else 1
+        return out_elems * (window * LRN_OPS_PER_WINDOW_ELEMENT + LRN_OPS_PER_ELEMENT)
     return out_elems * OPS_PER_ELEMENT.get(kind, 1)
 
 

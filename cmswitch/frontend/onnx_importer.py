@@ -6,7 +6,9 @@ Pipeline (each step raises `CMSwitchError` with a one-line message on bad input)
 1. decode the protobuf (`onnx.ModelProto`); external weight data is never loaded, so
    weight-stripped models import fine.  A model older than opset `MIN_OPSET` is
    upgraded with onnx's version converter; one newer than the installed onnx is refused;
-2. inline model-local functions, bind symbolic input dims from ``dims``;
+2. inline model-local functions; fold BatchNormalization into the conv / Gemm before it
+   and zero Pad into the convs after it (`cmswitch.frontend.rewrites`); bind symbolic
+   input dims from ``dims``;
 3. classify every node: a node whose inputs are all constants (initializers, `Constant`
    outputs, values computed only from constants, or `Shape`/`Size` of a statically
    shaped tensor) is *constant-folded*: nothing is emitted and its outputs are
@@ -70,7 +72,7 @@ from cmswitch.dialects.cim import (
 )
 from cmswitch.errors import CMSwitchError
 
-__all__ = ["import_onnx", "load_model", "VECTOR_OP_KINDS"]
+__all__ = ["import_onnx", "load_model", "prepare_model", "VECTOR_OP_KINDS"]
 
 #: ONNX operator (default domain) -> `cim.vector` kind.
 VECTOR_OP_KINDS: dict[str, str] = {
@@ -97,6 +99,14 @@ VECTOR_OP_KINDS: dict[str, str] = {
     "Dropout": "identity", "Range": "range",
     # quantized (QDQ) activations: a scaled cast; constant scales and zero points fold
     "QuantizeLinear": "cast", "DequantizeLinear": "cast",
+    # everyday CNN exports (issue 14): the normalizations not folded into a conv by
+    # `cmswitch.frontend.rewrites`, the other activations, n-ary sums, padding
+    "BatchNormalization": "batchnorm", "InstanceNormalization": "instance_norm",
+    "LRN": "lrn", "LeakyRelu": "leaky_relu", "PRelu": "prelu", "Elu": "elu",
+    "Selu": "selu", "Celu": "celu", "Softplus": "softplus", "Softsign": "softsign",
+    "Abs": "abs", "HardSigmoid": "hard_sigmoid", "HardSwish": "hard_swish",
+    "LogSoftmax": "log_softmax", "Log": "log", "Sum": "sum", "Mean": "mean",
+    "Pad": "pad", "Tile": "tile",
 }
 
 #: Operators with a dedicated lowering (weight or dynamic matrix ops).
@@ -116,7 +126,26 @@ CONST_INPUT_ATTRS: dict[str, dict[int, str]] = {
     "ReduceMean": {1: "axes"}, "ReduceSum": {1: "axes"}, "ReduceMax": {1: "axes"},
     "Slice": {1: "starts", 2: "ends", 3: "axes", 4: "steps"},
     "Split": {1: "split"}, "Clip": {1: "min", 2: "max"}, "Pow": {1: "exponent"},
+    "Pad": {1: "pads", 2: "constant_value", 3: "axes"}, "Tile": {1: "repeats"},
+    "PRelu": {1: "slope"},
 }
+
+#: Constant inputs that do not change what an operator computes at inference (input
+#: index sets): Dropout's ratio and training_mode, CastLike's type-only target.
+CONST_INPUTS_IGNORED: dict[str, frozenset[int]] = {
+    "Dropout": frozenset({1, 2}), "CastLike": frozenset({1}),
+}
+
+SLOTS_ATTR = "operand_slots"
+"""`cim.vector` attribute: the ONNX input index of each operand, when they are not
+simply the first inputs in order (a constant or an omitted optional input before an
+activation: Clip's ``max`` without ``min``)."""
+
+UNRECORDED_ATTR = "unrecorded_constants"
+"""`cim.vector` attribute: how many of the node's constant operands the importer
+folded away without recording their values (large or external data, or operands no
+attribute holds, e.g. an Add's constant).  The cost model needs only the shapes;
+functional mode refuses such an op instead of computing something else."""
 
 _MAX_CONST_ATTR_ELEMS = 64
 
@@ -402,6 +431,22 @@ def _check_supported(node: onnx.NodeProto, label: str, source: str) -> None:
     raise CMSwitchError(f"{source}: unsupported ONNX operator '{op}' at node '{label}'")
 
 
+def _constant_value(node: onnx.NodeProto) -> TensorProto | None:
+    """A `Constant` node's tensor: its ``value``, or ``value_int(s)`` /
+    ``value_float(s)`` as an int64 / float tensor (ONNX Constant spec); None for the
+    sparse and string forms."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return attr.t
+        if attr.name in ("value_int", "value_ints", "value_float", "value_floats"):
+            data = onnx.helper.get_attribute_value(attr)
+            dtype = TensorProto.INT64 if "int" in attr.name else TensorProto.FLOAT
+            dims = [len(data)] if isinstance(data, list) else []
+            return onnx.helper.make_tensor(node.output[0], dtype, dims,
+                                           data if isinstance(data, list) else [data])
+    return None
+
+
 def _record_constant(node: onnx.NodeProto, ctx: _Ctx) -> None:
     """Mark the outputs of a folded node as constants derived from the largest constant
     input (ties: the first); `Constant` nodes are their own origin."""
@@ -409,9 +454,9 @@ def _record_constant(node: onnx.NodeProto, ctx: _Ctx) -> None:
     for name in node.input:
         if name and name in ctx.consts and ctx.sizes[name] > size:
             origin, size = ctx.consts[name], ctx.sizes[name]
-    if node.op_type == "Constant":
-        value = next((a.t for a in node.attribute if a.name == "value"), None)
-        if value is not None and node.output:
+    if node.op_type == "Constant" and node.output:
+        value = _constant_value(node)
+        if value is not None:
             ctx.data[node.output[0]] = value
     for out in node.output:
         if not out:
@@ -515,6 +560,8 @@ def _const_attr(ctx: _Ctx, name: str) -> Attribute | None:
         return IntegerAttr(vals[0], i64) if arr.ndim == 0 else array_prop(vals)
     if arr.dtype.kind == "f" and arr.ndim == 0:
         return FloatAttr(float(arr), f32)
+    if arr.dtype.kind == "f":
+        return DenseArrayBase.from_list(f32, [float(v) for v in arr.reshape(-1)])
     return None
 
 
@@ -533,6 +580,11 @@ def _vector_attrs(node: onnx.NodeProto, ctx: _Ctx, in_shape: Sequence[int] | Non
             value = _const_attr(ctx, node.input[index])
             if value is not None:
                 attrs.setdefault(attr_name, value)
+                dims = list(ctx.data[node.input[index]].dims)
+                if isinstance(value, DenseArrayBase) and len(dims) > 1:
+                    attrs.setdefault(f"{attr_name}_shape", array_prop(dims))
+    if node.op_type == "GlobalMaxPool" and in_shape:
+        attrs["axes"] = array_prop(list(range(2, len(in_shape))))
     if node.op_type.startswith("Gather") and node.input and node.input[0] in ctx.consts:
         attrs["table"] = StringAttr(ctx.consts[node.input[0]])
     auto_pad = _get_attr(node, "auto_pad", b"NOTSET")
@@ -648,10 +700,13 @@ def _lower_conv(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     out_type = _tensor_type(ctx, node.output[0], f"output of node '{label}'")
     x_shape = x.type.get_shape()  # type: ignore[union-attr]
     w_shape = _static_shape(ctx, w_name, f"weight of node '{label}'")
+    if len(x_shape) == 3 and len(w_shape) == 3:
+        _lower_conv1d(node, ctx, label, x, out_type)
+        return
     if len(x_shape) != 4 or len(w_shape) != 4:
         raise CMSwitchError(
-            f"{ctx.label}: Conv node '{label}' is not 2-D (input rank {len(x_shape)}); "
-            "only 2-D convolutions are supported"
+            f"{ctx.label}: Conv node '{label}' is {len(x_shape) - 2}-D (input rank "
+            f"{len(x_shape)}); only 1-D and 2-D convolutions are supported"
         )
     kernel = list(_get_attr(node, "kernel_shape", w_shape[2:]))
     strides = list(_get_attr(node, "strides", [1, 1]))
@@ -668,6 +723,33 @@ def _lower_conv(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
         )
     op = Conv2dOp(x, out_type, ctx.consts[w_name], kernel, strides, pads, dilations, group)
     _emit(ctx, op, [node.output[0]])
+
+
+def _lower_conv1d(node: onnx.NodeProto, ctx: _Ctx, label: str, x: SSAValue,
+                  out_type: TensorType) -> None:
+    """A 1-D Conv (input ``N x C x L``, weight ``M x C/g x k``) as a `cim.conv2d` of
+    height 1: input reshaped to ``N x C x 1 x L``, kernel ``1 x k``, strides,
+    dilations and pads ``1 / 0`` on the added axis; output ``N x M x 1 x L'`` reshaped
+    back.  The im2col matrix is the 1-D one (``K = C/g * k``), so the weight's
+    ``M x C/g x k`` data is the same matrix."""
+    n, c, length = x.type.get_shape()  # type: ignore[union-attr]
+    w_shape = _static_shape(ctx, node.input[1], f"weight of node '{label}'")
+    k = int(_get_attr(node, "kernel_shape", w_shape[2:])[0])
+    stride = int(_get_attr(node, "strides", [1])[0])
+    dilation = int(_get_attr(node, "dilations", [1])[0])
+    begin, end = _explicit_pads(_get_attr(node, "auto_pad", b"NOTSET"), [length], [k],
+                                [stride], [dilation], list(_get_attr(node, "pads", [0, 0])))
+    out_shape = list(out_type.get_shape())
+    if out_shape[2] != conv_output_size(length, k, stride, begin, end, dilation):
+        raise CMSwitchError(
+            f"{ctx.label}: Conv node '{label}': output {out_shape} disagrees with the "
+            "length from kernel/strides/pads/dilations")
+    x2 = _reshaped(ctx, x, [n, c, 1, length], f"{node.input[0]}_2d")
+    y2 = TensorType(out_type.element_type, [out_shape[0], out_shape[1], 1, out_shape[2]])
+    op = Conv2dOp(x2, y2, ctx.consts[node.input[1]], [1, k], [1, stride],
+                  [0, begin, 0, end], [1, dilation], int(_get_attr(node, "group", 1)))
+    _emit(ctx, op, [f"{node.output[0]}_2d"])
+    ctx.values[node.output[0]] = _reshaped(ctx, op.results[0], out_shape, node.output[0])
 
 
 def _lower_product(node: onnx.NodeProto, ctx: _Ctx, label: str, trans_a: bool,
@@ -782,8 +864,53 @@ def _lower_vector(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     types = [_tensor_type(ctx, o, f"output of node '{label}'") for o in outs]
     in_shape = inputs[0].type.get_shape() if inputs else None  # type: ignore[union-attr]
     attrs = _vector_attrs(node, ctx, in_shape)
+    recorded = CONST_INPUT_ATTRS.get(node.op_type, {})
+    ignored = CONST_INPUTS_IGNORED.get(node.op_type, frozenset())
+    lost = sum(1 for i, n in enumerate(node.input)
+               if n and n in ctx.consts and i not in ignored
+               and not (i in recorded and recorded[i] in attrs)
+               and not (i == 0 and "table" in attrs))
+    if lost:
+        attrs[UNRECORDED_ATTR] = IntegerAttr(lost, i64)
+    slots = [i for i, n in enumerate(node.input) if n and n not in ctx.consts]
+    if slots != list(range(len(slots))):
+        attrs[SLOTS_ATTR] = array_prop(slots)
     op = VectorOp(VECTOR_OP_KINDS[node.op_type], inputs, types, attrs)
     _emit(ctx, op, outs)
+
+
+def _lower_gemm(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
+    """Gemm ``Y = alpha * op(A) @ op(B) + beta * C`` (ONNX spec).  ``beta = 0`` drops
+    C.  With a constant operand, ``alpha`` scales the stored weight and ``beta`` the
+    constant bias: the matrix op records both (attributes ``alpha`` / ``beta``, read
+    by functional mode with the weights); the cost is the unscaled product's.  Raises
+    CMSwitchError for ``alpha != 1`` on a product of two activations or ``beta != 1``
+    on an activation C (no scaling op is emitted for them)."""
+    alpha = float(_get_attr(node, "alpha", 1.0))
+    beta = float(_get_attr(node, "beta", 1.0))
+    if len(node.input) > 2 and node.input[2] and beta == 0.0:
+        trimmed = onnx.NodeProto()
+        trimmed.CopyFrom(node)
+        del trimmed.input[2:]
+        node = trimmed
+    has_c = len(node.input) > 2 and bool(node.input[2])
+    weighted = node.input[0] in ctx.consts or node.input[1] in ctx.consts
+    scaled_c = has_c and beta != 1.0
+    if (alpha != 1.0 or scaled_c) and not weighted:
+        raise CMSwitchError(f"{ctx.label}: Gemm node '{label}': alpha={alpha:g}, "
+                            f"beta={beta:g} on a product of two activations is not supported")
+    if scaled_c and node.input[2] not in ctx.consts:
+        raise CMSwitchError(f"{ctx.label}: Gemm node '{label}': beta={beta:g} on an "
+                            "activation C is not supported")
+    mark = len(ctx.ops)
+    _lower_product(node, ctx, label, bool(_get_attr(node, "transA", 0)),
+                   bool(_get_attr(node, "transB", 0)))
+    if alpha == 1.0 and not scaled_c:
+        return
+    matrix = next(op for op in ctx.ops[mark:] if isinstance(op, MatmulOp))
+    matrix.attributes["alpha"] = FloatAttr(alpha, f32)
+    if scaled_c:
+        matrix.attributes["beta"] = FloatAttr(beta, f32)
 
 
 def _lower_node(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
@@ -792,20 +919,43 @@ def _lower_node(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
         _lower_conv(node, ctx, label)
         return
     if node.op_type == "Gemm":
-        for key in ("alpha", "beta"):
-            if float(_get_attr(node, key, 1.0)) != 1.0:
-                raise CMSwitchError(f"{label}: Gemm with {key}={_get_attr(node, key, 1.0)} is "
-                                    f"not supported (only alpha = beta = 1)")
-        _lower_product(node, ctx, label, bool(_get_attr(node, "transA", 0)),
-                       bool(_get_attr(node, "transB", 0)))
+        _lower_gemm(node, ctx, label)
         return
     if node.op_type == "MatMul":
         _lower_product(node, ctx, label, False, False)
         return
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        flag = node.input[2]
+        value = _const_attr(ctx, flag) if flag in ctx.consts else None
+        if not isinstance(value, IntegerAttr) or value.value.data:
+            raise CMSwitchError(f"{ctx.label}: Dropout node '{label}' may run in training "
+                                "mode (training_mode is not a constant false); export the "
+                                "model for inference")
+    if node.op_type == "BatchNormalization" and _get_attr(node, "training_mode", 0):
+        raise CMSwitchError(f"{ctx.label}: BatchNormalization node '{label}' is in training "
+                            "mode (running statistics as outputs); export the model for "
+                            "inference")
     _lower_vector(node, ctx, label)
 
 
 # --------------------------------------------------------------------------- entry
+
+
+def prepare_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """The graph the importer lowers, from a decoded model: upgraded to `MIN_OPSET`
+    (`_upgrade_opset`), model-local functions inlined, BatchNormalization and zero Pad
+    folded (`cmswitch.frontend.rewrites.fold_for_inference`).  Functional mode reads
+    its weights from the same graph.  Raises CMSwitchError as `_upgrade_opset`, or if
+    the functions cannot be inlined."""
+    from cmswitch.frontend.rewrites import fold_for_inference
+
+    model = _upgrade_opset(model, label)
+    if model.functions:
+        try:
+            model = onnx.inliner.inline_local_functions(model)
+        except Exception as exc:
+            raise CMSwitchError(f"{label}: cannot inline local functions: {_one_line(exc)}") from None
+    return fold_for_inference(model)
 
 
 def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None = None,
@@ -829,13 +979,7 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     label = (filename or name or "<bytes>") if is_bytes else os.fspath(source)
     label = str(label)
-    model = _read_model(source, label)
-    model = _upgrade_opset(model, label)
-    if model.functions:
-        try:
-            model = onnx.inliner.inline_local_functions(model)
-        except Exception as exc:
-            raise CMSwitchError(f"{label}: cannot inline local functions: {_one_line(exc)}") from None
+    model = prepare_model(_read_model(source, label), label)
     graph = model.graph
     model_name = name or (None if is_bytes else Path(label).stem) or graph.name or "model"
     ctx = _Ctx(label=label, opset=_default_opset(model))

@@ -59,7 +59,8 @@ class Plan:
             "lower_bound_cycles": self.lower_bound_cycles,
             "compile_seconds": round(self.compile_seconds, 3),
             "units": {"cycles": "clock cycles", "bytes": "bytes", "arrays": "arrays"},
-            "mip": self.mip, "chunk_arrays": self.chunk_arrays, "segments": self.segments, "operators": self.operators,
+            "mip": self.mip, "chunk_arrays": self.chunk_arrays, "segments": self.segments,
+            "operators": self.operators, "layers": split_layers(self.operators),
         }
 
     def simulate(self) -> dict[str, Any]:
@@ -67,6 +68,33 @@ class Plan:
         from cmswitch.sim.simulator import simulate
 
         return simulate(self.flow)
+
+
+_SUMMED = ("arrays_per_copy", "weight_bytes", "feed_bytes", "compute_cycles_one_copy",
+           "vector_ops")
+
+
+def split_layers(operators: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Roll-up rows of the ONNX nodes `cim-partition` split into several weight pieces:
+    per node (report rows' ``node``), its operator rows' names, segments, weight
+    pieces, and the sums of `_SUMMED` (arrays for one copy of every piece, weight and
+    feed bytes, one-copy compute cycles, digital-unit ops of its slices / partial sums
+    / concat).  In node order of first appearance."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for row in operators:
+        if "node" in row:
+            rows.setdefault(row["node"], []).append(row)
+    layers = []
+    for node, members in rows.items():
+        pieces = sum(1 for r in members if "m" in r)
+        if pieces < 2:
+            continue
+        layer: dict[str, Any] = {
+            "node": node, "operators": [r["name"] for r in members],
+            "segments": sorted({r["segment"] for r in members}), "pieces": pieces}
+        layer.update({key: sum(r.get(key, 0) for r in members) for key in _SUMMED})
+        layers.append(layer)
+    return layers
 
 
 def _all_dialects(ctx: Context) -> None:
@@ -174,6 +202,9 @@ def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict
         })
         for g in members:
             row = {"name": g.name, "segment": seg_id, "kind": g.cost.kind}
+            node = g.op.attributes.get("onnx_node")
+            if isinstance(node, StringAttr):
+                row["node"] = node.data
             if g.cost.arrays:
                 mem = g.op.attributes.get("memory")
                 lo_hi = mem.get_values() if mem else (0, 0)

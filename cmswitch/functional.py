@@ -94,6 +94,7 @@ class OnnxWeights:
     def __init__(self, model: onnx.ModelProto, base_dir: Path, label: str) -> None:
         self.label = label
         self.base_dir = base_dir
+        self.model = model
         graph = model.graph
         self.tensors: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
         #: the graph's activation inputs (not initializers), in order
@@ -142,6 +143,59 @@ class OnnxWeights:
                                 f"({str(exc).splitlines()[0]})") from None
         self._arrays[name] = value
         return value
+
+    def constant(self, name: str) -> np.ndarray:
+        """The value of constant tensor `name`: an initializer or `Constant` output
+        (`array`), or a tensor the importer derived by constant folding, evaluated
+        here by onnx's reference evaluator (`onnx.reference`) on the subgraph that
+        computes it (graph inputs it reads only for their shapes are fed zeros).  Raises CMSwitchError if its data is missing or it
+        cannot be evaluated."""
+        if name in self.tensors:
+            return self.array(name)
+        if name not in self._arrays:
+            self._arrays[name] = self._evaluate(name)
+        return self._arrays[name]
+
+    def _evaluate(self, name: str) -> np.ndarray:
+        from onnx.reference import ReferenceEvaluator
+
+        try:
+            graph = self.model.graph
+            producer = {o: n for n in graph.node for o in n.output}
+            needed, todo, nodes = set(), [name], []
+            while todo:  # the nodes `name` depends on
+                current = todo.pop()
+                node = producer.get(current)
+                if node is None or id(node) in needed:
+                    continue
+                needed.add(id(node))
+                todo.extend(i for i in node.input if i)
+            nodes = [n for n in graph.node if id(n) in needed]
+            used = {i for n in nodes for i in n.input}
+            inputs = [vi for vi in graph.input if vi.name in used and vi.name not in self.tensors]
+            inits = [t for t in graph.initializer if t.name in used]
+            for t in inits:  # a derived constant's sources need their data
+                if t.data_location == TensorProto.EXTERNAL:
+                    self.array(t.name)  # raises the missing-data error
+            feeds = {}
+            for vi in inputs:  # read only for their shapes (Shape, Size)
+                dims = [d.dim_value if d.HasField("dim_value") else -1
+                        for d in vi.type.tensor_type.shape.dim]
+                if any(d < 0 for d in dims):
+                    raise ValueError(f"it depends on the symbolic shape of '{vi.name}'")
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+                feeds[vi.name] = np.zeros(dims, dtype=dtype)
+            sub = onnx.helper.make_model(
+                onnx.helper.make_graph(nodes, "constant", inputs,
+                                       [onnx.helper.make_empty_tensor_value_info(name)], inits),
+                opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
+            return np.asarray(ReferenceEvaluator(sub).run([name], feeds)[0])
+        except CMSwitchError:
+            raise
+        except Exception as exc:
+            raise CMSwitchError(f"{self.label}: cannot evaluate the constant operand '{name}' "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                                ) from None
 
     def _external(self, tensor: TensorProto) -> TensorProto:
         from onnx.external_data_helper import load_external_data_for_tensor
@@ -417,9 +471,33 @@ def _layernorm(op: Operation, ins: list) -> np.ndarray:
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
+class Operands(list):
+    """A vector op's operand values in ONNX input order, with their input indices
+    `slots` (activations and the constants carried by name, `with_constants`)."""
+
+    def __init__(self, values, slots: list[int]) -> None:
+        super().__init__(values)
+        self.slots = slots
+
+
+def with_constants(op: Operation, ins: list, constant: Callable[[str], np.ndarray]
+                   ) -> list:
+    """`ins` (the activation operands) merged in ONNX input order with the op's
+    constant operands (``constant_slots`` / ``constant_names``, read by `constant`)."""
+    const_slots = _attr(op, "constant_slots", [])
+    if not const_slots:
+        return ins
+    names = [a.data for a in op.attributes["constant_names"].data]
+    act_slots = _attr(op, "operand_slots", list(range(len(ins))))
+    pairs = sorted([*zip(act_slots, ins),
+                    *((s, constant(n)) for s, n in zip(const_slots, names))],
+                   key=lambda p: p[0])
+    return Operands([v for _, v in pairs], [s for s, _ in pairs])
+
+
 def _slot(op: Operation, ins: list, index: int) -> np.ndarray | None:
     """The operand that was ONNX input `index` (``operand_slots``), or None."""
-    slots = _attr(op, "operand_slots", list(range(len(ins))))
+    slots = getattr(ins, "slots", None) or _attr(op, "operand_slots", list(range(len(ins))))
     return ins[slots.index(index)] if index in slots else None
 
 
@@ -593,10 +671,6 @@ def vector_kernel(op: Operation, ins: list, out_shapes: list, out_dtypes: list,
     importer folded away (an ``add`` with one input, ...)."""
     kind = op.kind.data
     x = ins[0] if ins else None
-    lost = _attr(op, "unrecorded_constants", 0)
-    if lost:
-        raise CMSwitchError(f"VEC.{kind}: {lost} constant operand(s) folded by the importer "
-                            "without their values; functional mode cannot compute it")
 
     def one(value: np.ndarray) -> list:
         return [np.asarray(value)]
@@ -958,6 +1032,7 @@ class FunctionalMachine:
         shapes = [tensor_shape(r) for r in op.outputs]
         dtypes = [_np_dtype(r.type) for r in op.outputs]
         try:
+            ins = with_constants(op, ins, self.weights.constant)
             with np.errstate(all="ignore"):
                 outs = vector_kernel(op, ins, shapes, dtypes, self.weights.array)
         except CMSwitchError as error:

@@ -322,13 +322,26 @@ def test_weight_tiles_follow_the_placement_rule():
         assert np.array_equal(rebuilt, values) and (hits == 1).all()
 
 
-def test_constant_operand_folded_by_the_importer_is_reported(work):
+def test_constant_operands_are_carried_as_data(work):
+    """Issue 14: an Add of a constant bias, and an attention-style score scaled by a
+    constant 1/sqrt(d) computed by constant folding (Sqrt of a Constant), run with
+    their constants (read from the model, the derived one evaluated) and match
+    onnxruntime."""
     node = helper.make_node
     nodes = [node("MatMul", ["x", "w"], ["h"]), node("Add", ["h", "bias"], ["y"])]
     path = _save(work / "const_add.onnx", nodes, [("x", [2, 4])], [("y", [2, 3])],
                  {"w": [4, 3], "bias": [3]}, seed=5)
-    with pytest.raises(CMSwitchError, match="VEC.add .* constant operand.* folded by the importer"):
-        check_against_onnxruntime(path)
+    assert check_against_onnxruntime(path)["ok"]
+    d = helper.make_tensor("d", TensorProto.FLOAT, [], [16.0])
+    nodes = [node("Constant", [], ["dk"], value=d), node("Sqrt", ["dk"], ["root"]),
+             node("MatMul", ["q", "kt"], ["s"]), node("Div", ["s", "root"], ["y"])]
+    path = _save(work / "scaled.onnx", nodes, [("q", [2, 4, 16]), ("kt", [2, 16, 4])],
+                 [("y", [2, 4, 4])], {}, seed=6)
+    plan = cms.compile(path, keep_module=True)
+    (div,) = [op for op in plan.module.walk() if isinstance(op, VectorOp)
+              and op.kind.data == "div"]
+    assert [a.data for a in div.attributes["constant_names"].data] == ["root"]
+    assert check_against_onnxruntime(path)["ok"]
 
 
 # ---------------------------------------------------------------------------------

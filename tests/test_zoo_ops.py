@@ -150,12 +150,8 @@ def test_a_batchnorm_whose_input_is_read_twice_stays_an_operator(tmp_path):
     plan = cms.compile(path, keep_module=True)
     kinds = [op.kind.data for op in plan.module.walk() if isinstance(op, VectorOp)]
     assert "batchnorm" in kinds
-    # its constant statistics are not in the module: functional mode refuses, never
-    # computing something else
-    from cmswitch.errors import CMSwitchError
-
-    with pytest.raises(CMSwitchError, match="batchnorm: 4 constant operand"):
-        check_against_onnxruntime(path)
+    # its constant statistics are carried by name: functional mode reads them
+    assert check_against_onnxruntime(path)["ok"]
 
 
 def test_a_pad_feeding_a_pool_stays_a_copying_move(tmp_path):
@@ -246,3 +242,37 @@ def test_clip_with_run_time_bounds_uses_them(outcomes):
     for case in ("test_clip", "test_clip_default_max", "test_clip_default_min",
                  "test_clip_splitbounds"):
         assert status[case] == "match", case
+
+
+# ------------------------------------------------------------------ node names
+
+
+def test_report_rows_carry_the_onnx_node_names(zoo, tmp_path):
+    report = cms.compile(zoo).report()
+    nodes = {row["name"]: row["node"] for row in report["operators"]}
+    # the convs keep their node names (their BatchNormalizations folded into them);
+    # operators are still named after their weights in the flow
+    assert nodes["w1"] == "conv1" and nodes["w2"] == "conv2" and nodes["wf"] == "fc"
+    assert {"lrn1", "act2", "gap"} <= set(nodes.values())
+    anonymous = [helper.make_node("Relu", ["x"], ["y"])]
+    path = _model(tmp_path / "anon.onnx", anonymous, [("x", [2, 4])], [("y", [2, 4])], {})
+    (row,) = cms.compile(path).report()["operators"]
+    assert row["node"] == "Relu_0"
+
+
+def test_a_split_layer_gets_a_roll_up_row():
+    """ResNet-18's layer4.0.conv1 (3x3, 256 -> 512 channels, stride 2, 14x14 -> 7x7)
+    needs more arrays than half the chip and is split along N.  Its roll-up sums the
+    pieces: the whole weight K x N = (256*9) x 512 bytes at 8-bit weights, and one
+    M * mvm_cycles = 49 * 8 per piece."""
+    from conftest import MODELS
+
+    plan = cms.compile(MODELS / "resnet18.onnx")
+    layers = {row["node"]: row for row in plan.report()["layers"]}
+    pieces = [r for r in plan.operators if r["name"].startswith("layer4.0.conv1.")]
+    (layer,) = [layers[n] for n in {r["node"] for r in pieces}]
+    assert layer["pieces"] == len(pieces) > 1
+    assert plan.arch.weight_bits == 8 and plan.arch.mvm_cycles == 8
+    assert layer["weight_bytes"] == 256 * 9 * 512
+    assert layer["compute_cycles_one_copy"] == len(pieces) * 49 * 8
+    assert set(layer["operators"]) >= {r["name"] for r in pieces}

@@ -136,16 +136,24 @@ CONST_INPUTS_IGNORED: dict[str, frozenset[int]] = {
     "Dropout": frozenset({1, 2}), "CastLike": frozenset({1}),
 }
 
+NODE_ATTR = "onnx_node"
+"""Attribute on every op the importer emits: the name of the ONNX node it comes from
+(``<OpType>_<index>`` for an anonymous node), kept by `cim-partition` on the pieces.
+Reports show it beside the flow name (`cmswitch.api.Plan`)."""
+
 SLOTS_ATTR = "operand_slots"
 """`cim.vector` attribute: the ONNX input index of each operand, when they are not
 simply the first inputs in order (a constant or an omitted optional input before an
 activation: Clip's ``max`` without ``min``)."""
 
-UNRECORDED_ATTR = "unrecorded_constants"
-"""`cim.vector` attribute: how many of the node's constant operands the importer
-folded away without recording their values (large or external data, or operands no
-attribute holds, e.g. an Add's constant).  The cost model needs only the shapes;
-functional mode refuses such an op instead of computing something else."""
+CONST_SLOTS_ATTR = "constant_slots"
+CONST_NAMES_ATTR = "constant_names"
+"""`cim.vector` attributes for the constant operands not recorded as values (a bias
+added by an Add, an unfolded BatchNormalization's statistics, a LayerNormalization's
+scale): their ONNX input indices and tensor names.  The cost model needs only the
+activations; functional mode reads these constants from the model (initializers, or
+evaluated by onnx's reference evaluator when derived by constant folding) and runs
+the operator on all its operands."""
 
 _MAX_CONST_ATTR_ELEMS = 64
 
@@ -866,12 +874,13 @@ def _lower_vector(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     attrs = _vector_attrs(node, ctx, in_shape)
     recorded = CONST_INPUT_ATTRS.get(node.op_type, {})
     ignored = CONST_INPUTS_IGNORED.get(node.op_type, frozenset())
-    lost = sum(1 for i, n in enumerate(node.input)
+    carried = [(i, n) for i, n in enumerate(node.input)
                if n and n in ctx.consts and i not in ignored
                and not (i in recorded and recorded[i] in attrs)
-               and not (i == 0 and "table" in attrs))
-    if lost:
-        attrs[UNRECORDED_ATTR] = IntegerAttr(lost, i64)
+               and not (i == 0 and "table" in attrs)]
+    if carried:
+        attrs[CONST_SLOTS_ATTR] = array_prop([i for i, _ in carried])
+        attrs[CONST_NAMES_ATTR] = ArrayAttr([StringAttr(n) for _, n in carried])
     slots = [i for i, n in enumerate(node.input) if n and n not in ctx.consts]
     if slots != list(range(len(slots))):
         attrs[SLOTS_ATTR] = array_prop(slots)
@@ -997,8 +1006,13 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
         ctx.values[arg_name] = _name(arg, arg_name)
 
     for index, node in enumerate(graph.node):
-        if not folded[index]:
-            _lower_node(node, ctx, _node_label(node, index))
+        if folded[index]:
+            continue
+        mark = len(ctx.ops)
+        _lower_node(node, ctx, _node_label(node, index))
+        name = StringAttr(node.name or f"{node.op_type}_{index}")
+        for op in ctx.ops[mark:]:
+            op.attributes.setdefault(NODE_ATTR, name)
 
     results = [ctx.values[out.name] for out in graph.output]
     block.add_ops(ctx.ops)

@@ -68,6 +68,10 @@ def plan_split(k_elems: int, per: int, n: int, arch: Arch, max_arrays: int) -> t
     return _ranges(k_elems, k_step), _ranges(n, nt * arch.weights_per_row)
 
 
+NODE_ATTR = "onnx_node"
+"""The ONNX node name the importer records (`cmswitch.frontend.onnx_importer.NODE_ATTR`)."""
+
+
 def _base(op: Operation) -> str:
     return op.results[0].name_hint or "op"
 
@@ -106,6 +110,10 @@ def _split(op: Conv2dOp | MatmulOp, plan: _Plan) -> None:
                        attributes={"axis": IntegerAttr(axis_out, i64)})
         new_ops.append(_named(cat, name))
         columns = [cat.outputs[0]]
+    node = op.attributes.get(NODE_ATTR)
+    if node is not None:  # every piece, slice, partial sum and concat: the same layer
+        for new in new_ops:
+            new.attributes.setdefault(NODE_ATTR, node)
     Rewriter.replace_op(op, new_ops, columns)
 
 

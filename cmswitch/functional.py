@@ -327,6 +327,16 @@ def _np_dtype(typ: Any) -> type:
     return np.float32
 
 
+def _exact_dtype(op: Operation) -> type:
+    """The numpy type of the op's first output as the module declares it (its width
+    and signedness, e.g. a QuantizeLinear's uint8: the range it saturates to)."""
+    elem = op.results[0].type.element_type
+    if isinstance(elem, IntegerType) and elem.width.data > 1:
+        signed = elem.signedness.data.name != "UNSIGNED"
+        return np.dtype(f"{'int' if signed else 'uint'}{elem.width.data}").type
+    return _np_dtype(op.results[0].type)
+
+
 class Operators:
     """The compiled `cim` module seen through the names of the flow: operators by
     `GraphOp.name`, tensor shapes and dtypes by `Tensor.name`, the model's input and
@@ -422,6 +432,37 @@ def _pool(op: Operation, x: np.ndarray, out_shape: tuple, kind: str) -> np.ndarr
     return stack.max(axis=0) if kind == "maxpool" else np.nanmean(stack, axis=0)
 
 
+def _pool_indices(op: Operation, x: np.ndarray, out_shape: tuple) -> np.ndarray:
+    """MaxPool's optional ``Indices`` output (ONNX): per output element the flat index
+    into ``x`` of the maximum (row-major over all axes; ``storage_order`` 1 makes the
+    last two spatial axes column-major).  The first maximum of a window wins."""
+    kernel = _attr(op, "kernel")
+    rank = len(kernel)
+    strides = _attr(op, "strides", [1] * rank)
+    pads = _attr(op, "pads", [0] * 2 * rank)
+    dil = _attr(op, "dilations", [1] * rank)
+    lead = x.shape[:x.ndim - rank]
+    best = np.full(out_shape, -np.inf)
+    where = np.zeros(out_shape, dtype=np.int64)
+    for position in itertools.product(*(range(d) for d in out_shape)):
+        spatial = position[len(lead):]
+        for offset in itertools.product(*(range(k) for k in kernel)):
+            coords = [spatial[a] * strides[a] + offset[a] * dil[a] - pads[a] for a in range(rank)]
+            if any(c < 0 or c >= x.shape[len(lead) + a] for a, c in enumerate(coords)):
+                continue
+            full = (*position[:len(lead)], *coords)
+            if x[full] > best[position]:
+                best[position] = x[full]
+                if _attr(op, "storage_order", 0) and rank >= 2:
+                    h, w = x.shape[-2], x.shape[-1]
+                    inner = coords[-1] * h + coords[-2]
+                    outer = np.ravel_multi_index(full[:-2], x.shape[:-2]) if x.ndim > 2 else 0
+                    where[position] = outer * h * w + inner
+                else:
+                    where[position] = np.ravel_multi_index(full, x.shape)
+    return where
+
+
 def _reduce(op: Operation, x: np.ndarray, out_shape: tuple, fn: Callable) -> np.ndarray:
     axes = _attr(op, "axes")
     if isinstance(axes, int):
@@ -455,17 +496,19 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _layernorm(op: Operation, ins: list) -> np.ndarray:
+def _layernorm(op: Operation, ins: list) -> list[np.ndarray]:
+    """ONNX LayerNormalization: ``Y``, and the optional outputs ``Mean`` and
+    ``InvStdDev`` (``1/sqrt(var + eps)``) over the normalized axes, kept as size 1."""
     if len(ins) < 2:
-        raise CMSwitchError("VEC.layernorm: its scale was constant-folded by the importer; "
-                            "functional mode cannot recover it")
+        raise CMSwitchError("VEC.layernorm: its scale is missing from the module")
     x = ins[0]
     axis = _attr(op, "axis", -1) % x.ndim
     axes = tuple(range(axis, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-    y = (x - mean) / np.sqrt(var + np.float32(_attr(op, "epsilon", 1e-5))) * ins[1]
-    return y + ins[2] if len(ins) > 2 else y
+    inv = 1 / np.sqrt(var + np.float32(_attr(op, "epsilon", 1e-5)))
+    y = (x - mean) * inv * ins[1]
+    return [y + ins[2] if len(ins) > 2 else y, mean, inv]
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -706,23 +749,29 @@ def vector_kernel(op: Operation, ins: list, out_shapes: list, out_dtypes: list,
     if kind == "clip":
         return one(_clip(op, ins))
     if kind == "cast":
-        if len(ins) > 1:  # QuantizeLinear / DequantizeLinear with run-time scales
-            raise CMSwitchError("VEC.cast: a scaled cast (QuantizeLinear / DequantizeLinear) "
-                                "is not implemented in functional mode")
+        if _attr(op, "variant") in ("quantize", "dequantize"):
+            return one(_scaled_cast(op, ins, _exact_dtype(op)))
         return one(x.astype(out_dtypes[0]))
+    if kind == "range":
+        start, limit, delta = (np.asarray(_slot(op, ins, i)).reshape(()) for i in range(3))
+        return one(np.arange(start, limit, delta).astype(out_dtypes[0]))
     if kind == "softmax":
         return one(_softmax(x, _attr(op, "axis", -1)))
     if kind == "layernorm":
-        return one(_layernorm(op, ins))
+        return _layernorm(op, ins)[:len(out_shapes)]
     if kind in ("reduce_mean", "reduce_sum", "reduce_max"):
         fn = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max}[kind]
         return one(_reduce(op, x, out_shapes[0], fn))
     if kind == "global_avgpool":
         return one(x.mean(axis=tuple(range(2, x.ndim)), keepdims=True))
     if kind in ("maxpool", "avgpool"):
-        return one(_pool(op, x, out_shapes[0], kind))
+        pooled = [_pool(op, x, out_shapes[0], kind)]
+        if kind == "maxpool" and len(out_shapes) > 1:
+            pooled.append(_pool_indices(op, x, out_shapes[1]))
+        return pooled
     if kind in _RESHAPES:
-        return one(x.reshape(out_shapes[0]))
+        # Dropout at inference: the data, and its optional mask all true (ONNX spec)
+        return [x.reshape(out_shapes[0])] + [np.ones(s, dtype=np.bool_) for s in out_shapes[1:]]
     if kind == "expand":
         return one(np.broadcast_to(x, out_shapes[0]))
     if kind == "transpose":
@@ -748,7 +797,60 @@ def _gather(op: Operation, ins: list, table: Callable | None) -> np.ndarray:
         data, indices = ins
     else:
         raise CMSwitchError("VEC.gather: operands are not (data, indices)")
-    return np.take(data, indices.astype(np.int64), axis=_attr(op, "axis", 0))
+    indices = indices.astype(np.int64)
+    variant = _attr(op, "variant")
+    if variant == "elements":  # GatherElements
+        axis = _attr(op, "axis", 0) % data.ndim
+        return np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis],
+                                                 indices), axis=axis)
+    if variant == "nd":  # GatherND
+        return _gather_nd(data, indices, _attr(op, "batch_dims", 0))
+    return np.take(data, indices, axis=_attr(op, "axis", 0))
+
+
+def _gather_nd(data: np.ndarray, indices: np.ndarray, batch_dims: int) -> np.ndarray:
+    """ONNX GatherND: the last axis of `indices` indexes the data axes after the first
+    `batch_dims` (which `indices` shares)."""
+    batch = data.shape[:batch_dims]
+    depth = indices.shape[-1]
+    lead = indices.shape[batch_dims:-1]
+    out = np.empty((*batch, *lead, *data.shape[batch_dims + depth:]), dtype=data.dtype)
+    for b in itertools.product(*(range(n) for n in batch)):
+        for pos in itertools.product(*(range(n) for n in lead)):
+            where = tuple(int(i) for i in indices[(*b, *pos)])
+            out[(*b, *pos)] = data[(*b, *where)]
+    return out
+
+
+def _scaled_cast(op: Operation, ins: list, out_dtype) -> np.ndarray:
+    """QuantizeLinear ``saturate(round_half_even(x / scale) + zero_point)`` and
+    DequantizeLinear ``(x - zero_point) * scale`` (ONNX), with a scalar or per-axis
+    (``axis``, default 1) scale and zero point; blocked quantization is refused."""
+    if _attr(op, "block_size", 0):
+        raise CMSwitchError("VEC.cast: blocked (de)quantization is not implemented in "
+                            "functional mode")
+    x, scale = ins[0], _slot(op, ins, 1)
+    zero = _slot(op, ins, 2)
+    if scale is None:
+        raise CMSwitchError("VEC.cast: the scale of a (de)quantization is missing")
+
+    def shaped(v: np.ndarray) -> np.ndarray:
+        if v.ndim == 0 or v.size == 1:
+            return v.reshape(())
+        shape = [1] * x.ndim
+        shape[_attr(op, "axis", 1) % x.ndim] = v.size
+        return v.reshape(shape)
+
+    scale = shaped(scale).astype(np.float32)
+    if _attr(op, "variant") == "dequantize":
+        base = x.astype(np.float32) if zero is None else \
+            x.astype(np.float32) - shaped(zero).astype(np.float32)
+        return (base * scale).astype(out_dtype)
+    info = np.iinfo(out_dtype)
+    q = np.rint(x.astype(np.float32) / scale)
+    if zero is not None:
+        q = q + shaped(zero).astype(np.float32)
+    return np.clip(q, info.min, info.max).astype(out_dtype)
 
 
 # ----------------------------------------------------------------------------------
@@ -1037,6 +1139,9 @@ class FunctionalMachine:
                 outs = vector_kernel(op, ins, shapes, dtypes, self.weights.array)
         except CMSwitchError as error:
             self.fail(f"{st.opcode} {st.op}: {error}")
+        if len(outs) != len(st.writes):
+            self.fail(f"{st.opcode} {st.op}: functional mode computes {len(outs)} of the "
+                      f"operator's {len(st.writes)} outputs")
         for ref, value, shape, dtype in zip(st.writes, outs, shapes, dtypes):
             if value.shape != shape:
                 self.fail(f"{st.opcode} {st.op}: computed shape {list(value.shape)}, the "

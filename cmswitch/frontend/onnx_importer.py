@@ -109,6 +109,13 @@ VECTOR_OP_KINDS: dict[str, str] = {
     "Pad": "pad", "Tile": "tile",
 }
 
+#: ONNX operators sharing a vector kind with another, told apart by the op's
+#: ``variant`` attribute (same cost; functional mode computes each its own way).
+VARIANT_OF: dict[str, str] = {
+    "GatherElements": "elements", "GatherND": "nd",
+    "QuantizeLinear": "quantize", "DequantizeLinear": "dequantize",
+}
+
 #: Operators with a dedicated lowering (weight or dynamic matrix ops).
 MATRIX_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
@@ -591,6 +598,8 @@ def _vector_attrs(node: onnx.NodeProto, ctx: _Ctx, in_shape: Sequence[int] | Non
                 dims = list(ctx.data[node.input[index]].dims)
                 if isinstance(value, DenseArrayBase) and len(dims) > 1:
                     attrs.setdefault(f"{attr_name}_shape", array_prop(dims))
+    if node.op_type in VARIANT_OF:
+        attrs["variant"] = StringAttr(VARIANT_OF[node.op_type])
     if node.op_type == "GlobalMaxPool" and in_shape:
         attrs["axes"] = array_prop(list(range(2, len(in_shape))))
     if node.op_type.startswith("Gather") and node.input and node.input[0] in ctx.consts:

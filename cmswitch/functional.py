@@ -156,6 +156,41 @@ class OnnxWeights:
             self._arrays[name] = self._evaluate(name)
         return self._arrays[name]
 
+    def run_node(self, op: Operation, ins: list) -> list[np.ndarray]:
+        """Outputs of the ONNX node `op` was imported from (its ``onnx_node``), computed
+        by onnx's reference evaluator on `ins` (the op's activation operands, at their
+        ``operand_slots``) and the node's constant inputs (`constant`).  For the kinds
+        of `REFERENCE_KINDS`.  Raises CMSwitchError if the node is not in the model or
+        the evaluator fails."""
+        from onnx.reference import ReferenceEvaluator
+
+        name = _attr(op, "onnx_node")
+        graph = self.model.graph
+        found = [n for i, n in enumerate(graph.node) if (n.name or f"{n.op_type}_{i}") == name]
+        if len(found) != 1:
+            raise CMSwitchError(f"VEC.{op.kind.data}: ONNX node '{name}' is "
+                                f"{'not in' if not found else 'not unique in'} the model")
+        node = found[0]
+        slots = _attr(op, "operand_slots", list(range(len(ins))))
+        feeds = {}
+        for index, tensor in enumerate(node.input):
+            if not tensor:
+                continue
+            feeds[tensor] = ins[slots.index(index)] if index in slots else self.constant(tensor)
+        inputs = [onnx.helper.make_tensor_value_info(
+            t, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+            for t, v in feeds.items()]
+        outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o]
+        model = onnx.helper.make_model(onnx.helper.make_graph([node], "node", inputs, outputs),
+                                       opset_imports=self.model.opset_import,
+                                       ir_version=self.model.ir_version)
+        try:
+            return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds)]
+        except Exception as exc:
+            raise CMSwitchError(f"VEC.{op.kind.data}: onnx's reference evaluator failed on "
+                                f"node '{name}' ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                                ) from None
+
     def _evaluate(self, name: str) -> np.ndarray:
         from onnx.reference import ReferenceEvaluator
 
@@ -219,7 +254,7 @@ class OnnxWeights:
         if name in self._matrices:
             return self._matrices[name]
         readers = [(n, p) for n, p in self.users.get(name, ())
-                   if n.op_type in ("Conv", "Gemm", "MatMul")]
+                   if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
         if not readers:
             raise CMSwitchError(
                 f"{self.label}: no Conv/Gemm/MatMul node reads weight '{name}' directly; "
@@ -256,6 +291,8 @@ class OnnxWeights:
             bias = self._bias(node, 2)
             return WeightMatrix(np.ascontiguousarray(values),
                                 None if bias is None else bias.reshape(1, groups, -1))
+        if node.op_type == "ConvTranspose":  # Cin x Cout x kh x kw -> Cin x (Cout*kh*kw)
+            return WeightMatrix(np.ascontiguousarray(w.reshape(w.shape[0], -1))[None], None)
         if node.op_type == "Gemm":  # Y = alpha A B + beta C: the scales go with the data
             return self._scaled(node, pos, name, w, float(attrs.get("alpha", 1.0)),
                                 float(attrs.get("beta", 1.0)))
@@ -665,6 +702,36 @@ def _nary(fn: Callable) -> Callable:
     return lambda op, ins: fn(np.stack(np.broadcast_arrays(*ins)), axis=0)
 
 
+def _col2im(op: Operation, ins: list, out_shape: tuple) -> np.ndarray:
+    """ConvTranspose's overlap-add (`cmswitch.frontend.onnx_importer`'s
+    `_lower_conv_transpose`): ``cols`` ``N x H x W x (C*kh*kw)`` scattered into the
+    output ``N x C x Ho x Wo`` at ``h*s + i*d - pad_top``, ``w*s + j*d - pad_left``;
+    plus the bias operand (per channel) if any."""
+    cols = ins[0]
+    n, h, w, _ = cols.shape
+    _, c, ho, wo = out_shape
+    kh, kw = _attr(op, "kernel")
+    sh, sw = _attr(op, "strides", [1, 1])
+    dh, dw = _attr(op, "dilations", [1, 1])
+    top, left = _attr(op, "pads", [0, 0, 0, 0])[:2]
+    patches = cols.reshape(n, h, w, c, kh, kw)
+    y = np.zeros(out_shape, dtype=np.float32)
+    for i, j in itertools.product(range(kh), range(kw)):
+        rows = np.arange(h) * sh + i * dh - top
+        colsx = np.arange(w) * sw + j * dw - left
+        keep_r, keep_c = (rows >= 0) & (rows < ho), (colsx >= 0) & (colsx < wo)
+        block = patches[:, keep_r][:, :, keep_c][..., i, j].transpose(0, 3, 1, 2)
+        y[:, :, rows[keep_r][:, None], colsx[keep_c][None, :]] += block
+    bias = _slot(op, ins, 1)
+    return y + bias.reshape(1, -1, 1, 1) if bias is not None else y
+
+
+REFERENCE_KINDS = frozenset({"resize", "group_norm", "rmsnorm"})
+"""Kinds whose operator functional mode runs with onnx's reference evaluator on the
+ONNX node itself (`OnnxWeights.run_node`): Resize's interpolation modes and
+coordinate transforms, Group and RMS normalization (their opset variants) — the
+spec's own implementation instead of a rewrite of it."""
+
 _SELU_ALPHA = 1.67326319217681884765625
 _SELU_GAMMA = 1.05070102214813232421875
 """Selu's defaults (ONNX spec)."""
@@ -720,6 +787,8 @@ def vector_kernel(op: Operation, ins: list, out_shapes: list, out_dtypes: list,
 
     if kind in _NEW_KINDS:
         return one(_NEW_KINDS[kind](op, ins))
+    if kind == "col2im":
+        return one(_col2im(op, ins, out_shapes[0]))
 
     if kind in _BINARY:
         if len(ins) != 2:
@@ -1134,9 +1203,12 @@ class FunctionalMachine:
         shapes = [tensor_shape(r) for r in op.outputs]
         dtypes = [_np_dtype(r.type) for r in op.outputs]
         try:
-            ins = with_constants(op, ins, self.weights.constant)
-            with np.errstate(all="ignore"):
-                outs = vector_kernel(op, ins, shapes, dtypes, self.weights.array)
+            if kind in REFERENCE_KINDS:
+                outs = self.weights.run_node(op, ins)
+            else:
+                ins = with_constants(op, ins, self.weights.constant)
+                with np.errstate(all="ignore"):
+                    outs = vector_kernel(op, ins, shapes, dtypes, self.weights.array)
         except CMSwitchError as error:
             self.fail(f"{st.opcode} {st.op}: {error}")
         if len(outs) != len(st.writes):

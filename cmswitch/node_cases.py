@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from cmswitch.errors import CMSwitchError
 
 CONSTANT_OPERANDS: dict[str, tuple[int, ...]] = {
-    "Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
     "Pad": (1, 3), "Tile": (1,), "Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4),
     "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "ReduceMean": (1,),
     "ReduceSum": (1,), "ReduceMax": (1,),

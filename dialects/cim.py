@@ -60,7 +60,7 @@ VECTOR_KINDS: dict[str, str] = {
             "maxpool", "avgpool", "global_avgpool", "psum_add",
             "batchnorm", "instance_norm", "lrn", "leaky_relu", "prelu", "elu", "selu",
             "celu", "softplus", "softsign", "abs", "hard_sigmoid", "hard_swish",
-            "log_softmax", "log", "sum", "mean",
+            "log_softmax", "log", "sum", "mean", "group_norm", "resize", "col2im",
         )
     },
     **{

@@ -179,6 +179,22 @@ def test_conv1d_runs_as_a_conv_of_height_one(tmp_path):
     assert check_against_onnxruntime(path)["ok"]
 
 
+def test_conv_transpose_is_a_matmul_and_an_overlap_add(tmp_path):
+    """ConvTranspose 4 -> 6 channels, 3x3, stride 2, pads 1, output_padding 1, with a
+    bias: 5x5 -> 10x10 (2*(5-1) + 1 + 3 - 2).  In the arrays it is one matmul with
+    M = 25 input pixels, K = 4 channels, N = 6*3*3 patch entries."""
+    from cmswitch.dialects.cim import MatmulOp
+
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2],
+                              pads=[1, 1, 1, 1], output_padding=[1, 1], name="up")]
+    path = _model(tmp_path / "up.onnx", nodes, [("x", [1, 4, 5, 5])], [("y", [1, 6, 10, 10])],
+                  {"w": ([4, 6, 3, 3], "w"), "b": ([6], "n")})
+    plan = cms.compile(path, keep_module=True)
+    (mm,) = [op for op in plan.module.walk() if isinstance(op, MatmulOp)]
+    assert mm.im2col_dims() == (25, 4, 54)
+    assert check_against_onnxruntime(path)["ok"]
+
+
 def test_gemm_alpha_beta_scale_the_weights_and_bias(tmp_path):
     nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"], alpha=0.5, beta=2.0)]
     path = _model(tmp_path / "gemm.onnx", nodes, [("x", [3, 8])], [("y", [3, 5])],
@@ -198,6 +214,8 @@ ISSUE_14_OPS = sorted({
     "BatchNormalization", "LRN", "Pad", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu",
     "Softplus", "Softsign", "Abs", "HardSigmoid", "HardSwish", "LogSoftmax", "Log", "Sum",
     "Mean", "Tile", "InstanceNormalization", "Clip", "GlobalMaxPool", "Gemm", "Conv",
+    "ConvTranspose", "Resize", "GroupNormalization", "RMSNormalization",
+    "LayerNormalization", "MaxPool",
 })
 """Operators issue 14 names (and Clip, GlobalMaxPool, Gemm, Conv, whose forms it
 fixed): every one of their node cases must match, except `REFUSED`."""
@@ -205,6 +223,10 @@ fixed): every one of their node cases must match, except `REFUSED`."""
 REFUSED = {
     "test_batchnorm_epsilon_training_mode": "training mode: running statistics as outputs",
     "test_batchnorm_example_training_mode": "training mode: running statistics as outputs",
+    "test_convtranspose_1d": "only 2-D transposed convolutions",
+    "test_convtranspose_3d": "only 2-D transposed convolutions",
+    "test_convtranspose_group_2": "only group 1",
+    "test_convtranspose_group_2_image_3": "only group 1",
 }
 
 

@@ -38,10 +38,11 @@ OPS_PER_ELEMENT: dict[str, int] = {
     # prelu a compare and a multiply; elu / celu / selu an exp (2) and a select, celu
     # and selu a scale more; softplus log(1 + exp x); softsign x / (1 + |x|);
     # hard_sigmoid a multiply-add and a clip; hard_swish that and a multiply;
-    # log_softmax as softmax plus a log; log as exp.  lrn: see `vector_ops`.
+    # log_softmax as softmax plus a log; log as exp; group_norm as layernorm; resize
+    # a bilinear interpolation (4 neighbours weighted and summed).  lrn: `vector_ops`.
     "batchnorm": 2, "instance_norm": 8, "leaky_relu": 2, "prelu": 2, "elu": 3, "celu": 4,
     "selu": 4, "softplus": 4, "softsign": 4, "hard_sigmoid": 3, "hard_swish": 4,
-    "log_softmax": 7, "log": 2,
+    "log_softmax": 7, "log": 2, "group_norm": 8, "resize": 4,
 }
 LRN_OPS_PER_WINDOW_ELEMENT = 1
 """lrn: one multiply-add per element of its ``size``-channel window (the square sum),
@@ -54,7 +55,7 @@ COPYING_MOVES = frozenset({"transpose", "concat", "split", "gather", "slice", "e
                            "pad", "tile"})
 #: Kinds priced per input element (each input element is read and combined once).
 PER_INPUT = frozenset({"maxpool", "avgpool", "global_avgpool", "reduce_mean",
-                       "reduce_sum", "reduce_max", "sum", "mean"})
+                       "reduce_sum", "reduce_max", "sum", "mean", "col2im"})
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ VECTOR_OP_KINDS: dict[str, str] = {
     "Abs": "abs", "HardSigmoid": "hard_sigmoid", "HardSwish": "hard_swish",
     "LogSoftmax": "log_softmax", "Log": "log", "Sum": "sum", "Mean": "mean",
     "Pad": "pad", "Tile": "tile",
+    "GroupNormalization": "group_norm", "RMSNormalization": "rmsnorm", "Resize": "resize",
 }
 
 #: ONNX operators sharing a vector kind with another, told apart by the op's
@@ -117,7 +118,7 @@ VARIANT_OF: dict[str, str] = {
 }
 
 #: Operators with a dedicated lowering (weight or dynamic matrix ops).
-MATRIX_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 #: Operators whose output is a compile-time constant whenever shapes are static.
 SHAPE_OPS = frozenset({"Shape", "Size"})
@@ -897,6 +898,65 @@ def _lower_vector(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     _emit(ctx, op, outs)
 
 
+def _lower_conv_transpose(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
+    """A 2-D ConvTranspose (ONNX spec; group 1, constant weight ``Cin x Cout x kh x
+    kw``) in the arrays as its *input-stationary* im2col view: every input pixel's
+    ``Cin`` vector times the weight matrix ``Cin x (Cout*kh*kw)`` gives that pixel's
+    contributions to a ``kh x kw`` patch of every output channel — a `cim.matmul`
+    with ``M = N*H*W``, ``K = Cin``, ``N = Cout*kh*kw`` on the channels-last input —
+    and a `cim.vector` ``col2im`` adds the overlapping patches into the output
+    (``y[n, c, h*s + i*d - pad, w*s + j*d - pad] += cols[n, h, w, c, i, j]``, plus the
+    constant bias, carried as its operand).  Raises CMSwitchError for a run-time
+    weight or bias, groups, or a rank other than 2-D."""
+    x_name, w_name = node.input[0], node.input[1]
+    if w_name not in ctx.consts or x_name in ctx.consts:
+        raise CMSwitchError(f"{ctx.label}: ConvTranspose node '{label}' needs an activation "
+                            "input and a constant weight")
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    if bias and bias not in ctx.consts:
+        raise CMSwitchError(f"{ctx.label}: ConvTranspose node '{label}' has a non-constant "
+                            f"bias '{bias}'")
+    if int(_get_attr(node, "group", 1)) != 1:
+        raise CMSwitchError(f"{ctx.label}: ConvTranspose node '{label}' has groups; only "
+                            "group 1 is supported")
+    x = _activation(ctx, x_name, label)
+    shape = list(x.type.get_shape())  # type: ignore[union-attr]
+    w_shape = _static_shape(ctx, w_name, f"weight of node '{label}'")
+    if len(shape) != 4 or len(w_shape) != 4:
+        raise CMSwitchError(f"{ctx.label}: ConvTranspose node '{label}' is not 2-D; only "
+                            "2-D transposed convolutions are supported")
+    out_type = _tensor_type(ctx, node.output[0], f"output of node '{label}'")
+    n, cin, h, w = shape
+    cout, kh, kw = w_shape[1], w_shape[2], w_shape[3]
+    strides = list(_get_attr(node, "strides", [1, 1]))
+    dilations = list(_get_attr(node, "dilations", [1, 1]))
+    out_hw = list(out_type.get_shape()[2:])
+    pads = list(_get_attr(node, "pads", [0, 0, 0, 0]))
+    auto_pad = _get_attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad != "NOTSET" or _get_attr(node, "output_shape", None) is not None:
+        # ONNX: total padding = stride*(in-1) + output_padding + (k-1)*d + 1 - out;
+        # SAME_UPPER begins with total//2, SAME_LOWER and an output_shape with
+        # total - total//2 (onnx.reference's ConvTranspose)
+        out_pad = list(_get_attr(node, "output_padding", [0, 0]))
+        totals = [strides[a] * ([h, w][a] - 1) + out_pad[a] + ([kh, kw][a] - 1) * dilations[a]
+                  + 1 - out_hw[a] for a in range(2)]
+        upper = auto_pad == "SAME_UPPER"
+        begins = [t // 2 if upper else t - t // 2 for t in totals]
+        pads = begins + [t - b for t, b in zip(totals, begins)]
+    xt = _helper_value(ctx, "transpose", x, [n, h, w, cin], f"{x_name}_nhwc",
+                       {"perm": array_prop([0, 2, 3, 1])})
+    cols = _emit(ctx, MatmulOp(xt, TensorType(out_type.element_type, [n, h, w, cout * kh * kw]),
+                               ctx.consts[w_name]), [f"{node.output[0]}_cols"])
+    attrs: dict[str, Attribute] = {
+        "kernel": array_prop([kh, kw]), "strides": array_prop(strides),
+        "pads": array_prop(pads), "dilations": array_prop(dilations)}
+    if bias:
+        attrs[CONST_SLOTS_ATTR] = array_prop([1])
+        attrs[CONST_NAMES_ATTR] = ArrayAttr([StringAttr(bias)])
+    _emit(ctx, VectorOp("col2im", [cols.results[0]], [out_type], attrs), [node.output[0]])
+
+
 def _lower_gemm(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     """Gemm ``Y = alpha * op(A) @ op(B) + beta * C`` (ONNX spec).  ``beta = 0`` drops
     C.  With a constant operand, ``alpha`` scales the stored weight and ``beta`` the
@@ -938,6 +998,9 @@ def _lower_node(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
         return
     if node.op_type == "Gemm":
         _lower_gemm(node, ctx, label)
+        return
+    if node.op_type == "ConvTranspose":
+        _lower_conv_transpose(node, ctx, label)
         return
     if node.op_type == "MatMul":
         _lower_product(node, ctx, label, False, False)

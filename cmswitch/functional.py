@@ -1272,7 +1272,7 @@ def random_inputs(operators: Operators, seed: int) -> dict[str, np.ndarray]:
     return values
 
 
-def _onnxruntime(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _onnxruntime(path: Path | bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         import onnxruntime
     except ImportError:
@@ -1281,11 +1281,40 @@ def _onnxruntime(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     try:
-        session = onnxruntime.InferenceSession(str(path), options,
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(path if isinstance(path, bytes) else str(path),
+                                               options, providers=["CPUExecutionProvider"])
         return session.run(None, feeds)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise CMSwitchError(f"{path}: onnxruntime failed: {str(exc).splitlines()[0]}") from None
+        where = "the upgraded model" if isinstance(path, bytes) else path
+        raise CMSwitchError(f"{where}: onnxruntime failed: {str(exc).splitlines()[0]}") from None
+
+
+ORT_MIN_OPSET = 7
+"""The oldest default-domain opset onnxruntime runs."""
+
+
+def _reference_outputs(path: Path, prepared: onnx.ModelProto,
+                       feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs on `feeds`: onnxruntime on the file; for a file older than
+    onnxruntime's `ORT_MIN_OPSET`, onnxruntime on the graph the importer compiled
+    (`prepared`: upgraded by onnx's version converter, folded), or onnx's reference
+    evaluator if onnxruntime cannot run that either.  Raises CMSwitchError if none
+    can."""
+    from cmswitch.frontend.onnx_importer import _default_opset
+
+    original = onnx.load(str(path), load_external_data=False)
+    if (_default_opset(original) or ORT_MIN_OPSET) >= ORT_MIN_OPSET:
+        return _onnxruntime(path, feeds)
+    try:
+        return _onnxruntime(prepared.SerializeToString(), feeds)
+    except CMSwitchError:
+        from onnx.reference import ReferenceEvaluator
+
+        try:
+            return ReferenceEvaluator(prepared).run(None, feeds)
+        except Exception as exc:
+            raise CMSwitchError(f"{path}: neither onnxruntime nor onnx's reference "
+                                f"evaluator runs the model ({str(exc).splitlines()[0]})") from None
 
 
 def require_onnx(model: str | os.PathLike) -> Path:
@@ -1321,13 +1350,20 @@ def compare(plan: Any, model: str | os.PathLike, seed: int = 0, flow: str | None
     weights = OnnxWeights.load(path)
     operators = Operators(plan.module)
     values = random_inputs(operators, seed)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in weights.model.graph.input}
+    # each input in its own ONNX type (uint8, float16, ...) for onnxruntime, and the
+    # flow fed the same values
+    feeds = {onnx_name: np.asarray(values[name]).astype(
+                 onnx.helper.tensor_dtype_to_np_dtype(types[onnx_name]))
+             for onnx_name, name in zip(weights.inputs, operators.inputs)}
+    for onnx_name, name in zip(weights.inputs, operators.inputs):
+        values[name] = feeds[onnx_name].astype(operators.dtypes[name])
     source = FlowSource(flow if flow is not None else plan.flow)
     machine = FunctionalMachine(source.name, operators, weights, values)
     for record in iter_records(source.lines(), source.name):
         machine.feed(record)
     ours = machine.outputs()
-    feeds = {onnx_name: values[name] for onnx_name, name in zip(weights.inputs, operators.inputs)}
-    reference = _onnxruntime(path, feeds)
+    reference = _reference_outputs(path, weights.model, feeds)
     rows = []
     ok = True
     for name, ref in zip(operators.outputs, reference):

@@ -30,13 +30,14 @@ from cmswitch.errors import CMSwitchError
 
 CONSTANT_OPERANDS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+    "CastLike": (1,),
     "Pad": (1, 3), "Tile": (1,), "Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4),
     "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "ReduceMean": (1,),
     "ReduceSum": (1,), "ReduceMax": (1,),
 }
 """Operator -> input indices made initializers: the weight and bias of the weight ops
-(MatMul's right operand, as in a Linear layer) and the shape-like operands that decide
-an output shape."""
+(MatMul's right operand, as in a Linear layer), the shape-like operands that decide
+an output shape, and CastLike's type-only target (an empty tensor in the cases)."""
 
 LOW_PRECISION = {onnx.TensorProto.FLOAT16: 1e-2, onnx.TensorProto.BFLOAT16: 2e-2}
 """Relative tolerance for cases whose expected outputs are float16 / bfloat16: the

@@ -298,3 +298,26 @@ def test_a_split_layer_gets_a_roll_up_row():
     assert layer["weight_bytes"] == 256 * 9 * 512
     assert layer["compute_cycles_one_copy"] == len(pieces) * 49 * 8
     assert set(layer["operators"]) >= {r["name"] for r in pieces}
+
+
+def test_functional_mode_feeds_every_input_in_its_own_type(tmp_path):
+    """Issue 14: a uint8 image input was fed to onnxruntime as int64."""
+    nodes = [helper.make_node("Cast", ["img"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["f", "w"], ["y"], kernel_shape=[1, 1])]
+    graph = helper.make_graph(
+        nodes, "u8", [helper.make_tensor_value_info("img", TensorProto.UINT8, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(np.full((2, 3, 1, 1), 0.5, np.float32), "w")])
+    path = tmp_path / "u8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert check_against_onnxruntime(path)["ok"]
+
+
+def test_an_opset_6_model_is_checked_on_its_upgraded_graph(tmp_path):
+    """onnxruntime runs opset 7 and newer: the check runs the graph the importer
+    upgraded (onnx's version converter), on the same inputs."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    path = _model(tmp_path / "old.onnx", nodes, [("x", [1, 2, 6, 6])], [("y", [1, 4, 6, 6])],
+                  {"w": ([4, 2, 3, 3], "w")}, opset=6)
+    assert check_against_onnxruntime(path)["ok"]

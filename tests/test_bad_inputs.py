@@ -490,3 +490,41 @@ func.func @m(%x: tensor<4x64xf32>) -> tensor<4x64xf32> {{
 """)
     r = _run(BIN / "cmswitch-opt", src, "--cim-allocate")
     assert message in _clean_error(r)
+
+
+def test_outputs_never_overwrite_the_model_or_each_other(tmp_path, capsys):
+    """Issue 15, data loss: `-o X --json X` wrote the report over the flow, and
+    `-o model.onnx` the flow over the model."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(matmul_weight([4, 8], [8, 16]))
+    before = path.read_bytes()
+    code, err = run_cli(["compile", path, "-o", path], capsys)
+    assert code == 1 and "is the input model" in err and path.read_bytes() == before
+    same = tmp_path / "out.txt"
+    code, err = run_cli(["compile", path, "-o", same, "--json", same], capsys)
+    assert code == 1 and "named by both -o and --json" in err and not same.exists()
+
+
+def test_a_failed_simulation_writes_neither_flow_nor_report(tmp_path, capsys, monkeypatch):
+    import cmswitch.api as api
+    from cmswitch.errors import CMSwitchError
+
+    def broken(self):
+        raise CMSwitchError("<flow>: line 3: simulated failure")
+
+    monkeypatch.setattr(api.Plan, "simulate", broken)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(matmul_weight([4, 8], [8, 16]))
+    flow, report = tmp_path / "f.cmsasm", tmp_path / "r.json"
+    code, err = run_cli(["compile", path, "-o", flow, "--json", report, "--simulate"], capsys)
+    assert code == 1 and "simulated failure" in err
+    assert not flow.exists() and not report.exists()
+
+
+def test_a_full_disk_names_the_file(tmp_path, capsys):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(matmul_weight([4, 8], [8, 16]))
+    code, err = run_cli(["compile", path, "-o", "/dev/full"], capsys)
+    assert code == 1 and "error: /dev/full: cannot write: No space left on device" in err

@@ -87,6 +87,39 @@ def _check_writable(path: str | None) -> None:
             raise CMSwitchError(f"{path}: folder {folder} does not exist")
 
 
+def _check_no_clash(model: str, *outputs: str | None) -> None:
+    """Refuse outputs that name the input model or each other (one would overwrite the
+    other's data).  Raises CMSwitchError."""
+    from pathlib import Path
+
+    files = [o for o in outputs if o and o != "-"]
+    given = Path(model)
+    source = given.resolve() if given.exists() else None
+    seen: dict = {}
+    for out in files:
+        target = Path(out).resolve()
+        if source is not None and target == source:
+            raise CMSwitchError(f"{out}: is the input model; writing it would destroy it")
+        if target in seen:
+            raise CMSwitchError(f"{out}: named by both -o and --json; give two files")
+        seen[target] = out
+
+
+def _emit(path: str | None, text: str) -> None:
+    """Write `text` to `path` ("-": stdout; None: nowhere).  Raises CMSwitchError
+    naming the file when it cannot be written (a full disk shows at close)."""
+    if not path:
+        return
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise CMSwitchError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
 def _warn_unproven(plan) -> None:
     """One stderr line when segments the optimizer solved are not proven optimal (a
     MIP time-out, a placement search limit); the baselines' segments are not solved."""
@@ -108,6 +141,7 @@ def _compile(args: argparse.Namespace) -> int:
         raise CMSwitchError("-o - and --json - both want stdout; send one to a file")
     _check_writable(args.output)
     _check_writable(args.json)
+    _check_no_clash(args.model, args.output, args.json)
     text_out = sys.stderr if "-" in (args.output, args.json) else sys.stdout
     if args.plot:
         from cmswitch.plot import ensure_folder
@@ -126,24 +160,14 @@ def _compile(args: argparse.Namespace) -> int:
                              keep_module=args.functional, chunk_arrays=args.chunk_arrays,
                              jobs=args.jobs or 0)
     _warn_unproven(plan)
-    if args.output == "-":
-        sys.stdout.write(plan.flow)
-    elif args.output:
-        with open(args.output, "w") as f:
-            f.write(plan.flow)
     report = plan.report()
     sim = None
-    if args.simulate:
+    if args.simulate:  # before anything is written: a failed run leaves no half output
         sim = plan.simulate()
         report["simulated_cycles"] = sim["cycles"]
         report["prediction_error"] = round(plan.predicted_cycles / sim["cycles"] - 1, 4)
-    if args.json == "-":
-        json.dump(report, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
+    _emit(args.output, plan.flow)
+    _emit(args.json, json.dumps(report, indent=1) + "\n")
     if args.plot:
         from cmswitch.plot import plot_plan
 

@@ -528,3 +528,39 @@ def test_a_full_disk_names_the_file(tmp_path, capsys):
     path.write_bytes(matmul_weight([4, 8], [8, 16]))
     code, err = run_cli(["compile", path, "-o", "/dev/full"], capsys)
     assert code == 1 and "error: /dev/full: cannot write: No space left on device" in err
+
+
+def test_a_flow_is_written_whole_or_not_at_all(tmp_path, capsys, monkeypatch):
+    """Outputs go through a temporary file renamed over the target: a write that fails
+    midway leaves the old file as it was and no temporary behind."""
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(matmul_weight([4, 8], [8, 16]))
+    flow = tmp_path / "f.cmsasm"
+    flow.write_text("the old flow\n")
+    real = os.fdopen
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[:10])
+            raise OSError(28, "No space left on device")
+
+    def fdopen(fd, mode="r", *args, **kwargs):  # only the CLI's plain text write fails
+        if mode == "w" and not args and not kwargs:
+            return Failing(real(fd, mode))
+        return real(fd, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    code, err = run_cli(["compile", path, "-o", flow], capsys)
+    assert code == 1 and f"{flow}: cannot write: No space left on device" in err
+    assert flow.read_text() == "the old flow\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.cmsasm", "m.onnx"]

@@ -106,16 +106,36 @@ def _check_no_clash(model: str, *outputs: str | None) -> None:
 
 
 def _emit(path: str | None, text: str) -> None:
-    """Write `text` to `path` ("-": stdout; None: nowhere).  Raises CMSwitchError
-    naming the file when it cannot be written (a full disk shows at close)."""
+    """Write `text` to `path` ("-": stdout; None: nowhere) atomically: into a temporary
+    file beside it, renamed over it once complete, so a failed write leaves the old
+    file or none (a device or pipe is written directly).  Raises CMSwitchError naming
+    the file when it cannot be written (a full disk shows at close)."""
+    import os
+    import stat
+    import tempfile
+
     if not path:
         return
     if path == "-":
         sys.stdout.write(text)
         return
     try:
-        with open(path, "w") as f:
-            f.write(text)
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            with open(path, "w") as f:
+                f.write(text)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".cmswitch-", dir=os.path.dirname(os.path.abspath(path)))
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path)
+                     else 0o666 & ~mask)  # as open() would have made it
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
     except OSError as e:
         raise CMSwitchError(f"{path}: cannot write: {e.strerror or e}") from None
 

@@ -321,3 +321,81 @@ def test_an_opset_6_model_is_checked_on_its_upgraded_graph(tmp_path):
     path = _model(tmp_path / "old.onnx", nodes, [("x", [1, 2, 6, 6])], [("y", [1, 4, 6, 6])],
                   {"w": ([4, 2, 3, 3], "w")}, opset=6)
     assert check_against_onnxruntime(path)["ok"]
+
+
+# ------------------------------------------------------------------ found by a tester
+
+
+def _save_raw(path: Path, nodes, inputs, outputs, inits, opset: int = 13) -> Path:
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def _f(values, name):
+    return numpy_helper.from_array(np.array(values, np.float32), name)
+
+
+def _vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+@pytest.mark.parametrize("shape, exponent", [([2, 3, 4], [[1.0], [2.0], [3.0]]),
+                                             ([2, 4, 4], [[1.0], [2.0], [3.0], [0.5]])])
+def test_a_recorded_constant_keeps_its_shape(tmp_path, shape, exponent):
+    """A 2-D constant exponent broadcasts along axis 1, not the last axis."""
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Pow", ["a", "e"], ["y"])]
+    path = _save_raw(tmp_path / "pow.onnx", nodes, [_vi("x", shape)], [_vi("y", shape)],
+                     [_f(exponent, "e")])
+    assert check_against_onnxruntime(path)["ok"]
+
+
+def test_softplus_of_large_values_does_not_overflow(tmp_path):
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array((rng.standard_normal((8, 64, 3, 3)) * 5).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Softplus", ["c"], ["y"])]
+    path = _save_raw(tmp_path / "sp.onnx", nodes, [_vi("x", [1, 64, 4, 4])],
+                     [_vi("y", [1, 8, 2, 2])], [w])
+    assert check_against_onnxruntime(path)["ok"]
+
+
+@pytest.mark.parametrize("m, n, c_shape, folds", [(3, 1, [], False), (4, 4, [4, 1], False),
+                                                   (4, 4, [4], True)])
+def test_batchnorm_after_a_gemm_whose_c_is_also_a_graph_input(tmp_path, m, n, c_shape, folds):
+    """Old exporters list initializers as graph inputs: the fold must keep them
+    consistent; a C that is not per output channel (scalar, M x 1) is not folded."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Gemm", ["x", "B", "C"], ["g"]),
+             helper.make_node("BatchNormalization", ["g", "s", "b", "mu", "v"], ["y"])]
+    inits = [_f(rng.standard_normal((8, n)), "B"), _f(rng.standard_normal(c_shape), "C"),
+             _f(rng.standard_normal(n), "s"), _f(rng.standard_normal(n), "b"),
+             _f(rng.standard_normal(n), "mu"), _f(rng.uniform(0.5, 2, n), "v")]
+    path = _save_raw(tmp_path / "gbn.onnx", nodes, [_vi("x", [m, 8]), _vi("C", c_shape)],
+                     [_vi("y", [m, n])], inits)
+    folded = fold_for_inference(onnx.load(str(path)))
+    assert ("BatchNormalization" not in [x.op_type for x in folded.graph.node]) == folds
+    assert check_against_onnxruntime(path)["ok"]
+
+
+def test_an_int32_input_is_fed_as_int32(tmp_path):
+    nodes = [helper.make_node("Abs", ["x"], ["a"]),
+             helper.make_node("Cast", ["a"], ["y"], to=TensorProto.FLOAT)]
+    path = _save_raw(tmp_path / "i32.onnx", nodes, [_vi("x", [2, 5], TensorProto.INT32)],
+                     [_vi("y", [2, 5])], [])
+    assert check_against_onnxruntime(path)["ok"]
+
+
+def test_bench_runs_a_users_model_with_a_dynamic_batch_at_batch_1(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])]
+    rng = np.random.default_rng(3)
+    path = _save_raw(tmp_path / "dyn.onnx", nodes, [_vi("x", ["N", 3, 8, 8])],
+                     [_vi("y", ["N", 4, 6, 6])], [_f(rng.standard_normal((4, 3, 3, 3)), "w")])
+    out = tmp_path / "b.json"
+    r = subprocess.run([str(BIN / "cmswitch"), "bench", "--models", str(path), "--json",
+                        str(out), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["batch"] == 1

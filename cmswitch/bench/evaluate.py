@@ -126,6 +126,22 @@ def _model_input(w: Workload):
     return build_transformer(w.model.source, w.batch, w.seq)
 
 
+def _dynamic_batch(w: Workload) -> int | None:
+    """`w.batch` for an ONNX file whose inputs leave axis 0 symbolic (a user's export
+    with a dynamic batch), else None (the bundled CNNs fix batch 1)."""
+    if w.model.transformer:
+        return None
+    import onnx
+
+    model = onnx.load(str(MODELS_DIR / w.model.source), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim if vi.name not in inits else ()
+        if dims and not dims[0].HasField("dim_value"):
+            return w.batch
+    return None
+
+
 def run_strategy(w: Workload, strategy: str, plot_dir: Path | None = None) -> dict[str, Any]:
     """Compile and simulate one workload with one strategy.  Returns {"cycles"
     (simulated), "predicted_cycles", "lower_bound_cycles", "switch_share" (fraction of
@@ -134,7 +150,8 @@ def run_strategy(w: Workload, strategy: str, plot_dir: Path | None = None) -> di
     simulator (a flow the simulator rejects)."""
     from cmswitch.api import compile as compile_model
 
-    plan = compile_model(_model_input(w), arch=w.arch, strategy=strategy)
+    plan = compile_model(_model_input(w), arch=w.arch, strategy=strategy,
+                         batch=_dynamic_batch(w))
     report = plan.simulate()
     if plot_dir is not None:
         from cmswitch.plot import plot_plan

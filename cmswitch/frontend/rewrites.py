@@ -116,6 +116,10 @@ class _Graph:
         else:
             inits.append(new)
         self.consts[new.name] = new
+        for vi in self.graph.input:  # old exporters list initializers as inputs too
+            if vi.name == new.name:
+                vi.CopyFrom(helper.make_tensor_value_info(new.name, new.data_type,
+                                                          list(new.dims)))
 
 
 def _fold_batchnorm(g: _Graph, bn: onnx.NodeProto) -> bool:
@@ -147,8 +151,9 @@ def _fold_batchnorm(g: _Graph, bn: onnx.NodeProto) -> bool:
     bias_name = prod.input[2] if len(prod.input) > 2 and prod.input[2] else ""
     if bias_name and bias_name not in g.consts:
         return False
-    if prod.op_type == "Gemm" and bias_name and int(np.prod(g.consts[bias_name].dims)) != channels:
-        return False  # a C broadcast along M cannot take a per-channel bias
+    if prod.op_type == "Gemm" and bias_name and \
+            [d for d in g.consts[bias_name].dims] not in ([channels], [1, channels]):
+        return False  # a C broadcast along M (scalar, M x 1, M x N) is not per channel
     scale, shift, mean, var = (g.array(p) for p in params)
     w, b = g.array(w_name), g.array(bias_name) if bias_name else None
     known = all(v is not None for v in (scale, shift, mean, var, w)) and \

@@ -189,10 +189,10 @@ def iter_records(lines: Iterable[str], name: str = "<flow>") -> Iterator:
     block_line = 0
     lineno = 0
     for lineno, raw in enumerate(lines, start=1):
-        tokens = raw.split(";", 1)[0].split()
-        if not tokens:
-            continue
         try:
+            tokens = _tokens(raw)
+            if not tokens:
+                continue
             record = _parse_tokens(tokens, lineno)
         except _Fail as fail:
             raise CMSwitchError(f"{name}:{lineno}: {fail}") from None
@@ -204,6 +204,22 @@ def iter_records(lines: Iterable[str], name: str = "<flow>") -> Iterator:
         raise CMSwitchError(f"{name}:{block_line}: `parallel {{` is never closed")
     if segment_line:
         raise CMSwitchError(f"{name}:{segment_line}: `.segment` has no `.end`")
+
+
+_TEXT = re.compile(r"[\x21-\x7e \t]*\Z")
+"""What a flow line may hold before its comment: printable ASCII, spaces and tabs."""
+_SEPARATORS = re.compile(r"[ \t]+")
+
+
+def _tokens(raw: str) -> list:
+    """The tokens of one line: text before `;`, split at spaces and tabs.  Raises
+    _Fail for any other character (non-ASCII digits or letters, NBSP, vertical tab,
+    control characters): the grammar is ASCII (docs/cmsasm.md)."""
+    text = raw.split(";", 1)[0].rstrip("\r\n")
+    if not _TEXT.match(text):
+        bad = next(c for c in text if not _TEXT.match(c))
+        raise _Fail(f"character {bad!r} (U+{ord(bad):04X}) outside the ASCII grammar")
+    return [t for t in _SEPARATORS.split(text.strip(" \t")) if t]
 
 
 def iter_accesses(lines: Iterable[str]) -> Iterator[tuple]:
@@ -333,27 +349,34 @@ def _name(text: str, what: str) -> str:
     return text
 
 
+MAX_VALUE = 10 ** 15
+"""Largest number a flow may state (bytes, vectors, ops, cycles): beyond any chip or
+model (a petabyte), and exact in a double."""
+_DIGITS = re.compile(r"[0-9]+\Z")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
+
+
 def _int(text: str, key: str, minimum: int = 0) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise _Fail(f"{key}= needs a decimal integer, got {text!r}") from None
-    if value < minimum:
-        raise _Fail(f"{key}= must be >= {minimum}, got {value}")
+    """An ASCII decimal integer in minimum..MAX_VALUE (no sign, no `_`, no other
+    digits)."""
+    if not _DIGITS.match(text) or len(text) > 16:
+        raise _Fail(f"{key}= needs a decimal integer (ASCII digits) up to {MAX_VALUE}, "
+                    f"got {text!r}")
+    value = int(text, 10)
+    if value < minimum or value > MAX_VALUE:
+        raise _Fail(f"{key}= must be in {minimum}..{MAX_VALUE}, got {value}")
     return value
 
 
 def _number(text: str, key: str) -> int | float:
-    try:
-        return int(text, 10)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise _Fail(f"{key}= needs a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise _Fail(f"{key}= needs a finite number, got {text!r}")
+    """An ASCII decimal number (integer, fraction, exponent) up to MAX_VALUE."""
+    if _DIGITS.match(text):
+        return _int(text, key)
+    if not _DECIMAL.match(text):
+        raise _Fail(f"{key}= needs a decimal number (ASCII), got {text!r}")
+    value = float(text)
+    if not value <= MAX_VALUE:
+        raise _Fail(f"{key}= must be at most {MAX_VALUE}, got {text!r}")
     return value
 
 

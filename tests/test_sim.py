@@ -520,3 +520,66 @@ def test_flow_without_segments_is_rejected():
     header = "\n".join(line for line in VALID.splitlines() if line.startswith((".arch", ".model", ".tensor")))
     with pytest.raises(CMSwitchError, match="no segments"):
         simulate(header + "\n")
+
+
+# ----------------------------------------------------------------------------------
+# strict judge (issue 15): flows that broke the rules and were accepted
+
+
+def test_a_partial_store_then_a_full_load_is_rejected():
+    text = mutate("MEM.store y@gb -> dram bytes=12800", "MEM.store y@gb -> dram bytes=1")
+    text = text.replace("  MEM.store z@gb -> dram bytes=12800",
+                        "  MEM.store z@gb -> dram bytes=12800\n  MEM.load y@dram -> gb bytes=12800")
+    rejected(text, line_of(text, "MEM.load y@dram"), "reads 12800 bytes of y@dram",
+             "only 1 bytes")
+
+
+@pytest.mark.parametrize("old, new, at, words", [
+    # load 1 byte of x, then an mvm reads all 25600 (rule 3b)
+    ("MEM.load x@dram -> a[40:48] bytes=25600", "MEM.load x@dram -> a[40:48] bytes=1",
+     "CIM.mvm fc1", ("reads 25600 bytes of x@a[40:48]", "only 1 bytes")),
+    # fc1 over 1 vector writes 16 bytes of h; fc2 then reads all 12800
+    ("CIM.mvm fc1 a[0:2] vectors=800", "CIM.mvm fc1 a[0:2] vectors=1",
+     "CIM.mvm fc2", ("reads 12800 bytes of h@a[48:56]",)),
+    # an output stored in part
+    ("MEM.store z@gb -> dram bytes=12800", "MEM.store z@gb -> dram bytes=100",
+     ".tensor z", ("only 100 of its 12800 bytes",)),
+])
+def test_reads_of_data_never_fully_written_are_rejected(old, new, at, words):
+    text = mutate(old, new)
+    rejected(text, line_of(text, at), *words)
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("CIM.mvm fc1 a[0:2] vectors=800 k=32", "CIM.mvm fc1 a[0:2] vectors=800 k=100000",
+     ("k=100000", "exceed its 1x1 tiles")),
+    ("vectors=800 k=32 n=16", "vectors=800 k=32 n=100000", ("n=100000", "exceed")),
+    ("CIM.load_weight fc1 tiles=1x1 copies=2 bytes=512", "CIM.load_weight fc1 tiles=1x1 copies=2 bytes=0",
+     ("programmed with 0 bytes", "32x16")),
+])
+def test_an_mvm_must_fit_and_use_the_weights_loaded(old, new, words):
+    text = mutate(old, new)
+    rejected(text, line_of(text, "CIM.mvm fc1"), *words)
+
+
+def test_a_window_of_nothing_is_rejected():
+    text = mutate("out=h@a[48:56]", "out=h@a[48:56] window=0")
+    with pytest.raises(CMSwitchError, match=f":{line_of(text, 'CIM.mvm fc1')}: .*window= must be in 1"):
+        simulate(text)
+
+
+@pytest.mark.parametrize("spelling", ["25_600", "+25600", "\u0662\u0665\u0666\u0660\u0660",
+                                      "\uff12\uff15\uff16\uff10\uff10", "1" * 400])
+def test_numbers_are_ascii_decimal_and_bounded(spelling):
+    text = mutate("MEM.load x@dram -> a[40:48] bytes=25600",
+                  f"MEM.load x@dram -> a[40:48] bytes={spelling}")
+    with pytest.raises(CMSwitchError, match=f":{line_of(text, 'MEM.load x@dram')}:"):
+        simulate(text)
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\x0b", "\x0c"])
+def test_only_spaces_and_tabs_separate_tokens(space):
+    text = mutate("MEM.load x@dram -> a[40:48] bytes=25600",
+                  f"MEM.load x@dram ->{space}a[40:48] bytes=25600")
+    with pytest.raises(CMSwitchError, match="outside the ASCII grammar"):
+        simulate(text)

@@ -449,7 +449,7 @@ class _Fields:
             if required:
                 raise _Fail(f"{self.what}: missing field {key}=")
             return default
-        return convert(text, key) if convert in (_int, _number) else convert(text)
+        return convert(text, key) if convert in (_int, _pos, _number) else convert(text)
 
 
 def _expect(positional: list, count: int, what: str, form: str) -> None:
@@ -457,8 +457,14 @@ def _expect(positional: list, count: int, what: str, form: str) -> None:
         raise _Fail(f"{what}: expected `{form}`")
 
 
+def _pos(text: str, key: str) -> int:
+    """A positive ASCII decimal integer (`_int` with minimum 1)."""
+    return _int(text, key, 1)
+
+
 def _window(fields: _Fields) -> int | None:
-    return fields.get("window", _int, required=False)
+    """`window=` bytes: at least 1 (a window of nothing streams nothing)."""
+    return fields.get("window", _pos, required=False)
 
 
 # ----------------------------------------------------------------------------------
@@ -573,9 +579,9 @@ def _parse_mvm(st: Statement, positional: list, raw: dict) -> Statement:
     _expect(positional, 2, st.opcode, "CIM.mvm OP a[LO:HI] vectors=M k=K n=N in=T@LOC out=T@LOC")
     st.op = _name(positional[0], "operator")
     st.arrays = _arrays(positional[1])
-    st.vectors = fields.get("vectors", _int)
-    st.k = fields.get("k", _int)
-    st.n = fields.get("n", _int)
+    st.vectors = fields.get("vectors", _pos)
+    st.k = fields.get("k", _pos)
+    st.n = fields.get("n", _pos)
     st.reads = (fields.get("in", _ref),)
     st.writes = (fields.get("out", _ref),)
     st.window = _window(fields)

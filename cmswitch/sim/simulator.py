@@ -524,7 +524,8 @@ class _Machine:
         self.arch_name = ""
         self.model = ""
         self.tensors: dict = {}
-        self.dram: set = set()
+        self.dram: dict = {}       # tensor -> bytes written to dram (inputs: all)
+        self.filled: dict = {}     # (tensor, Loc) -> bytes written to that copy so far
         self.resident: dict = {}   # (tensor, Loc) -> bytes occupied
         self.streamed: dict = {}   # (tensor, Loc) -> window bytes, for this block
         self.gone: dict = {}       # (tensor, Loc) -> why it is no longer there
@@ -612,7 +613,7 @@ class _Machine:
                       f"(first at line {self.tensors[record.name].line})")
         self.tensors[record.name] = record
         if record.is_input:
-            self.dram.add(record.name)
+            self.dram[record.name] = record.nbytes
 
     # -- segments and blocks ---------------------------------------------------------
 
@@ -729,7 +730,7 @@ class _Machine:
         self.claim(st, st.op, lo, hi)
         for i in range(lo, hi):
             copy, tile = divmod(i - lo, per_copy)
-            self.contents[i] = (st.op, tk, tn, st.line, copy, tile)
+            self.contents[i] = (st.op, tk, tn, st.line, copy, tile, part)
         if self.block is not None:
             index = len(self.block.streams)
             for i in range(lo, hi):
@@ -743,6 +744,7 @@ class _Machine:
         lo, hi = self.check_range(st.arrays)
         self.need_mode(lo, hi, 0, f"CIM.mvm {st.op}", "CM.switch TOC and CIM.load_weight")
         tk, tn, copies = self.whole_copies(st, lo, hi)
+        self.check_shape(st, lo, tk, tn)
         self.claim(st, st.op, lo, hi)
         act = self.arch["act_bits"]
         cycles = self.arch["mvm_cycles"]
@@ -768,11 +770,15 @@ class _Machine:
 
     def do_MEM(self, st: Statement, touched: set) -> _Stream:
         stream = _Stream(st.line, "data")
-        self.read(st.reads[0], st, stream, st.nbytes, touched)
-        declared = self.tensor(st.reads[0], st).nbytes
+        source = st.reads[0]
+        self.read(source, st, stream, st.nbytes, touched, need=0)
+        declared = self.tensor(source, st).nbytes
         if st.nbytes > declared:
-            self.fail(f"{st.opcode} moves {st.nbytes} bytes of {st.reads[0].tensor}, "
+            self.fail(f"{st.opcode} moves {st.nbytes} bytes of {source.tensor}, "
                       f"declared {declared} bytes")
+        have = self.dram[source.tensor] if source.loc.kind == "dram" else \
+            self.filled.get((source.tensor, source.loc), 0)
+        self.check_filled(st, source, have, st.nbytes)
         self.write(st.writes[0], st, stream, st.nbytes, touched)
         stream.chunks = min(CHUNKS, max(1, st.nbytes))
         return stream
@@ -815,6 +821,26 @@ class _Machine:
                 self.fail(f"CIM.mvm {st.op}: {st.arrays} holds {len(tiles)} of the {per_copy} "
                           f"tiles of copy {copy} loaded at line {line}; it must hold whole copies")
         return shape[0], shape[1], len(groups)
+
+    def check_shape(self, st: Statement, lo: int, tk: int, tn: int) -> None:
+        """Rule 1b: the mvm's `k x n` matrix fits the tiles a copy holds — `k <=
+        TK*TN*rows` and `n <= TK*TN*weights_per_row` (each tile has `rows` input rows
+        and `weights_per_row` outputs; a grouped convolution packs its block diagonal
+        into the tiles, so only their total is a bound) — and each copy was
+        programmed with at least `max(k, n)` weights (every input row and output
+        column of the matrix holds one)."""
+        rows = self.arch["rows"]
+        wpr = self.arch["cols"] * self.arch["cell_bits"] // self.arch["weight_bits"]
+        tiles = tk * tn
+        if st.k > tiles * rows or st.n > tiles * wpr:
+            self.fail(f"CIM.mvm {st.op}: k={st.k} n={st.n} exceed its {tk}x{tn} tiles "
+                      f"({tiles * rows} rows, {tiles * wpr} weights per row in all)")
+        bits = min(self.arch["weight_bits"], self.arch["act_bits"])
+        least = max(st.k, st.n) * bits / 8
+        part = self.contents[lo][6]
+        if part < least - _EPS:
+            self.fail(f"CIM.mvm {st.op}: its copies were programmed with {part:g} bytes, "
+                      f"fewer than the {least:g} a {st.k}x{st.n} matrix needs")
 
     def claim(self, st: Statement, owner: str, lo: int, hi: int) -> None:
         """Rule 5: in a parallel block an array serves one operator (or one switch)."""
@@ -862,14 +888,18 @@ class _Machine:
                           f"in one parallel block")
         block.data.update(range(lo, hi))
 
-    def read(self, ref: Ref, st: Statement, stream: _Stream, nbytes: float, touched: set) -> None:
-        """Rule 3: the copy ref must exist; in a block, depend on its earlier writers."""
-        self.tensor(ref, st)
+    def read(self, ref: Ref, st: Statement, stream: _Stream, nbytes: float, touched: set,
+             need: float | None = None) -> None:
+        """Rule 3: the copy ref must exist and hold `need` bytes (default: the whole
+        tensor) written there; in a block, depend on its earlier writers."""
+        decl = self.tensor(ref, st)
         stream.add(self.port(ref.loc), nbytes)
+        need = decl.nbytes if need is None else need
         if ref.loc.kind == "dram":
             if ref.tensor not in self.dram:
                 self.fail(f"{st.opcode} reads {ref}, but {ref.tensor} is not an input "
                           f"and was never written to dram")
+            self.check_filled(st, ref, self.dram[ref.tensor], need)
             self.depend_on_writers(stream, ref)
             return
         if ref.loc.kind == "a":
@@ -879,7 +909,15 @@ class _Machine:
         if key not in self.resident:
             why = self.gone.get(key, "was never written there")
             self.fail(f"{st.opcode} reads {ref}, which {why}")
+        self.check_filled(st, ref, self.filled.get(key, 0), need)
         self.depend_on_writers(stream, ref)
+
+    def check_filled(self, st: Statement, ref: Ref, have: float, need: float) -> None:
+        """Rule 3b: a read takes data that was written — the whole tensor for an mvm, a
+        VEC or an operand write, `bytes=` for a MEM statement."""
+        if math.ceil(have - _EPS) < need:
+            self.fail(f"{st.opcode} reads {need:g} bytes of {ref}, but only {have:g} bytes "
+                      f"of it were written there")
 
     def depend_on_writers(self, stream: _Stream, ref: Ref) -> None:
         if self.block is None:
@@ -894,13 +932,14 @@ class _Machine:
         if self.block is not None:
             self.block.writers.setdefault((ref.tensor, ref.loc), []).append(len(self.block.streams))
         if ref.loc.kind == "dram":
-            self.dram.add(ref.tensor)
+            self.dram[ref.tensor] = self.dram.get(ref.tensor, 0) + nbytes
             return
         if ref.loc.kind == "a":
             self.use_data_arrays(ref.loc, st, "places data in")
         key = (ref.tensor, ref.loc)
         touched.add(key)
         old = self.resident.get(key, 0)
+        self.filled[key] = (self.filled.get(key, 0) if key in self.resident else 0) + nbytes
         if self.block is not None and st.window is not None and key not in self.resident:
             self.streamed[key] = st.window
         new = min(decl.nbytes, math.ceil(old + nbytes - _EPS))
@@ -932,6 +971,7 @@ class _Machine:
         """Free an on-chip copy and remember why it is gone."""
         nbytes = self.resident.pop(key, None)
         self.streamed.pop(key, None)
+        self.filled.pop(key, None)
         self.gone[key] = why
         if nbytes is None:
             return
@@ -974,6 +1014,9 @@ class _Machine:
         for decl in self.tensors.values():
             if decl.is_output and decl.name not in self.dram:
                 self.fail(f"output tensor {decl.name} is never stored to dram", decl.line)
+            if decl.is_output and math.ceil(self.dram[decl.name] - _EPS) < decl.nbytes:
+                self.fail(f"output tensor {decl.name}: only {self.dram[decl.name]:g} of its "
+                          f"{decl.nbytes} bytes are stored to dram", decl.line)
         cycles = sum(self.totals.values())
         arrays = self.arch["arrays"]
         predicted = [seg["predicted"] for seg in self.segments if seg["predicted"] is not None]

@@ -583,3 +583,13 @@ def test_only_spaces_and_tabs_separate_tokens(space):
                   f"MEM.load x@dram ->{space}a[40:48] bytes=25600")
     with pytest.raises(CMSwitchError, match="outside the ASCII grammar"):
         simulate(text)
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("clock_mhz=200", "clock_mhz=5e-324", "clock_mhz"),
+    ("arrays=96", "arrays=1000000000000", "arrays"),
+    ("external_bw_bytes=32", "external_bw_bytes=1e-300", "external_bw_bytes"),
+])
+def test_the_arch_header_obeys_the_hardware_files_limits(old, new, field):
+    """Issue 15: a denormal clock printed `inf ms`, 10^12 arrays ran out of memory."""
+    rejected(mutate(old, new), 1, f".arch: field '{field}'")

@@ -18,9 +18,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
     StringConstraints,
     ValidationError,
 )
@@ -36,6 +33,13 @@ DEFAULT_ARCH = "dynaplasia"
 MAX_ARRAYS = 1 << 20
 MAX_ARRAY_SIDE = 1 << 16  #: rows or cols of one array
 MAX_BITS = 64             #: cell, weight and activation precision
+MIN_RATE, MAX_RATE = 1e-6, 1e12
+"""Bounds of every rate (bytes/cycle, ops/cycle, MHz): a denormal bandwidth would turn
+cycle counts into infinities, not a slow chip."""
+MAX_COUNT = 10 ** 12
+"""Bound of the other integer fields (cycles, bits/cycle, buffer bytes)."""
+Rate = Annotated[float, Field(ge=MIN_RATE, le=MAX_RATE)]
+Count = Annotated[int, Field(gt=0, le=MAX_COUNT)]
 
 
 class Arch(BaseModel):
@@ -50,15 +54,15 @@ class Arch(BaseModel):
     cell_bits: Annotated[int, Field(gt=0, le=MAX_BITS)]   #: bits stored per cell
     weight_bits: Annotated[int, Field(gt=0, le=MAX_BITS)]  #: weight precision, bits
     act_bits: Annotated[int, Field(gt=0, le=MAX_BITS)]    #: activation precision, bits
-    mvm_cycles: PositiveInt             #: cycles for one input vector through one array
-    internal_bw_bits: PositiveInt       #: bits/cycle a memory-mode array reads or writes
-    external_bw_bytes: PositiveFloat    #: bytes/cycle between chip and DRAM
-    global_buffer_bytes: PositiveInt    #: fixed (not switchable) on-chip buffer, bytes
-    global_buffer_bw_bytes: PositiveFloat  #: bytes/cycle of the global buffer
-    switch_cycles: NonNegativeInt       #: latency of one CM.switch, cycles
-    weight_write_bw_bytes: PositiveFloat   #: bytes/cycle to program weights into arrays
-    vector_ops_per_cycle: PositiveFloat    #: digital-unit elementary ops per cycle
-    clock_mhz: PositiveFloat            #: clock, for reporting seconds
+    mvm_cycles: Count                   #: cycles for one input vector through one array
+    internal_bw_bits: Count             #: bits/cycle a memory-mode array reads or writes
+    external_bw_bytes: Rate             #: bytes/cycle between chip and DRAM
+    global_buffer_bytes: Count          #: fixed (not switchable) on-chip buffer, bytes
+    global_buffer_bw_bytes: Rate        #: bytes/cycle of the global buffer
+    switch_cycles: Annotated[int, Field(ge=0, le=MAX_COUNT)]  #: one CM.switch, cycles
+    weight_write_bw_bytes: Rate         #: bytes/cycle to program weights into arrays
+    vector_ops_per_cycle: Rate          #: digital-unit elementary ops per cycle
+    clock_mhz: Rate                     #: clock, for reporting seconds
 
     @property
     def weights_per_row(self) -> int:

@@ -591,6 +591,15 @@ class _Machine:
                      "vec": fields["vector_ops_per_cycle"]}
 
     def check_arch(self, fields: dict) -> None:
+        """The header's fields against the hardware files' own schema and limits
+        (`cmswitch.arch.Arch`: positive sizes, arrays <= 2^20, rates in 1e-6..1e12),
+        then the simulator's own types."""
+        from cmswitch.arch import arch_from_dict
+
+        try:
+            arch_from_dict({"name": "header", **fields}, ".arch")
+        except CMSwitchError as e:
+            self.fail(str(e))
         for key in _INT_FIELDS:
             if not isinstance(fields[key], int) or fields[key] < 1:
                 self.fail(f".arch: {key} must be a positive integer, got {fields[key]}")

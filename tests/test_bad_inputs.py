@@ -564,3 +564,11 @@ def test_a_flow_is_written_whole_or_not_at_all(tmp_path, capsys, monkeypatch):
     assert code == 1 and f"{flow}: cannot write: No space left on device" in err
     assert flow.read_text() == "the old flow\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.cmsasm", "m.onnx"]
+
+
+@pytest.mark.parametrize("target", ["llvm", "riscv-asm", "x86-asm"])
+def test_cmswitch_opt_offers_only_targets_that_work_here(target):
+    """Issue 15: xDSL's hardware backends crashed on a cim module (llvmlite missing,
+    dialects they do not know); they are not offered."""
+    r = _run(BIN / "cmswitch-opt", MODELS / "resnet18.onnx", "-t", target)
+    assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr

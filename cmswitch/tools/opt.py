@@ -62,6 +62,16 @@ class CMSwitchOptMain(xDSLOptMain):
 
         self.available_frontends["cmsasm"] = parse_cmsasm
 
+    TARGETS = ("mlir", "cmsasm")
+    """Output targets: the IR and the flow.  xDSL's hardware backends (llvm, riscv-asm,
+    x86-asm, ...) expect their own dialects, which no CMSwitch module holds."""
+
+    def register_all_targets(self) -> None:
+        super().register_all_targets()
+        for name in list(self.available_targets):
+            if name not in self.TARGETS:
+                del self.available_targets[name]
+
     def register_all_arguments(self, arg_parser: argparse.ArgumentParser) -> None:
         super().register_all_arguments(arg_parser)
         arg_parser.prog = "cmswitch-opt"

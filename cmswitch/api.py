@@ -17,6 +17,7 @@ from cmswitch.arch import Arch, load_arch
 from cmswitch.cost.graph import Graph, build_graph
 from cmswitch.dialects.cim import SegmentOp
 from cmswitch.errors import CMSwitchError
+from cmswitch.dialects.cim import NODE_ATTR
 from cmswitch.transforms.common import ARCH_ATTR, main_func
 
 STRATEGIES = ("cmswitch", "cimmlc", "puma", "occ", "dp-compute-only", "greedy-mip")
@@ -202,7 +203,7 @@ def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict
         })
         for g in members:
             row = {"name": g.name, "segment": seg_id, "kind": g.cost.kind}
-            node = g.op.attributes.get("onnx_node")
+            node = g.op.attributes.get(NODE_ATTR)
             if isinstance(node, StringAttr):
                 row["node"] = node.data
             if g.cost.arrays:

@@ -43,7 +43,9 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Operation
 
+from cmswitch.dialects.cim import NODE_ATTR
 from cmswitch.errors import CMSwitchError
+from cmswitch.frontend.onnx_util import constants, node_name
 from cmswitch.sim.flow import (
     ArchDecl,
     FlowSource,
@@ -94,19 +96,18 @@ class OnnxWeights:
     bias (ONNX: ``Y = alpha A B + beta C``).
     """
 
-    def __init__(self, model: onnx.ModelProto, base_dir: Path, label: str) -> None:
+    def __init__(self, model: onnx.ModelProto, base_dir: Path, label: str,
+                 source_opset: int | None = None) -> None:
         self.label = label
+        #: the default-domain opset of the file as written (before `prepare_model`)
+        self.source_opset = source_opset
         self.base_dir = base_dir
         self.model = model
         graph = model.graph
-        self.tensors: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
+        inits = {t.name for t in graph.initializer}
         #: the graph's activation inputs (not initializers), in order
-        self.inputs = [vi.name for vi in graph.input if vi.name not in self.tensors]
-        for node in graph.node:
-            if node.op_type == "Constant" and node.output:
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None:
-                    self.tensors[node.output[0]] = value
+        self.inputs = [vi.name for vi in graph.input if vi.name not in inits]
+        self.tensors: dict[str, TensorProto] = constants(graph)
         self.users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
         for node in graph.node:
             for pos, name in enumerate(node.input):
@@ -119,7 +120,7 @@ class OnnxWeights:
     def load(cls, path: str | os.PathLike) -> "OnnxWeights":
         """Read an ONNX file (external data only when needed).  Raises CMSwitchError
         if it cannot be read."""
-        from cmswitch.frontend.onnx_importer import prepare_model
+        from cmswitch.frontend.onnx_importer import _default_opset, prepare_model
 
         path = Path(path)
         try:
@@ -127,7 +128,8 @@ class OnnxWeights:
         except Exception as exc:  # onnx raises DecodeError, OSError, ...
             raise CMSwitchError(f"{path}: cannot read ONNX model ({str(exc).splitlines()[0]})") from None
         # the importer's graph: BatchNormalization folded into the weights it scales
-        return cls(prepare_model(model, str(path)), path.resolve().parent, str(path))
+        return cls(prepare_model(model, str(path)), path.resolve().parent, str(path),
+                   _default_opset(model))
 
     def array(self, name: str) -> np.ndarray:
         """The constant tensor `name` as numpy.  Raises CMSwitchError when its data is
@@ -167,9 +169,9 @@ class OnnxWeights:
         the evaluator fails."""
         from onnx.reference import ReferenceEvaluator
 
-        name = _attr(op, "onnx_node")
+        name = _attr(op, NODE_ATTR)
         graph = self.model.graph
-        found = [n for i, n in enumerate(graph.node) if (n.name or f"{n.op_type}_{i}") == name]
+        found = [n for i, n in enumerate(graph.node) if node_name(n, i) == name]
         if len(found) != 1:
             raise CMSwitchError(f"VEC.{op.kind.data}: ONNX node '{name}' is "
                                 f"{'not in' if not found else 'not unique in'} the model")
@@ -183,16 +185,22 @@ class OnnxWeights:
         inputs = [onnx.helper.make_tensor_value_info(
             t, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
             for t, v in feeds.items()]
-        outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o]
-        model = onnx.helper.make_model(onnx.helper.make_graph([node], "node", inputs, outputs),
-                                       opset_imports=self.model.opset_import,
-                                       ir_version=self.model.ir_version)
+        model = self._submodel([node], inputs, [o for o in node.output if o], [])
         try:
             return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds)]
         except Exception as exc:
             raise CMSwitchError(f"VEC.{op.kind.data}: onnx's reference evaluator failed on "
                                 f"node '{name}' ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                                 ) from None
+
+    def _submodel(self, nodes: list, inputs: list, outputs: list[str],
+                  inits: list) -> onnx.ModelProto:
+        """A model of `nodes` of this one (same opsets), for onnx's reference evaluator."""
+        graph = onnx.helper.make_graph(
+            nodes, "part", inputs, [onnx.helper.make_empty_tensor_value_info(o) for o in outputs],
+            inits)
+        return onnx.helper.make_model(graph, opset_imports=self.model.opset_import,
+                                      ir_version=self.model.ir_version)
 
     def _evaluate(self, name: str) -> np.ndarray:
         from onnx.reference import ReferenceEvaluator
@@ -223,10 +231,7 @@ class OnnxWeights:
                     raise ValueError(f"it depends on the symbolic shape of '{vi.name}'")
                 dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
                 feeds[vi.name] = np.zeros(dims, dtype=dtype)
-            sub = onnx.helper.make_model(
-                onnx.helper.make_graph(nodes, "constant", inputs,
-                                       [onnx.helper.make_empty_tensor_value_info(name)], inits),
-                opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
+            sub = self._submodel(nodes, inputs, [name], inits)
             return np.asarray(ReferenceEvaluator(sub).run([name], feeds)[0])
         except CMSwitchError:
             raise
@@ -297,17 +302,11 @@ class OnnxWeights:
         if node.op_type == "ConvTranspose":  # Cin x Cout x kh x kw -> Cin x (Cout*kh*kw)
             return WeightMatrix(np.ascontiguousarray(w.reshape(w.shape[0], -1))[None], None)
         if node.op_type == "Gemm":  # Y = alpha A B + beta C: the scales go with the data
-            return self._scaled(node, pos, name, w, float(attrs.get("alpha", 1.0)),
-                                float(attrs.get("beta", 1.0)))
+            alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+            plain = self._product(node, pos, name, w, attrs, with_bias=beta != 0.0)
+            bias = None if plain.bias is None else plain.bias * np.float32(beta)
+            return WeightMatrix(plain.values * np.float32(alpha), bias)
         return self._product(node, pos, name, w, attrs)
-
-    def _scaled(self, node: onnx.NodeProto, pos: int, name: str, w: np.ndarray,
-                alpha: float, beta: float) -> WeightMatrix:
-        """A Gemm's matrix times ``alpha`` and bias times ``beta`` (none if 0)."""
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        plain = self._product(node, pos, name, w, attrs, with_bias=beta != 0.0)
-        bias = None if plain.bias is None else plain.bias * np.float32(beta)
-        return WeightMatrix(plain.values * np.float32(alpha), bias)
 
     def _product(self, node: onnx.NodeProto, pos: int, name: str, w: np.ndarray,
                  attrs: dict, with_bias: bool = True) -> WeightMatrix:
@@ -482,6 +481,7 @@ def _pool_indices(op: Operation, x: np.ndarray, out_shape: tuple) -> np.ndarray:
     pads = _attr(op, "pads", [0] * 2 * rank)
     dil = _attr(op, "dilations", [1] * rank)
     lead = x.shape[:x.ndim - rank]
+    column_major = bool(_attr(op, "storage_order", 0)) and rank >= 2
     best = np.full(out_shape, -np.inf)
     where = np.zeros(out_shape, dtype=np.int64)
     for position in itertools.product(*(range(d) for d in out_shape)):
@@ -493,7 +493,7 @@ def _pool_indices(op: Operation, x: np.ndarray, out_shape: tuple) -> np.ndarray:
             full = (*position[:len(lead)], *coords)
             if x[full] > best[position]:
                 best[position] = x[full]
-                if _attr(op, "storage_order", 0) and rank >= 2:
+                if column_major:
                     h, w = x.shape[-2], x.shape[-1]
                     inner = coords[-1] * h + coords[-2]
                     outer = np.ravel_multi_index(full[:-2], x.shape[:-2]) if x.ndim > 2 else 0
@@ -660,8 +660,9 @@ def _recorded(op: Operation, name: str) -> Any:
 
 def _slope(op: Operation, ins: list) -> np.ndarray:
     """PRelu's slope: a run-time operand, else the recorded ``slope`` (``slope_shape``)."""
-    if _slot(op, ins, 1) is not None:
-        return _slot(op, ins, 1)
+    slope = _slot(op, ins, 1)
+    if slope is not None:
+        return slope
     slope = _recorded(op, "slope")
     if slope is None:
         _need(op, ins, 2, "slope")
@@ -1305,18 +1306,16 @@ ORT_MIN_OPSET = 7
 """The oldest default-domain opset onnxruntime runs."""
 
 
-def _reference_outputs(path: Path, prepared: onnx.ModelProto,
+def _reference_outputs(path: Path, weights: OnnxWeights,
                        feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The model's outputs on `feeds`: onnxruntime on the file; for a file older than
     onnxruntime's `ORT_MIN_OPSET`, onnxruntime on the graph the importer compiled
-    (`prepared`: upgraded by onnx's version converter, folded), or onnx's reference
-    evaluator if onnxruntime cannot run that either.  Raises CMSwitchError if none
-    can."""
-    from cmswitch.frontend.onnx_importer import _default_opset
-
-    original = onnx.load(str(path), load_external_data=False)
-    if (_default_opset(original) or ORT_MIN_OPSET) >= ORT_MIN_OPSET:
+    (`weights.model`: upgraded by onnx's version converter, folded), or onnx's
+    reference evaluator if onnxruntime cannot run that either.  Raises CMSwitchError if
+    none can."""
+    if (weights.source_opset or ORT_MIN_OPSET) >= ORT_MIN_OPSET:
         return _onnxruntime(path, feeds)
+    prepared = weights.model
     try:
         return _onnxruntime(prepared.SerializeToString(), feeds)
     except CMSwitchError:
@@ -1376,7 +1375,7 @@ def compare(plan: Any, model: str | os.PathLike, seed: int = 0, flow: str | None
     for record in iter_records(source.lines(), source.name):
         machine.feed(record)
     ours = machine.outputs()
-    reference = _reference_outputs(path, weights.model, feeds)
+    reference = _reference_outputs(path, weights, feeds)
     rows = []
     ok = True
     for name, ref in zip(operators.outputs, reference):

@@ -73,6 +73,13 @@ VECTOR_KINDS: dict[str, str] = {
 }
 
 
+NODE_ATTR = "onnx_node"
+"""Informative attribute of every op the ONNX importer emits: the name of the node it
+comes from (``<OpType>_<index>`` for an anonymous node,
+`cmswitch.frontend.onnx_util.node_name`); `cim-partition` keeps it on the pieces and
+reports show it beside the flow name (`cmswitch.api.Plan`)."""
+
+
 def int_prop(value: int) -> IntegerAttr:
     """An i64 property value."""
     return IntegerAttr(value, i64)

@@ -63,6 +63,7 @@ from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.utils.exceptions import VerifyException
 
 from cmswitch.dialects.cim import (
+    NODE_ATTR,
     Conv2dOp,
     DynMatmulOp,
     MatmulOp,
@@ -71,6 +72,9 @@ from cmswitch.dialects.cim import (
     conv_output_size,
 )
 from cmswitch.errors import CMSwitchError
+from cmswitch.frontend.onnx_util import constant_value as _constant_value
+from cmswitch.frontend.onnx_util import get_attr as _get_attr
+from cmswitch.frontend.onnx_util import node_name
 
 __all__ = ["import_onnx", "load_model", "prepare_model", "VECTOR_OP_KINDS"]
 
@@ -143,11 +147,6 @@ CONST_INPUT_ATTRS: dict[str, dict[int, str]] = {
 CONST_INPUTS_IGNORED: dict[str, frozenset[int]] = {
     "Dropout": frozenset({1, 2}), "CastLike": frozenset({1}),
 }
-
-NODE_ATTR = "onnx_node"
-"""Attribute on every op the importer emits: the name of the ONNX node it comes from
-(``<OpType>_<index>`` for an anonymous node), kept by `cim-partition` on the pieces.
-Reports show it beside the flow name (`cmswitch.api.Plan`)."""
 
 SLOTS_ATTR = "operand_slots"
 """`cim.vector` attribute: the ONNX input index of each operand, when they are not
@@ -447,22 +446,6 @@ def _check_supported(node: onnx.NodeProto, label: str, source: str) -> None:
     raise CMSwitchError(f"{source}: unsupported ONNX operator '{op}' at node '{label}'")
 
 
-def _constant_value(node: onnx.NodeProto) -> TensorProto | None:
-    """A `Constant` node's tensor: its ``value``, or ``value_int(s)`` /
-    ``value_float(s)`` as an int64 / float tensor (ONNX Constant spec); None for the
-    sparse and string forms."""
-    for attr in node.attribute:
-        if attr.name == "value":
-            return attr.t
-        if attr.name in ("value_int", "value_ints", "value_float", "value_floats"):
-            data = onnx.helper.get_attribute_value(attr)
-            dtype = TensorProto.INT64 if "int" in attr.name else TensorProto.FLOAT
-            dims = [len(data)] if isinstance(data, list) else []
-            return onnx.helper.make_tensor(node.output[0], dtype, dims,
-                                           data if isinstance(data, list) else [data])
-    return None
-
-
 def _record_constant(node: onnx.NodeProto, ctx: _Ctx) -> None:
     """Mark the outputs of a folded node as constants derived from the largest constant
     input (ties: the first); `Constant` nodes are their own origin."""
@@ -616,13 +599,6 @@ def _vector_attrs(node: onnx.NodeProto, ctx: _Ctx, in_shape: Sequence[int] | Non
         )
         del attrs["auto_pad"]
     return dict(sorted(attrs.items()))
-
-
-def _get_attr(node: onnx.NodeProto, name: str, default):
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
 
 
 def _explicit_pads(auto_pad, spatial: Sequence[int], kernel: Sequence[int],
@@ -1082,7 +1058,7 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
             continue
         mark = len(ctx.ops)
         _lower_node(node, ctx, _node_label(node, index))
-        name = StringAttr(node.name or f"{node.op_type}_{index}")
+        name = StringAttr(node_name(node, index))
         for op in ctx.ops[mark:]:
             op.attributes.setdefault(NODE_ATTR, name)
 

@@ -33,6 +33,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from cmswitch.frontend.onnx_util import constants as _constants
+from cmswitch.frontend.onnx_util import get_attr as _attr
+
 MISSING = "__folded_without_data__"
 """``location`` of a folded weight whose operands' data is not in the file."""
 
@@ -44,24 +47,6 @@ def _has_data(t: TensorProto) -> bool:
         return True
     return bool(t.raw_data or t.float_data or t.double_data or t.int32_data
                 or t.int64_data or t.uint64_data)
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
-    """Initializers and `Constant` node values (``value`` only) by name."""
-    found = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                found[node.output[0]] = value
-    return found
 
 
 def _without_data(name: str, dims, data_type: int) -> TensorProto:

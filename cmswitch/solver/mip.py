@@ -779,26 +779,14 @@ class SolveCache:
         thr = self.throughput_of(problem, arch, label, cutoff)
         return None if thr is None else thr.cycles
 
-    def allocation(self, problem: SegmentProblem, arch: Arch, solver: str = "glpk",
-                   time_limit: float | None = None, label: str = "") -> Allocation:
-        """The full allocation (`solve_segment`: stage 1 from the cache, then the
-        Pyomo MIP's tie-breaks with `solver`), cached.  Raises CMSwitchError naming
-        `label` on failure."""
-        key = (problem, arch, solver)
-        if key not in self.allocations:
-            thr = self.throughput_of(problem, arch, label)
-            self.mips += 1
-            self.allocations[key] = _labelled(label, solve_segment, problem, arch, solver,
-                                              time_limit, thr)
-        return self.allocations[key]
-
     def allocate_all(self, requests: list[tuple[SegmentProblem, str]], arch: Arch,
                      solver: str = "glpk", time_limit: float | None = None,
                      jobs: int = 0) -> list[Allocation]:
-        """`allocation` of each ``(problem, label)`` of `requests`, in that order; the
-        MIPs not cached yet are solved on `jobs` worker processes
-        (`cmswitch.solver.workers`; 0 = all local cores), stage 1 here from the cache.
-        Raises CMSwitchError naming the first failing segment's label."""
+        """The full allocation of each ``(problem, label)`` of `requests`, in that order
+        (`solve_segment`: stage 1 from the cache, then the Pyomo MIP's tie-breaks with
+        `solver`), cached; the MIPs not cached yet are solved on `jobs` worker
+        processes (`cmswitch.solver.workers`; 0 = all local cores).  Raises
+        CMSwitchError naming the first failing segment's label."""
         from cmswitch.solver.workers import run_all
 
         todo: dict[tuple, tuple] = {}

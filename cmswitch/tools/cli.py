@@ -143,7 +143,9 @@ def _emit(path: str | None, text: str) -> None:
 def _warn_unproven(plan) -> None:
     """One stderr line when segments the optimizer solved are not proven optimal (a
     MIP time-out, a placement search limit); the baselines' segments are not solved."""
-    if plan.strategy not in ("cmswitch", "dp-compute-only", "greedy-mip"):
+    from cmswitch.api import MIP_STRATEGIES
+
+    if plan.strategy not in MIP_STRATEGIES:
         return
     odd = [s for s in plan.segments if s["solver_status"] != "optimal"]
     if not odd:

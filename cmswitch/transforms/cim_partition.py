@@ -24,7 +24,14 @@ from xdsl.rewriter import Rewriter
 
 from cmswitch.arch import Arch
 from cmswitch.cost.model import op_cost, tiles_for
-from cmswitch.dialects.cim import Conv2dOp, DynMatmulOp, MatmulOp, VectorOp, tensor_shape
+from cmswitch.dialects.cim import (
+    NODE_ATTR,
+    Conv2dOp,
+    DynMatmulOp,
+    MatmulOp,
+    VectorOp,
+    tensor_shape,
+)
 from cmswitch.errors import CMSwitchError, ModelTooLargeError
 from cmswitch.transforms.common import check_options, main_func, resolve_arch
 
@@ -66,10 +73,6 @@ def plan_split(k_elems: int, per: int, n: int, arch: Arch, max_arrays: int) -> t
     if per > kt * arch.rows:
         raise CMSwitchError(f"one input channel ({per} im2col rows) exceeds {max_arrays} arrays")
     return _ranges(k_elems, k_step), _ranges(n, nt * arch.weights_per_row)
-
-
-NODE_ATTR = "onnx_node"
-"""The ONNX node name the importer records (`cmswitch.frontend.onnx_importer.NODE_ATTR`)."""
 
 
 def _base(op: Operation) -> str:

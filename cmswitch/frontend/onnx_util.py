@@ -1,0 +1,49 @@
+"""Reading ONNX graphs: the few helpers the importer, its rewrites and functional mode
+share, so they agree on what a node's attribute, a constant and a node's name are."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto
+
+
+def get_attr(node: onnx.NodeProto, name: str, default):
+    """The value of attribute `name` of `node` (`onnx.helper.get_attribute_value`), or
+    `default`."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def constant_value(node: onnx.NodeProto) -> TensorProto | None:
+    """A `Constant` node's tensor: its ``value``, or ``value_int(s)`` /
+    ``value_float(s)`` as an int64 / float tensor (ONNX Constant spec); None for the
+    sparse and string forms."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return attr.t
+        if attr.name in ("value_int", "value_ints", "value_float", "value_floats"):
+            data = onnx.helper.get_attribute_value(attr)
+            dtype = TensorProto.INT64 if "int" in attr.name else TensorProto.FLOAT
+            dims = [len(data)] if isinstance(data, list) else []
+            return onnx.helper.make_tensor(node.output[0], dtype, dims,
+                                           data if isinstance(data, list) else [data])
+    return None
+
+
+def constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
+    """The graph's initializers and `Constant` node values (`constant_value`) by name."""
+    found = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = constant_value(node)
+            if value is not None:
+                found[node.output[0]] = value
+    return found
+
+
+def node_name(node: onnx.NodeProto, index: int) -> str:
+    """The node's name, or ``<OpType>_<index>`` (its position in the graph) when it has
+    none: what the importer records as ``onnx_node``."""
+    return node.name or f"{node.op_type}_{index}"

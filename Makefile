@@ -28,13 +28,19 @@ test: install
 	$(BIN)/pytest -q
 	$(BIN)/lit -q filecheck
 
-# Property fuzz: 500 random models on random hardware, compiled and simulated; prints
-# "500 graphs tried, N violations" (reproducers in /tmp/fuzz-repro).  FUZZ_SEED=n varies it.
+# Two fuzzers.  Property fuzz: 500 random models on random hardware, compiled and
+# simulated; prints "500 graphs tried, N violations" (reproducers in /tmp/fuzz-repro).
+# Flow fuzz: 1,000 mutants of the bundled models' flows, each rejected on one located
+# line or accepted and rule-abiding by an independent checker; prints its counts.
+# FUZZ_SEED=n varies both.
 FUZZ_GRAPHS ?= 500
+FUZZ_FLOWS ?= 1000
 FUZZ_SEED ?= 0
 fuzz: install
 	CMSWITCH_FUZZ_EXAMPLES=$(FUZZ_GRAPHS) CMSWITCH_FUZZ_SEED=$(FUZZ_SEED) \
 		$(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py -k keep_invariants
+	CMSWITCH_FLOW_FUZZ=$(FUZZ_FLOWS) CMSWITCH_FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/pytest -q -p no:cacheprovider tests/test_flow_fuzz.py -k mutants
 
 # The evaluation table (DESIGN.md §7): every model under every strategy, simulated;
 # JSON and charts into out/bench.  Measured 11 min with 2 strategies on the loaded

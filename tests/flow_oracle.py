@@ -10,7 +10,8 @@ its timing:
   MEM statement its `bytes=`); `dram` holds the inputs and whatever was stored there;
   outputs are in `dram` in full at the end;
 - capacity: the live copies of memory-mode arrays and the global buffer fit them, with a
-  streamed copy of a `parallel` block counted at `min(window, size)`;
+  streamed copy of a `parallel` block counted at `min(window, size)`, which holds at
+  least one vector of each mvm that writes or reads it;
 - modes and weights: data only in memory-mode arrays, weights only in compute-mode
   arrays, an mvm only on whole copies of its operator's tiles programmed with at least
   `max(k, n)` weights, its `k x n` within the tiles; one operator per array per block, a
@@ -429,6 +430,11 @@ def check(text: str) -> None:
                 if in_block and key not in copies and key[1] != "dram" and st.window:
                     fresh_windowed.append(key)
                 write(key, st.vectors * st.n * act, st.window, in_block, line)
+                for ref, elements in ((st.reads[0], st.k), (key, st.n)):
+                    c = copies.get(ref)
+                    if c is not None and c.window is not None and \
+                            c.window < min(c.size, math.ceil(elements * act)):
+                        raise Violation(line, f"window {c.window} of {ref[0]} < one vector")
             elif st.opcode.startswith("VEC."):
                 for key in st.reads:
                     read(key, tensors[key[0]][0], line)

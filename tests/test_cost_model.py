@@ -147,3 +147,27 @@ def test_working_sets_stream_rows_or_hold_whole_tensors():
     assert graph.working_set(t_in, 0) == 64 * 320       # relu streams its input
     assert graph.working_set(t_relu, 1) == 64 * 320     # the matmul streams rows
     assert graph.working_set(t_relu, 2) == 81920        # the transpose needs it all
+
+
+def test_a_conv_output_streams_pixel_vectors():
+    """A convolution writes one vector of all 64 output channels per pixel (im2col), so
+    its ReLU consumer streams 64 pixel rows of 64 bytes, 4096 of the 1x64x14x14 map's
+    12544 bytes — not 64 rows of its 14-element last axis (896 bytes, less than the
+    conv's own 64-byte vectors).  The ReLU keeps the layout, so the Add after it streams
+    the same 4096."""
+    from cmswitch.cost.graph import build_graph
+    from cmswitch.dialects.cim import Conv2dOp, VectorOp
+
+    fmap = TensorType(f32, [1, 64, 14, 14])
+    block = Block(arg_types=[TensorType(f32, [1, 32, 14, 14])])
+    conv = Conv2dOp(block.args[0], fmap, "w", [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    relu = VectorOp("relu", [conv.output], [fmap])
+    add = VectorOp("add", [relu.outputs[0], relu.outputs[0]], [fmap])
+    block.add_ops([conv, relu, add])
+    block.add_op(func.ReturnOp(add.outputs[0]))
+    f = func.FuncOp("main", ([block.args[0].type], [fmap]), Region(block))
+    graph = build_graph(f, ARCH)
+    t_conv, t_relu = graph.ops[0].outputs[0], graph.ops[1].outputs[0]
+    assert graph.tensors[t_conv].bytes == 64 * 14 * 14
+    assert graph.working_set(t_conv, 1) == 64 * 64
+    assert graph.working_set(t_relu, 2) == 64 * 64

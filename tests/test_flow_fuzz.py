@@ -53,6 +53,7 @@ def test_the_checker_accepts_the_compilers_flows(flows):
     # capacity
     ("MEM.load x@dram -> a[40:48] bytes=25600", "MEM.load x@dram -> a[40:41] bytes=25600",
      "holds 25600"),
+    ("out=h@a[48:56]", "out=h@a[48:56] window=15", "< one vector"),
     # modes
     ("CM.switch TOM a[40:56]", "CM.switch TOM a[41:56]", "compute-mode"),
     # lexical

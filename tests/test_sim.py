@@ -332,6 +332,10 @@ def test_window_makes_a_streamed_tensor_fit():
     text = one_segment(body, tensors)
     rejected(text, line_of(text, "MEM.load x@dram"), "capacity", "array 40")
     simulate(text.replace("bytes=20000\n", "bytes=20000 window=4000\n"))
+    # one 32-element input vector of the mvm is the least a window holds
+    simulate(text.replace("bytes=20000\n", "bytes=20000 window=32\n"))
+    rejected(text.replace("bytes=20000\n", "bytes=20000 window=31\n"),
+             line_of(text, "CIM.mvm fc"), "less than one input vector (32 bytes)")
 
 
 def test_streamed_tensor_is_gone_after_the_block():
@@ -566,6 +570,20 @@ def test_a_window_of_nothing_is_rejected():
     text = mutate("out=h@a[48:56]", "out=h@a[48:56] window=0")
     with pytest.raises(CMSwitchError, match=f":{line_of(text, 'CIM.mvm fc1')}: .*window= must be in 1"):
         simulate(text)
+
+
+@pytest.mark.parametrize("old, new, at, words", [
+    # fc1 writes 16-byte vectors (n=16, 8-bit) into a 15-byte window
+    ("out=h@a[48:56]", "out=h@a[48:56] window=15", "CIM.mvm fc1",
+     "window=15 bytes, less than one output vector (16 bytes)"),
+    # a 16-byte window, but fc2 reads 20-element vectors of it
+    ("CIM.mvm fc2 a[2:3] vectors=800 k=16", "CIM.mvm fc2 a[2:3] vectors=800 k=20",
+     "CIM.mvm fc2", "window=16 bytes, less than one input vector (20 bytes)"),
+])
+def test_a_window_holds_a_whole_vector(old, new, at, words):
+    """Issue 15: `window=1` streamed 802,816 bytes through one array."""
+    text = mutate(old, new).replace("out=h@a[48:56]\n", "out=h@a[48:56] window=16\n")
+    rejected(text, line_of(text, at), words)
 
 
 @pytest.mark.parametrize("spelling", ["25_600", "+25600", "\u0662\u0665\u0666\u0660\u0660",

@@ -10,6 +10,8 @@ what the solve cache keys on.
 
 from __future__ import annotations
 
+import math
+
 import re
 
 from dataclasses import dataclass, field, fields, replace
@@ -100,8 +102,55 @@ class Graph:
         shape = tensor_shape(operand)
         if not shape or not _row_streams(op, operand):
             return t.bytes
-        rows = max(1, t.bytes // max(1, shape[-1]))
-        return min(t.bytes, -(-t.bytes * STREAM_ROWS // rows))
+        return min(t.bytes, STREAM_ROWS * self.row_bytes(tensor))
+
+    def row_bytes(self, tensor: int) -> int:
+        """Bytes of one streamed row of a tensor: one output vector of the `CIM.mvm`
+        that writes it (``n*act_bits/8``: a convolution writes pixel by pixel, every
+        channel at once, docs/cmsasm.md), kept through the row-wise vector ops that
+        preserve the shape (relu, add, ... of a conv output stream pixels too); else
+        the last axis (``shape[-1]`` elements).  At least 1 byte; memoized."""
+        key = ("row", tensor)
+        chain = []
+        while key not in self.memo:
+            chain.append(tensor)
+            source = self._row_source(tensor)
+            if not isinstance(source, tuple):
+                self.memo[key] = source
+                break
+            tensor = source[0]
+            key = ("row", tensor)
+        value = self.memo[key]
+        for t in chain:
+            self.memo[("row", t)] = value
+        return value
+
+    def _row_source(self, tensor: int):
+        """The row bytes of `tensor` (int), or ``(input tensor,)`` whose rows it keeps."""
+        t = self.tensors[tensor]
+        if t.producer is not None:
+            gop = self.ops[t.producer]
+            if gop.cost.arrays:
+                return max(1, -(-mvm_shape(gop.cost, self.arch)[2] * self.arch.act_bits // 8))
+            op = gop.op
+            if isinstance(op, VectorOp) and op.kind.data in ROW_KINDS:
+                out = tensor_shape(op.results[gop.outputs.index(tensor)])
+                for u, operand in zip(gop.inputs, op.operands):
+                    if tensor_shape(operand) == out and u != tensor:
+                        return (u,)
+        shape = self._shape_of(tensor)
+        elements = max(1, math.prod(shape)) if shape else 1
+        return max(1, -(-t.bytes * (shape[-1] if shape else 1) // elements))
+
+    def _shape_of(self, tensor: int) -> tuple:
+        t = self.tensors[tensor]
+        for consumer in t.consumers:
+            gop = self.ops[consumer]
+            return tuple(tensor_shape(gop.op.operands[gop.inputs.index(tensor)]))
+        if t.producer is not None:
+            gop = self.ops[t.producer]
+            return tuple(tensor_shape(gop.op.results[gop.outputs.index(tensor)]))
+        return ()
 
 
 STREAM_ROWS = 64

@@ -750,6 +750,8 @@ class _Machine:
         stream.array_cycles = st.vectors * cycles * tk * tn
         self.read(st.reads[0], st, stream, st.vectors * st.k * act / 8, touched)
         self.write(st.writes[0], st, stream, st.vectors * st.n * act / 8, touched)
+        self.check_window(st, st.reads[0], st.k, "input")
+        self.check_window(st, st.writes[0], st.n, "output")
         self.depend_on_programming(stream, lo, hi)
         self.segment.compute_arrays.update(range(lo, hi))
         return stream
@@ -906,6 +908,17 @@ class _Machine:
             self.fail(f"{st.opcode} reads {ref}, which {why}")
         self.check_filled(st, ref, need)
         self.depend_on_writers(stream, ref)
+
+    def check_window(self, st: Statement, ref: Ref, elements: int, what: str) -> None:
+        """A copy streamed through `window=` holds at least one whole vector of each mvm
+        that writes or reads it (`n` or `k` elements, capped by the tensor's size)."""
+        window = self.streamed.get((ref.tensor, ref.loc))
+        if window is None:
+            return
+        need = min(self.tensor(ref, st).nbytes, math.ceil(elements * self.arch["act_bits"] / 8))
+        if window < need:
+            self.fail(f"CIM.mvm {st.op}: {ref.tensor}@{ref.loc} streams through window="
+                      f"{window} bytes, less than one {what} vector ({need} bytes)")
 
     def check_filled(self, st: Statement, ref: Ref, need: float) -> None:
         """Rule 3b: a read takes data that was written — the whole tensor for an mvm, a

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -414,6 +416,92 @@ def test_glpk_missing_says_how_to_install_or_pick_highs(tmp_path):
     ok = _run(BIN / "cmswitch", "compile", small, "--solver", "highs",
               "-o", tmp_path / "f.cmsasm", env=env)
     assert ok.returncode == 0, ok.stderr
+
+
+def _fake_glpsol(folder: Path, body: str) -> dict:
+    """An environment whose PATH starts with a fake `glpsol` running `body` (sh) after
+    answering `--version` and writing its pid to folder/pid."""
+    bin_dir = folder / "fakebin"
+    bin_dir.mkdir()
+    script = bin_dir / "glpsol"
+    script.write_text("#!/bin/sh\n"
+                      'case "$*" in *--version*) echo "GLPSOL: GLPK LP/MIP Solver, v5.0"; exit 0;; esac\n'
+                      f"echo $$ >> {folder / 'pid'}\n{body}\n")
+    script.chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def _pids(folder: Path) -> list[int]:
+    path = folder / "pid"
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failing_solver_is_named_with_its_status_and_last_words(jobs, tmp_path):
+    env = _fake_glpsol(tmp_path, 'echo "glpk: fatal: licence expired" >&2\nexit 3')
+    small = tmp_path / "fc.onnx"
+    small.write_bytes(matmul_weight([4, 8], [8, 16]))
+    err = _clean_error(_run(BIN / "cmswitch", "compile", small, "--jobs", jobs, env=env))
+    assert "exited with status 3: glpk: fatal: licence expired" in err, err
+    assert str(tmp_path / "fakebin" / "glpsol") in err
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_hanging_solver_is_stopped_at_the_time_limit(jobs, tmp_path):
+    """glpsol's own --tmlim is not trusted: the compile kills it (and reaps it) a
+    second after the limit, and does not wait for the other queued solves."""
+    env = _fake_glpsol(tmp_path, "exec sleep 1000")
+    err = _clean_error(_run(BIN / "cmswitch", "compile", MODELS / "resnet18.onnx", "-o",
+                            tmp_path / "r.cmsasm", "--time-limit", "1", "--jobs", jobs,
+                            env=env))
+    assert "ran past its 1 s time limit and was stopped" in err, err
+    assert _pids(tmp_path) and not any(_alive(p) for p in _pids(tmp_path))
+    assert not (tmp_path / "r.cmsasm").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_compile_stops_its_solver(jobs, signum, code, tmp_path):
+    env = _fake_glpsol(tmp_path, "exec sleep 1000")
+    proc = subprocess.Popen([str(BIN / "cmswitch"), "compile", str(MODELS / "resnet18.onnx"),
+                             "-o", str(tmp_path / "r.cmsasm"), "--jobs", jobs],
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not _pids(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert _pids(tmp_path), "the fake solver never ran"
+    time.sleep(0.3)  # inside the solve
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == code and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] in ("error: interrupted", "error: stopped by SIGTERM")
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in _pids(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in _pids(tmp_path))
+
+
+@pytest.mark.parametrize("redirect, message", [
+    ("> /dev/full", "error: standard output: No space left on device"),
+    (">&-", "error: standard output is closed"),
+])
+@pytest.mark.parametrize("tool", ["cmswitch-sim", "cmswitch-opt"])
+def test_a_full_or_closed_stdout_is_one_line(tool, redirect, message, tmp_path):
+    flow = tmp_path / "f.cmsasm"
+    r = _run(BIN / "cmswitch", "compile", MODELS / "resnet18.onnx", "-o", flow)
+    assert r.returncode == 0, r.stderr
+    args = f"{flow} --emit=asm" if tool == "cmswitch-opt" else str(flow)
+    r = subprocess.run(f"{BIN / tool} {args} {redirect}", shell=True, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == message, r.stderr
 
 
 def test_solver_time_out_without_solution_is_reported(monkeypatch, tmp_path, capsys):

@@ -59,7 +59,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
+import subprocess
 import sysconfig
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -410,12 +412,56 @@ def _run_solver(model, solver: str, time_limit: float | None) -> str:
     # cover cuts crash GLPK 5.0 when presolve leaves no columns.)
     opt.options["gomory"] = None
     opt.options["mir"] = None
-    opt.options["tmlim"] = max(1, int(time_limit or DEFAULT_TIME_LIMIT))
-    res = opt.solve(model, load_solutions=False)
+    seconds = max(1, math.ceil(time_limit or DEFAULT_TIME_LIMIT))
+    with _solver_log() as log:
+        try:
+            # `timelimit` is glpsol's --tmlim and, 1 s later, a wall-clock kill of it
+            res = opt.solve(model, load_solutions=False, timelimit=seconds)
+        except subprocess.TimeoutExpired:
+            raise CMSwitchError(
+                f"MIP solver 'glpk': glpsol ({exe}) ran past its {seconds} s time limit "
+                f"and was stopped; raise --time-limit or choose --solver highs") from None
+        except Exception as e:
+            raise CMSwitchError(_glpsol_failure(exe, log, e)) from None
     tc = str(res.solver.termination_condition)
     if len(res.solution) > 0:
         model.solutions.load_from(res)
     return tc
+
+
+@contextmanager
+def _solver_log() -> Iterator[list]:
+    """Collect what Pyomo's solver plugins log (instead of printing it to stderr): the
+    messages, in order, for `_glpsol_failure`."""
+    import logging
+
+    messages: list = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger("pyomo.opt")
+    handler, propagate = _Keep(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _glpsol_failure(exe: str, log: list, error: Exception) -> str:
+    """One line for a glpsol that failed: its exit status and the last line it wrote
+    (from Pyomo's log: "... returned non-zero return code (N)", "Solver log:\n...")."""
+    text = "\n".join(log)
+    status = re.search(r"return code \((-?[0-9]+)\)", text)
+    lines = [line.strip() for line in text.split("Solver log:", 1)[-1].splitlines()
+             if line.strip()] if "Solver log:" in text else []
+    said = lines[-1] if lines else (str(error).splitlines() or [type(error).__name__])[0]
+    how = f"exited with status {status.group(1)}" if status else "failed"
+    return f"MIP solver 'glpk': glpsol ({exe}) {how}: {said}"
 
 
 @dataclass(frozen=True)

@@ -90,12 +90,31 @@ def shutdown() -> None:
         _POOL = None
 
 
+def abort() -> None:
+    """Stop this process's workers at once, with the solver processes they run (each
+    worker leads its own process group): after a failed solve, the solves queued or
+    running for the same compile are not waited for."""
+    global _POOL
+    if _POOL is None:
+        return
+    pool = _POOL[1]
+    _POOL = None
+    for pid in list(getattr(pool, "_processes", {}) or {}):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _preload(importing) -> None:
-    """Worker start: leave Ctrl-C to the compiling process, exit when it is gone
+    """Worker start: lead a process group of its own (its glpsol runs go with it when
+    it is stopped), leave Ctrl-C to the compiling process, exit when that is gone
     (killed: nothing else would stop an idle worker), and import `PRELOAD` while
     holding a slot of `importing`."""
     import importlib
 
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:
@@ -106,9 +125,10 @@ def _preload(importing) -> None:
 
 
 def _exit_with(sentinel: int) -> None:
-    """Block until the parent process's `sentinel` is ready (it exited), then exit."""
+    """Block until the parent process's `sentinel` is ready (it exited), then stop
+    this worker's process group: the worker and any solver it is running."""
     wait([sentinel])
-    os._exit(1)
+    os.killpg(0, signal.SIGKILL)
 
 
 def _ready() -> int:
@@ -136,9 +156,15 @@ def run_all(fn, calls: list[tuple], jobs: int = 0) -> list:
     pool = _pool(resolve_jobs(jobs)) if len(calls) > 1 or _POOL is not None else None
     if pool is None:
         return [fn(*args) for args in calls]
+    futures: list[Future] = []
     try:
-        futures: list[Future] = [pool.submit(fn, *args) for args in calls]
+        futures = [pool.submit(fn, *args) for args in calls]
         return [f.result() for f in futures]
     except BrokenProcessPool:
         shutdown()
         return [fn(*args) for args in calls]
+    except BaseException:
+        # the first failure decides: the other solves are stopped, so an error (or
+        # Ctrl-C) is not followed by every other solve running to its time limit
+        abort()
+        raise

@@ -143,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ParseError, DiagnosticException) as e:
         print(str(e).rstrip(), file=sys.stderr)
         return 1
-    except (OSError, ValueError) as e:
+    except OSError:
+        raise  # `console` names the file (or standard output) in one line
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -178,6 +178,19 @@ def truncated() -> bytes:
 # (kind, M, K, N, groups) for the report's weight/dynamic operators, or a regex of the
 # refusal.  Expected shapes by hand: conv M = N*Ho*Wo with
 # Ho = floor((H + pad_b + pad_e - d*(k-1) - 1)/s) + 1, K = Cin/g*kh*kw, N = Cout/g.
+def reshape_count_mismatch() -> bytes:
+    shape = numpy_helper.from_array(np.array([3, 3], np.int64), "shape")
+    return model([helper.make_node("Reshape", ["x", "shape"], ["y"], name="r")],
+                 [vi("x", [4])], [vi("y", None)], [shape])
+
+
+def two_producers() -> bytes:
+    return model([helper.make_node("Relu", ["x"], ["t"], name="a"),
+                  helper.make_node("Sigmoid", ["x"], ["t"], name="b"),
+                  helper.make_node("MatMul", ["t", "w"], ["y"], name="mm")],
+                 [vi("x", [4, 8])], [vi("y", None)], [w("w", [8, 16])])
+
+
 ONNX_CASES = {
     # grouped: 10x10, k3, pads 1 -> 10x10; K = 8/4*9 = 18, N = 16/4 = 4
     "grouped_conv": (conv([1, 8, 10, 10], [16, 2, 3, 3], group=4, pads=[1, 1, 1, 1]), [],
@@ -255,6 +268,12 @@ ONNX_CASES = {
     "runtime_reshape": (runtime_reshape(), [], r"cannot determine the shape of tensor 'y'.*dyn_reshape"),
     "shape_inference_fails": (single("Add", [vi("x", [3]), vi("z", [4])], [vi("y", None)]), [],
                               r"shape inference failed: .*my_add"),
+    # issue 15: these compiled with exit 0
+    "reshape_changes_element_count": (reshape_count_mismatch(), [],
+                                      r"Reshape of \[4\] \(4 elements\) to \[3, 3\] \(9 elements\)"),
+    "tensor_with_two_producers": (two_producers(), [],
+                                  r"tensor 't' is produced twice: by node 'a' and by node 'b'"),
+    "negative_dimension": (matmul_weight([-5, 8], [8, 16]), [], r"tensor 'x' .*negative dimension"),
     "not_onnx": (b"this is not a model\n" * 10, [], r"not an ONNX model or truncated"),
     "empty_file": (b"", [], r"not an ONNX model or truncated"),
     "truncated": (truncated(), [], r"not an ONNX model or truncated"),
@@ -345,6 +364,28 @@ def test_verifier_failure_is_one_diagnostic(tool, tmp_path):
     assert "unknown vector kind 'frobnicate'" in err
 
 
+@pytest.mark.parametrize("text, message", [
+    ("func.func @main(%x: tensor<4x64xf32>) -> tensor<4x64xf32> {\n"
+     "  func.return %x : tensor<4x64xf32>\n}\n", "@main has no cim operator to compile"),
+    ("func.func @main(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {\n"
+     '  %a = cim.matmul %x {weight = "A"} : tensor<?x64xf32> -> tensor<?x64xf32>\n'
+     "  func.return %a : tensor<?x64xf32>\n}\n", "dynamic (?) dimension, shape ?x64"),
+    ("func.func @main(%x: tensor<4x64xf32>) -> tensor<4x0xf32> {\n"
+     '  %a = cim.matmul %x {weight = "A"} : tensor<4x64xf32> -> tensor<4x0xf32>\n'
+     "  func.return %a : tensor<4x0xf32>\n}\n", "%a of cim.matmul has a zero dimension"),
+    ("builtin.module {\n" * 3000 + "}\n" * 3000, "nested too deeply"),
+])
+@pytest.mark.parametrize("tool", ["cmswitch", "cmswitch-opt"])
+def test_mlir_the_compiler_cannot_take(tool, text, message, tmp_path):
+    """Issue 15: an IndexError, an i64 overflow, a TypeError and a RecursionError."""
+    path = tmp_path / "m.mlir"
+    path.write_text(text)
+    argv = ([BIN / "cmswitch", "compile", path, "-o", tmp_path / "f.cmsasm"] if tool == "cmswitch"
+            else [BIN / "cmswitch-opt", path, "--cim-segment", "--cim-allocate"])
+    err = _clean_error(_run(*argv))
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_mlir_that_is_not_text(tmp_path):
     path = tmp_path / "binary.mlir"
     path.write_bytes(b"\x00\xff\xfe garbage")
@@ -375,6 +416,10 @@ def _arch_text(**changes) -> str:
     ("- 1\n- 2\n", "must be a mapping of fields"),
     ("", "must be a mapping of fields"),
     ("arrays: [1\n", "cannot read hardware description"),
+    # issue 15: these were tracebacks (TypeError, RecursionError)
+    ("? [a, b]\n: 1\n" + PRESET.read_text(), "a key is not a field name"),
+    ("arrays: " + "[" * 20000 + "]" * 20000 + "\n", "nested too deeply"),
+    ("# " + "x" * (1 << 20) + "\n" + PRESET.read_text(), "is at most 1048576 bytes"),
 ])
 def test_bad_hardware_file(text, message, tmp_path, capsys):
     path = tmp_path / "chip.yaml"
@@ -660,3 +705,13 @@ def test_cmswitch_opt_offers_only_targets_that_work_here(target):
     dialects they do not know); they are not offered."""
     r = _run(BIN / "cmswitch-opt", MODELS / "resnet18.onnx", "-t", target)
     assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_names_outside_the_flow_grammar_are_renamed(tmp_path):
+    """Issue 15: an ONNX name with `$` compiled to a flow the simulator refused."""
+    path = tmp_path / "dollar.onnx"
+    path.write_bytes(model([helper.make_node("MatMul", ["x$in", "w$"], ["y$out"], name="m$m")],
+                           [vi("x$in", [4, 8])], [vi("y$out", None)], [w("w$", [8, 16])]))
+    r = _run(BIN / "cmswitch", "compile", path, "-o", tmp_path / "f.cmsasm", "--simulate")
+    assert r.returncode == 0, r.stderr
+    assert "$" not in (tmp_path / "f.cmsasm").read_text()

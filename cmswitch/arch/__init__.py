@@ -31,6 +31,9 @@ DEFAULT_ARCH = "dynaplasia"
 #: state, so an absurd array count (a typo such as 99999999999) would exhaust memory
 #: instead of being reported; the largest real CIM chips have thousands of arrays.
 MAX_ARRAYS = 1 << 20
+MAX_FILE_BYTES = 1 << 20
+"""Largest hardware description file read (the presets are under 1 KB): a 10 MB file
+took YAML 47 s to refuse."""
 MAX_ARRAY_SIDE = 1 << 16  #: rows or cols of one array
 MAX_BITS = 64             #: cell, weight and activation precision
 MIN_RATE, MAX_RATE = 1e-6, 1e12
@@ -150,9 +153,19 @@ def load_arch(spec: str | None = None) -> Arch:
             "nor a file"
         )
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CMSwitchError(f"{path}: a hardware description is at most "
+                                f"{MAX_FILE_BYTES} bytes; this file has {size}")
         text = path.read_text()
         data = (json.loads(text, object_pairs_hook=_unique_json_keys) if path.suffix == ".json"
                 else yaml.load(text, Loader=_UniqueKeyLoader))
+    except RecursionError:
+        raise CMSwitchError(f"{path}: cannot read hardware description: nested too "
+                            "deeply (it is a flat mapping of fields)") from None
+    except TypeError as e:  # a list or mapping as a key: "unhashable type"
+        raise CMSwitchError(f"{path}: cannot read hardware description: a key is not a "
+                            f"field name ({e})") from None
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise CMSwitchError(f"{path}: cannot read hardware description: "
                             f"{str(e).splitlines()[0]}") from None

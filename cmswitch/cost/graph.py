@@ -16,7 +16,7 @@ import re
 
 from dataclasses import dataclass, field, fields, replace
 
-from xdsl.dialects.builtin import StringAttr
+from xdsl.dialects.builtin import StringAttr, TensorType
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import Operation, SSAValue
 
@@ -180,7 +180,7 @@ def _row_streams(op: Operation, operand: SSAValue) -> bool:
     return all(tensor_shape(r) == tensor_shape(operand) for r in op.results)
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.:/$-]")
+_SAFE = re.compile(r"[^A-Za-z0-9_.:/-]")  # the flow grammar's names (docs/cmsasm.md)
 
 
 def _op_name(op: Operation, index: int, used: set[str]) -> str:
@@ -221,10 +221,23 @@ def flatten_ops(func: FuncOp) -> list[Operation]:
 
 def build_graph(func: FuncOp, arch: Arch) -> Graph:
     """Flatten `func` into a Graph.  Raises CMSwitchError for a non-`cim` operator
-    other than `func.return`."""
+    other than `func.return`, a tensor whose shape is dynamic (``?``), negative or
+    empty, and a function with no operator to compile."""
+    where = f"@{func.sym_name.data}"
     for op in func.body.block.ops:
         if op.dialect_name() not in ("cim", "func"):
-            raise CMSwitchError(f"unexpected operation '{op.name}' in @{func.sym_name.data}")
+            raise CMSwitchError(f"unexpected operation '{op.name}' in {where}")
+    for op in func.walk():
+        for v in (*op.results, *(a for r in op.regions for b in r.blocks for a in b.args)):
+            shape = tensor_shape(v) if isinstance(v.type, TensorType) else ()
+            if any(d <= 0 for d in shape):
+                what = "a dynamic (?)" if any(d < 0 for d in shape) else "a zero"
+                raise CMSwitchError(f"{where}: %{v.name_hint or 'value'} of {op.name} has "
+                                    f"{what} dimension, shape "
+                                    f"{'x'.join('?' if d < 0 else str(d) for d in shape)}: the compiler "
+                                    "needs static, non-empty shapes")
+    if not any(op.dialect_name() == "cim" for op in func.walk()):
+        raise CMSwitchError(f"{where} has no cim operator to compile")
     tensors: list[Tensor] = []
     ids: dict[SSAValue, int] = {}
 

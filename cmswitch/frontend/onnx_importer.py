@@ -28,6 +28,7 @@ semantics, broadcasting leading dims, 1-D operands promoted).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -494,6 +495,10 @@ def _static_shape(ctx: _Ctx, name: str, where: str) -> tuple[int, ...]:
                 f"dim {len(dims)} is {dim.dim_param or 'unknown'}"
             )
         dims.append(dim.dim_value)
+    if any(d < 0 for d in dims):
+        raise CMSwitchError(
+            f"{ctx.label}: tensor '{name}' ({where}) has a negative dimension, shape {dims}"
+        )
     if 0 in dims:
         raise CMSwitchError(
             f"{ctx.label}: tensor '{name}' ({where}) has zero size, shape {dims}"
@@ -998,6 +1003,36 @@ def _lower_node(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
 # --------------------------------------------------------------------------- entry
 
 
+_VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+"""Operators that only reinterpret their input's elements: same element count."""
+
+
+def _check_single_assignment(graph: onnx.GraphProto, label: str) -> None:
+    """Each tensor has one producer (a node, a graph input or an initializer), as
+    ONNX requires (IR spec: "single static assignment").  Raises CMSwitchError."""
+    seen = {vi.name: "a graph input" for vi in graph.input}
+    seen.update({t.name: "an initializer" for t in graph.initializer})
+    for index, node in enumerate(graph.node):
+        for out in node.output:
+            if not out:
+                continue
+            if out in seen:
+                raise CMSwitchError(f"{label}: tensor '{out}' is produced twice: by "
+                                    f"{seen[out]} and by node '{node_name(node, index)}'")
+            seen[out] = f"node '{node_name(node, index)}'"
+
+
+def _check_view(ctx: _Ctx, node: onnx.NodeProto, where: str) -> None:
+    """A Reshape / Flatten / Squeeze / Unsqueeze keeps its input's element count
+    (shape inference takes a constant target shape as given).  Raises CMSwitchError."""
+    if len(node.input) < 1 or len(node.output) < 1:
+        return
+    x, y = _static_shape(ctx, node.input[0], where), _static_shape(ctx, node.output[0], where)
+    if math.prod(x) != math.prod(y):
+        raise CMSwitchError(f"{ctx.label}: {where}: {node.op_type} of {list(x)} "
+                            f"({math.prod(x)} elements) to {list(y)} ({math.prod(y)} elements)")
+
+
 def prepare_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     """The graph the importer lowers, from a decoded model: upgraded to `MIN_OPSET`
     (`_upgrade_opset`), model-local functions inlined, BatchNormalization and zero Pad
@@ -1041,6 +1076,7 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
     model_name = name or (None if is_bytes else Path(label).stem) or graph.name or "model"
     ctx = _Ctx(label=label, opset=_default_opset(model))
     _bind_dims(model, dims or {}, label, batch, seq)
+    _check_single_assignment(graph, label)
     folded = _classify(graph, ctx)
     model = _infer(model, label)
     graph = model.graph
@@ -1056,6 +1092,8 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
     for index, node in enumerate(graph.node):
         if folded[index]:
             continue
+        if node.op_type in _VIEWS and node.domain in ("", "ai.onnx"):
+            _check_view(ctx, node, _node_label(node, index))
         mark = len(ctx.ops)
         _lower_node(node, ctx, _node_label(node, index))
         name = StringAttr(node_name(node, index))

@@ -52,6 +52,9 @@ def console(main: Callable[..., int]) -> Callable[..., int]:
         except BrokenPipeError:
             _quiet_stdout()
             return 0
+        except RecursionError:
+            print("error: the input is nested too deeply to read", file=sys.stderr)
+            return 1
         except Terminated as e:
             print(f"error: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
             return 128 + e.signum

@@ -75,6 +75,12 @@ def _ref(text: str, line: int) -> tuple:
     return (m.group(1), _loc(m.group(2), line))
 
 
+def _name(text: str, line: int) -> str:
+    if not _NAME_RE.match(text):
+        raise Violation(line, f"bad name {text!r}")
+    return text
+
+
 def _split(tokens: list) -> tuple:
     """(positional tokens in order, `key=value` tokens): fields may stand anywhere."""
     return [t for t in tokens if "=" not in t], [t for t in tokens if "=" in t]
@@ -111,9 +117,7 @@ class Stmt:
             self.window = _int(self.window, line, 1)
 
     def _name(self, text: str) -> str:
-        if not _NAME_RE.match(text):
-            raise Violation(self.line, f"bad name {text!r}")
-        return text
+        return _name(text, self.line)
 
     def _CM_switch(self, t: list) -> None:
         if len(t) != 2 or t[0] not in ("TOM", "TOC"):
@@ -241,7 +245,7 @@ def read_flow(text: str):
         elif head == ".tensor":
             if segment is not None or len(tokens) < 3:
                 raise Violation(number, ".tensor inside a segment or short")
-            name = Stmt._name(type("N", (), {"line": number})(), tokens[1])
+            name = _name(tokens[1], number)
             if name in tensors:
                 raise Violation(number, f"tensor {name} twice")
             size = _fields([tokens[2]], number, {"bytes"}, {"bytes"})["bytes"]

@@ -11,7 +11,6 @@ what the solve cache keys on.
 from __future__ import annotations
 
 import math
-
 import re
 
 from dataclasses import dataclass, field, fields, replace
@@ -236,8 +235,6 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
                                     f"{what} dimension, shape "
                                     f"{'x'.join('?' if d < 0 else str(d) for d in shape)}: the compiler "
                                     "needs static, non-empty shapes")
-    if not any(op.dialect_name() == "cim" for op in func.walk()):
-        raise CMSwitchError(f"{where} has no cim operator to compile")
     tensors: list[Tensor] = []
     ids: dict[SSAValue, int] = {}
 
@@ -268,6 +265,8 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
             yielded = top.body.block.last_op
             for res, val in zip(top.outs, yielded.operands, strict=True):
                 ids[res] = ids[val]
+    if not ops:
+        raise CMSwitchError(f"{where} has no cim operator to compile")
     ret = func.body.block.last_op
     for v in ret.operands if ret is not None else ():
         tensors[ids[v]].is_output = True

@@ -4,6 +4,12 @@ The chip is a set of identical arrays; each is in compute mode (holds weights, p
 MVMs) or memory mode (stores activations), and switching costs `switch_cycles`.  A
 description is a YAML/JSON document validated by pydantic; named presets ship in
 `presets/` with the source of every number.
+
+Energy (issue 16): eight optional per-event energies (`ENERGY_FIELDS`, picojoules per
+event, per bit moved, or milliwatts of static power), given all together or not at all.
+The simulator counts the events of a flow and multiplies (`cmswitch.sim.simulator`); a
+description without them gets cycles only and reports say energy is unknown, rather than
+borrowing another chip's figures.
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ MAX_COUNT = 10 ** 12
 """Bound of the other integer fields (cycles, bits/cycle, buffer bytes)."""
 Rate = Annotated[float, Field(ge=MIN_RATE, le=MAX_RATE)]
 Count = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+MAX_ENERGY = 1e12
+"""Bound of every energy field (pJ, pJ/bit, mW): above it a typo, not a chip."""
+Energy = Annotated[float | None, Field(ge=0, le=MAX_ENERGY)]
+
+ENERGY_FIELDS = (
+    "mvm_pj", "array_access_pj_per_bit", "buffer_pj_per_bit", "dram_pj_per_bit",
+    "weight_write_pj_per_bit", "switch_pj", "vector_op_pj", "static_mw",
+)
+"""The energy fields of `Arch`, in declaration order (all given, or none)."""
 
 
 class Arch(BaseModel):
@@ -66,6 +81,16 @@ class Arch(BaseModel):
     weight_write_bw_bytes: Rate         #: bytes/cycle to program weights into arrays
     vector_ops_per_cycle: Rate          #: digital-unit elementary ops per cycle
     clock_mhz: Rate                     #: clock, for reporting seconds
+    # -- energy per event (optional, all or none; see the presets for sources) --------
+    mvm_pj: Energy = None               #: one input vector through one compute-mode array
+    #: (DACs, cells, ADCs, shift-add: every one of its rows x cols), pJ
+    array_access_pj_per_bit: Energy = None  #: a bit read or written in a memory-mode array, pJ
+    buffer_pj_per_bit: Energy = None    #: a bit read or written in the global buffer, pJ
+    dram_pj_per_bit: Energy = None      #: a bit read from or written to DRAM (incl. I/O), pJ
+    weight_write_pj_per_bit: Energy = None  #: a bit programmed into a compute-mode array, pJ
+    switch_pj: Energy = None            #: one array changing mode (CM.switch), pJ
+    vector_op_pj: Energy = None         #: one elementary op of the digital unit, pJ
+    static_mw: Energy = None            #: leakage / static power of the whole chip, mW
 
     @property
     def weights_per_row(self) -> int:
@@ -82,9 +107,44 @@ class Arch(BaseModel):
         """Bytes per activation element: ``act_bits/8``."""
         return self.act_bits / 8
 
+    @property
+    def has_energy(self) -> bool:
+        """Whether the description gives the per-event energies (`ENERGY_FIELDS`)."""
+        return self.mvm_pj is not None
+
+    @property
+    def peak_tops_per_watt(self) -> float | None:
+        """MVM-only peak efficiency, TOPS/W = ops per array MVM / `mvm_pj`, with ops =
+        2 x rows x `weights_per_row` (a MAC is two ops); None without energy figures or
+        with `mvm_pj` = 0.  The default preset's is DynaPlasia's published 56.0 TOPS/W."""
+        if not self.mvm_pj:
+            return None
+        return 2 * self.rows * self.weights_per_row / self.mvm_pj
+
     def header_fields(self) -> dict[str, Any]:
-        """All fields, in declaration order, for the `.arch` line of a flow."""
-        return self.model_dump()
+        """The fields given, in declaration order, for the `.arch` line of a flow (the
+        energy fields only when the description has them)."""
+        return self.model_dump(exclude_none=True)
+
+    def with_overrides(self, **fields: Any) -> "Arch":
+        """A copy with `fields` replaced, validated like a file (a new `name` unless one
+        is given: `<name>.<key>-<value>...`, e.g. ``dynaplasia.arrays-48``, so reports
+        and caches tell the points of a sweep apart).  Raises CMSwitchError naming the field, as `load_arch` does."""
+        if not fields:
+            return self
+        data = self.model_dump(exclude_none=True)
+        data.update(fields)
+        if "name" not in fields:
+            data["name"] = self.name + "".join(
+                f".{k}-{_number_text(v)}" for k, v in sorted(fields.items()))
+        return _validate(data, f"{self.name} with {', '.join(sorted(fields))} changed")
+
+
+def _number_text(value: Any) -> str:
+    """`value` as it appears in a derived name: 48, 0.5, 1e-06."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def preset_names() -> list[str]:
@@ -102,6 +162,12 @@ def _validate(data: Any, origin: str) -> Arch:
         err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
         field = ".".join(str(p) for p in err["loc"]) or "<root>"
         raise CMSwitchError(f"{origin}: field '{field}': {err['msg']}") from None
+    given = [key for key in ENERGY_FIELDS if getattr(arch, key) is not None]
+    if given and len(given) != len(ENERGY_FIELDS):
+        missing = [key for key in ENERGY_FIELDS if key not in given]
+        raise CMSwitchError(
+            f"{origin}: field '{missing[0]}': the energy fields are given all or none "
+            f"({len(given)} of {len(ENERGY_FIELDS)} given; missing: {', '.join(missing)})")
     if arch.weights_per_row == 0:
         raise CMSwitchError(
             f"{origin}: field 'weight_bits': {arch.weight_bits}-bit weights do not fit "

@@ -376,9 +376,11 @@ def _fmt(value: Any) -> str:
 
 
 def _first_difference(a: Arch, b: Arch) -> str | None:
-    """The first field whose printed value differs, or None."""
+    """The first field whose printed value differs or that only one of them gives
+    (an energy field), or None."""
     fa, fb = a.header_fields(), b.header_fields()
-    return next((key for key in fa if _fmt(fa[key]) != _fmt(fb[key])), None)
+    keys = list(fa) + [key for key in fb if key not in fa]
+    return next((key for key in keys if _fmt(fa.get(key)) != _fmt(fb.get(key))), None)
 
 
 # ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
+from cmswitch.arch import ENERGY_FIELDS  # noqa: F401  (the optional `.arch` fields)
 from cmswitch.errors import CMSwitchError
 
 ARCH_FIELDS = (
@@ -30,6 +31,8 @@ ARCH_FIELDS = (
     "global_buffer_bw_bytes", "switch_cycles", "weight_write_bw_bytes",
     "vector_ops_per_cycle", "clock_mhz",
 )
+"""The `.arch` fields every flow gives."""
+
 
 _NAME = re.compile(r"[A-Za-z0-9_.:/-]+\Z")
 

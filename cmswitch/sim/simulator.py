@@ -76,6 +76,23 @@ switch.  So a block is compute unless its data (or weight) traffic bounds it.
 
 Utilization: an MVM of `vectors` on `TKxTN`-tile copies keeps `vectors*mvm_cycles*TK*TN`
 array-cycles busy; a segment's utilization is that sum over `arrays * segment cycles`.
+
+Energy (issue 16; when the header gives the energy fields)
+---------------------------------------------------------
+Counted from the same events that are timed, one category each (picojoules):
+
+- compute: `vectors*TK*TN` array activations of each `CIM.mvm` x `mvm_pj`;
+- memory_arrays: every byte on a memory-mode array port (reads and writes) x 8 x
+  `array_access_pj_per_bit`; buffer: every byte on the `gb` port x 8 x
+  `buffer_pj_per_bit`; dram: every byte on the `dram` port x 8 x `dram_pj_per_bit`;
+- programming: bytes through the weight-write port (`copies*bytes` of a load_weight) x 8
+  x `weight_write_pj_per_bit`;
+- switching: arrays named by each `CM.switch` x `switch_pj`;
+- digital: `ops=` of each `VEC.*` x `vector_op_pj`;
+- static: `static_mw` x the flow's seconds (mW x s = 1e9 pJ).
+
+The categories sum to the total, per segment and for the flow.  Efficiency: TOPS/W =
+ops / pJ with ops = 2 x `vectors*k*n` of every mvm (useful MACs, not array capacity).
 """
 
 from __future__ import annotations
@@ -88,6 +105,7 @@ from typing import Iterable
 from cmswitch.errors import CMSwitchError
 from cmswitch.sim.flow import (
     ARCH_FIELDS,
+    ENERGY_FIELDS,
     ArchDecl,
     FlowSource,
     Loc,
@@ -109,6 +127,11 @@ CHUNKS = 64
 _INF = math.inf
 _EPS = 1e-9
 _CATEGORIES = ("compute", "data", "weight_load", "switch")
+ENERGY_CATEGORIES = ("compute", "memory_arrays", "buffer", "dram", "programming",
+                     "switching", "digital", "static")
+"""Energy categories of a report, in order (see "Energy" above)."""
+_PORT_ENERGY = {"gb": ("buffer", "buffer_pj_per_bit"), "dram": ("dram", "dram_pj_per_bit"),
+                "wport": ("programming", "weight_write_pj_per_bit")}
 
 
 def simulate(flow: str | os.PathLike, arch_override: dict | None = None,
@@ -491,6 +514,8 @@ class _Segment:
         self.array_cycles = 0
         self.compute_arrays: set = set()
         self.memory_arrays = memory_arrays
+        self.energy = dict.fromkeys(ENERGY_CATEGORIES, 0.0)
+        self.ops = 0
 
 
 class _Block:
@@ -518,6 +543,7 @@ class _Machine:
         self.cursor: dict = {}
         self.override = dict(arch_override) if arch_override else None
         self.arch: dict | None = None
+        self.energy: dict | None = None  # pJ per event kind, from the header; None: unknown
         self.arch_name = ""
         self.model = ""
         self.tensors: dict = {}
@@ -565,15 +591,18 @@ class _Machine:
         if self.arch is not None:
             self.fail("second `.arch` header")
         fields = {key: record.fields[key] for key in ARCH_FIELDS}
+        energy = {key: record.fields[key] for key in ENERGY_FIELDS if key in record.fields}
         name = record.name
         if self.override:
             fields.update({k: self.override[k] for k in ARCH_FIELDS if k in self.override})
+            energy = {k: self.override[k] for k in ENERGY_FIELDS if k in self.override}
             name = str(self.override.get("name", name))
         for key, value in fields.items():
             if isinstance(value, float) and value.is_integer():
                 fields[key] = int(value)
-        self.check_arch(fields)
+        self.check_arch({**fields, **energy})
         self.arch = fields
+        self.energy = {k: float(v) for k, v in energy.items()} or None
         self.arch_name = name
         arrays = fields["arrays"]
         self.memory = bytearray(arrays)          # 1 = memory mode
@@ -623,12 +652,19 @@ class _Machine:
         seg = self.segment
         arrays = self.arch["arrays"]
         util = seg.array_cycles / (arrays * seg.cycles) if seg.cycles else 0.0
-        self.segments.append({
+        row = {
             "id": seg.record.id, "line": seg.record.line, "ops": list(seg.record.ops),
             "cycles": seg.cycles, "predicted": seg.record.predicted,
             "compute_arrays": len(seg.compute_arrays), "memory_arrays": seg.memory_arrays,
             "utilization": util,
-        })
+        }
+        if self.energy is not None:
+            seg.energy["static"] = (self.energy["static_mw"] * seg.cycles
+                                    / self.arch["clock_mhz"] * 1e3)
+            row["energy_pj"] = sum(seg.energy.values())
+            row["energy_breakdown_pj"] = dict(seg.energy)
+        row["mvm_ops"] = seg.ops
+        self.segments.append(row)
         self.segment = None
 
     def charge(self, cycles: int, kind: str, array_cycles: int) -> None:
@@ -671,6 +707,7 @@ class _Machine:
         handler = getattr(self, "do_" + st.kind.replace(".", "_"))
         touched: set = set()
         stream = handler(st, touched)
+        self.count_energy(st, stream)
         if self.block is not None:
             self.block.streams.append(stream)
             self.block.touched |= touched
@@ -683,6 +720,29 @@ class _Machine:
             self.trace_span(st, origin, origin + cycles, None)
         self.charge(cycles, _attribute([stream], self.capacity), stream.array_cycles)
         self.retire(touched, st.line)
+
+    def count_energy(self, st: Statement, stream: _Stream) -> None:
+        """Charge the statement's events to its segment's energy categories (pJ) and its
+        useful MVM ops (2 per MAC) to the segment; see "Energy" in the module docstring."""
+        seg = self.segment
+        if st.kind == "CIM.mvm":
+            seg.ops += 2 * st.vectors * st.k * st.n
+        rates = self.energy
+        if rates is None:
+            return
+        energy = seg.energy
+        if st.kind == "CIM.mvm":
+            energy["compute"] += stream.array_cycles // self.arch["mvm_cycles"] * rates["mvm_pj"]
+        elif st.kind == "CM.switch":
+            energy["switching"] += (st.arrays.hi - st.arrays.lo) * rates["switch_pj"]
+        for resource, amount in stream.demands.items():
+            if resource == "vec":
+                energy["digital"] += amount * rates["vector_op_pj"]
+            elif type(resource) is tuple:
+                energy["memory_arrays"] += 8 * amount * rates["array_access_pj_per_bit"]
+            else:
+                category, rate = _PORT_ENERGY[resource]
+                energy[category] += 8 * amount * rates[rate]
 
     def do_CM_switch(self, st: Statement, touched: set) -> _Stream:
         lo, hi = self.check_range(st.arrays)
@@ -1017,6 +1077,23 @@ class _Machine:
 
     # -- report ------------------------------------------------------------------------
 
+    def energy_report(self, cycles: int) -> dict | None:
+        """Flow totals of the segments' energy (None when the header has no energy
+        fields): {"total_pj", "breakdown_pj" {category: pJ}, "mvm_ops", "tops_per_watt",
+        "average_power_mw"}."""
+        if self.energy is None:
+            return None
+        breakdown = dict.fromkeys(ENERGY_CATEGORIES, 0.0)
+        for seg in self.segments:
+            for category, value in seg["energy_breakdown_pj"].items():
+                breakdown[category] += value
+        total = sum(breakdown.values())
+        ops = sum(seg["mvm_ops"] for seg in self.segments)
+        seconds = cycles / (self.arch["clock_mhz"] * 1e6)
+        return {"total_pj": total, "breakdown_pj": breakdown, "mvm_ops": ops,
+                "tops_per_watt": ops / total if total else None,
+                "average_power_mw": total * 1e-9 / seconds if seconds else None}
+
     def report(self) -> dict:
         if self.arch is None:
             raise CMSwitchError(f"{self.name}: the flow has no `.arch` header")
@@ -1044,10 +1121,13 @@ class _Machine:
                 "segments": [seg["utilization"] for seg in self.segments],
             },
             "segments": self.segments,
+            "energy": self.energy_report(cycles),
             "statements": self.statements,
-            "arch_fields": dict(self.arch),
+            "arch_fields": {**self.arch, **(self.energy or {})},
             **({"trace": self.trace} if self.trace is not None else {}),
             "units": {"cycles": "clock cycles", "seconds": "s", "breakdown": "clock cycles",
+                      "energy": "pJ (total_pj, breakdown_pj, segments' energy_pj); "
+                                "tops_per_watt = mvm ops / pJ",
                       "switch_share": "fraction of cycles",
                       "utilization": "fraction of array-cycles doing MVM work"},
         }

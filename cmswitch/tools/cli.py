@@ -188,6 +188,7 @@ def _compile(args: argparse.Namespace) -> int:
         sim = plan.simulate()
         report["simulated_cycles"] = sim["cycles"]
         report["prediction_error"] = round(plan.predicted_cycles / sim["cycles"] - 1, 4)
+        report["simulated_energy"] = sim["energy"]
     _emit(args.output, plan.flow)
     _emit(args.json, json.dumps(report, indent=1) + "\n")
     if args.plot:
@@ -201,6 +202,10 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"simulated cycles: {report['simulated_cycles']}   predicted / simulated - 1: "
               f"{report['prediction_error']:+.1%} (the cost model's error; cmswitch-sim "
               f"shares no timing code with it)", file=text_out)
+        from cmswitch.tools.sim import energy_lines
+
+        print(energy_lines(sim["energy"])[0].replace("energy:", "simulated energy:"),
+              file=text_out)
     if args.functional:
         return _functional(plan, args)
     return 0

@@ -58,7 +58,7 @@ def _load_arch(spec: str) -> dict:
         arch = load_arch(spec)
     except ValueError as error:  # e.g. a pydantic ValidationError
         raise CMSwitchError(f"--arch {spec}: {error}") from None
-    return arch.model_dump() if hasattr(arch, "model_dump") else dict(arch)
+    return arch.model_dump(exclude_none=True) if hasattr(arch, "model_dump") else dict(arch)
 
 
 def _one_line(error: BaseException) -> str:
@@ -81,9 +81,27 @@ def format_report(report: dict) -> str:
     for kind, value in report["breakdown"].items():
         share = value / cycles if cycles else 0.0
         lines.append(f"  {kind:<12}{value:>14}  {share:6.1%}")
+    lines.extend(energy_lines(report.get("energy")))
     lines.append("")
     lines.extend(_segment_table(report["segments"]))
     return "\n".join(lines) + "\n"
+
+
+def energy_lines(energy: dict | None) -> list:
+    """The energy part of the readable report: total (uJ), TOPS/W, average power and
+    one line per category (uJ, share); one line saying why when it is unknown."""
+    if energy is None:
+        return ["energy: unknown (the hardware description gives no energy fields)"]
+    total = energy["total_pj"]
+    tops = energy["tops_per_watt"]
+    power = energy["average_power_mw"]
+    lines = [f"energy: {total * 1e-6:.6g} uJ"
+             + (f" = {tops:.3g} TOPS/W" if tops else "")
+             + (f", {power:.4g} mW average" if power else "")]
+    for kind, value in energy["breakdown_pj"].items():
+        share = value / total if total else 0.0
+        lines.append(f"  {kind:<14}{value * 1e-6:>14.6g} uJ  {share:6.1%}")
+    return lines
 
 
 def _segment_table(segments: list) -> list:

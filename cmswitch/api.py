@@ -18,7 +18,7 @@ from cmswitch.cost.graph import Graph, build_graph
 from cmswitch.dialects.cim import SegmentOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.dialects.cim import NODE_ATTR
-from cmswitch.transforms.common import ARCH_ATTR, main_func
+from cmswitch.transforms.common import ARCH_ATTR, arch_attr, main_func
 
 STRATEGIES = ("cmswitch", "cimmlc", "puma", "occ", "dp-compute-only", "greedy-mip")
 """`cmswitch` (DP + MIP, dual-mode); the all-compute baselines `cimmlc`
@@ -276,14 +276,31 @@ def _count_ops(module: ModuleOp) -> int:
     return sum(1 for _ in main_func(module).walk()) - 1
 
 
-def compile(model: str | Path | ModuleOp, arch: str | None = None,
+def hardware(arch: str | Path | Arch | None = None, **overrides: Any) -> Arch:
+    """The hardware of a compile: a preset name, a YAML/JSON file, an `Arch` object or
+    None (the default preset), with `overrides` (hardware fields, e.g. ``arrays=48``)
+    replaced; `Arch.with_overrides` names the result.  Raises CMSwitchError for an
+    unknown field (with the nearest field name), a bad value or an unknown preset."""
+    base = arch.revalidated() if isinstance(arch, Arch) else load_arch(str(arch) if arch else None)
+    unknown = [key for key in overrides if key not in Arch.model_fields]
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], list(Arch.model_fields), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise CMSwitchError(f"unknown hardware field '{unknown[0]}'{hint}")
+    return base.with_overrides(**overrides)
+
+
+def compile(model: str | Path | ModuleOp, arch: str | Path | Arch | None = None,
             strategy: str = "cmswitch", solver: str = "glpk",
             dims: dict[str, int] | None = None, time_limit: float | None = None,
             batch: int | None = None, seq: int | None = None,
             keep_module: bool = False, chunk_arrays: int | None = None,
-            jobs: int = 0) -> Plan:
+            jobs: int = 0, **overrides: Any) -> Plan:
     """Compile a model (path to `.onnx`/`.mlir`, or a `cim` module) for a hardware
-    preset or file: cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
+    preset, file or `Arch` object, with `overrides` of its fields (``arrays=48``;
+    see `hardware`): cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
     `keep_module=True` keeps a copy of the allocated `cim` module in `Plan.module`.
     `chunk_arrays` pins the arrays per piece of split operators (default: the
     `cmswitch` and `dp-compute-only` strategies try `chunk_candidates`, the others use
@@ -296,11 +313,11 @@ def compile(model: str | Path | ModuleOp, arch: str | None = None,
 
     with fresh_cache() as cache:
         return _compile(model, arch, strategy, solver, dims, time_limit, batch, seq,
-                        keep_module, chunk_arrays, cache, jobs)
+                        keep_module, chunk_arrays, cache, jobs, overrides)
 
 
 def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_module,
-             chunk_arrays, cache, jobs) -> Plan:
+             chunk_arrays, cache, jobs, overrides) -> Plan:
     from cmswitch.asm.printer import print_flow
     from cmswitch.transforms.cim_allocate import CimAllocatePass
     from cmswitch.transforms.cim_partition import CimPartitionPass
@@ -317,10 +334,12 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     start = time.perf_counter()
     if strategy in MIP_STRATEGIES:
         prestart(jobs)  # Pyomo loads in the workers while the model imports and the DP runs
+    hw = hardware(arch, **overrides)  # a bad field fails before the model is read
     module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq)
-    hw = load_arch(arch)
-    if arch:
-        module.attributes[ARCH_ATTR] = StringAttr(arch)
+    if isinstance(arch, Arch) or overrides:
+        module.attributes[ARCH_ATTR] = arch_attr(hw)  # built in Python: recorded inline
+    elif arch:
+        module.attributes[ARCH_ATTR] = StringAttr(str(arch))
     ctx = Context()
     _all_dialects(ctx)
     if chunk_arrays is not None and not 0 < chunk_arrays <= hw.arrays:

@@ -322,3 +322,112 @@ def ensure_folder(folder: str | os.PathLike) -> Path:
 
 def _stem(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+
+# ----------------------------------------------------------------------------------
+# hardware sweeps (`cmswitch sweep --plot DIR`)
+
+
+def _finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if not r.get("error") and r.get("seconds") is not None]
+
+
+def _series_label(row: dict[str, Any], others: list[str]) -> str:
+    fixed = " ".join(f"{p}={row.get(p)}" for p in others)
+    return f"{row['model']} {row['strategy']}" + (f" ({fixed})" if fixed else "")
+
+
+def sweep_figure(rows: list[dict[str, Any]], param: str, params: list[str]) -> Figure:
+    """Latency (ms) and energy (uJ, when known) of the finished sweep `rows` against
+    swept field `param`: one line per model x strategy x value of the other swept
+    fields.  A field spanning 8x or more gets a log2 axis."""
+    others = [p for p in params if p != param]
+    series: dict[str, list] = {}
+    for row in _finished(rows):
+        series.setdefault(_series_label(row, others), []).append(row)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax_t, ax_e = fig.subplots(1, 2)
+    for label, members in sorted(series.items()):
+        members.sort(key=lambda r: r[param])
+        xs = [r[param] for r in members]
+        ax_t.plot(xs, [r["seconds"] * 1e3 for r in members], marker="o", label=label)
+        known = [r for r in members if r.get("energy_pj") is not None]
+        ax_e.plot([r[param] for r in known], [r["energy_pj"] * 1e-6 for r in known],
+                  marker="o", label=label)
+    values = [r[param] for r in _finished(rows) if isinstance(r[param], (int, float))]
+    for ax, name in ((ax_t, "latency (ms)"), (ax_e, "energy (uJ)")):
+        ax.set_xlabel(param)
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        if values and min(values) > 0 and max(values) >= 8 * min(values):
+            ax.set_xscale("log", base=2)
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False) \
+            if ax.get_yscale() == "linear" else None
+    ax_t.set_title(f"latency vs {param}")
+    ax_e.set_title(f"energy vs {param}")
+    handles, labels = ax_t.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)),
+                   fontsize="small")
+    return fig
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats or equals in both coordinates
+    (smaller is better in each), sorted by the first coordinate."""
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def pareto_figure(rows: list[dict[str, Any]], params: list[str]) -> Figure:
+    """Energy (uJ) against latency (ms) of every finished point with energy, one panel
+    per model, the latency-energy Pareto front drawn as a line and its points labelled
+    with their swept fields."""
+    done = [r for r in _finished(rows) if r.get("energy_pj") is not None]
+    models = sorted({r["model"] for r in done})
+    fig = Figure(figsize=(5.2 * max(1, min(3, len(models))), 4.4), layout="constrained")
+    axes = fig.subplots(1, max(1, min(3, len(models))), squeeze=False)[0]
+    for ax, model in zip(axes, models):
+        members = [r for r in done if r["model"] == model]
+        xy = [(r["seconds"] * 1e3, r["energy_pj"] * 1e-6) for r in members]
+        for strategy in sorted({r["strategy"] for r in members}):
+            pts = [p for p, r in zip(xy, members) if r["strategy"] == strategy]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=strategy, zorder=3)
+        front = pareto_front(xy)
+        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], color="black",
+                linewidth=1, zorder=2, label="Pareto front")
+        for i in front:
+            text = " ".join(f"{p}={members[i].get(p)}" for p in params)
+            if text:
+                ax.annotate(text, xy[i], textcoords="offset points", xytext=(4, 4),
+                            fontsize="x-small")
+        ax.set_title(model)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("energy (uJ)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    if not models:
+        axes[0].text(0.5, 0.5, "no point with energy figures", ha="center",
+                     transform=axes[0].transAxes)
+    return fig
+
+
+def sweep_plots(rows: list[dict[str, Any]], params: list[str],
+                folder: str | os.PathLike) -> list[Path]:
+    """Write ``sweep_<field>.png/.svg`` per swept field and ``pareto.png/.svg`` into
+    `folder` (created if missing); returns the paths."""
+    out = ensure_folder(folder)
+    figures = [(f"sweep_{_stem(p)}", sweep_figure(rows, p, params)) for p in params]
+    figures.append(("pareto", pareto_figure(rows, params)))
+    paths = []
+    for stem, fig in figures:
+        for suffix in (".png", ".svg"):
+            path = out / f"{stem}{suffix}"
+            fig.savefig(path, dpi=110, metadata={"Date": None} if suffix == ".svg" else None)
+            paths.append(path)
+    return paths

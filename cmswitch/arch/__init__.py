@@ -55,7 +55,7 @@ Energy = Annotated[float | None, Field(ge=0, le=MAX_ENERGY)]
 
 ENERGY_FIELDS = (
     "mvm_pj", "array_access_pj_per_bit", "buffer_pj_per_bit", "dram_pj_per_bit",
-    "weight_write_pj_per_bit", "switch_pj", "vector_op_pj", "static_mw",
+    "weight_write_pj_per_bit", "switch_pj", "vector_op_pj", "array_static_mw",
 )
 """The energy fields of `Arch`, in declaration order (all given, or none)."""
 
@@ -90,7 +90,8 @@ class Arch(BaseModel):
     weight_write_pj_per_bit: Energy = None  #: a bit programmed into a compute-mode array, pJ
     switch_pj: Energy = None            #: one array changing mode (CM.switch), pJ
     vector_op_pj: Energy = None         #: one elementary op of the digital unit, pJ
-    static_mw: Energy = None            #: leakage / static power of the whole chip, mW
+    array_static_mw: Energy = None      #: leakage / static power of one array and its
+    #: share of the periphery (buffer, digital unit), mW: the chip's is arrays x this
 
     @property
     def weights_per_row(self) -> int:
@@ -133,11 +134,28 @@ class Arch(BaseModel):
         if not fields:
             return self
         data = self.model_dump(exclude_none=True)
+        changed = {k: v for k, v in fields.items() if data.get(k) != v}
         data.update(fields)
-        if "name" not in fields:
-            data["name"] = self.name + "".join(
-                f".{k}-{_number_text(v)}" for k, v in sorted(fields.items()))
+        if "name" not in fields and changed:
+            data["name"] = derived_name(self.name, changed)
         return _validate(data, f"{self.name} with {', '.join(sorted(fields))} changed")
+
+    def revalidated(self) -> "Arch":
+        """This description checked like a file (`model_copy(update=...)` skips
+        pydantic's validation), renamed by `derived_name` when it keeps a preset's name
+        but not its numbers (reports, flows and caches key hardware by name).  Raises
+        CMSwitchError naming the bad field."""
+        data = self.model_dump(exclude_none=True)
+        arch = _validate(data, f"hardware '{self.name}'")
+        if self.name not in preset_names():
+            return arch
+        preset = load_arch(self.name).model_dump(exclude_none=True)
+        changed = {k: data.get(k, "none") for k in {**preset, **data}
+                   if k != "name" and data.get(k) != preset.get(k)}
+        if not changed:
+            return arch
+        return _validate({**data, "name": derived_name(self.name, changed)},
+                         f"hardware '{self.name}'")
 
 
 def _number_text(value: Any) -> str:
@@ -145,6 +163,12 @@ def _number_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def derived_name(base: str, changed: dict[str, Any]) -> str:
+    """The name of hardware `base` with fields `changed`: ``base.key-value...`` in key
+    order, e.g. ``dynaplasia.arrays-48.switch_cycles-100`` (flow-safe characters)."""
+    return base + "".join(f".{k}-{_number_text(v)}" for k, v in sorted(changed.items()))
 
 
 def preset_names() -> list[str]:

@@ -18,7 +18,7 @@ from cmswitch.arch import load_arch
 from cmswitch.dialects import metaop
 from cmswitch.errors import CMSwitchError
 from cmswitch.transforms.cim_to_metaop import INPUTS_ATTR, OUTPUTS_ATTR, TENSORS_ATTR
-from cmswitch.transforms.common import ARCH_ATTR
+from cmswitch.transforms.common import recorded_arch
 
 
 def _arr(lo_hi) -> str:
@@ -66,8 +66,7 @@ def print_flow(module: ModuleOp, out: IO[str]) -> None:
     tensors = module.attributes.get(TENSORS_ATTR)
     if not isinstance(tensors, DictionaryAttr):
         raise CMSwitchError("no meta-operator flow in the module: run cim-to-metaop first")
-    arch_attr = module.attributes.get(ARCH_ATTR)
-    arch = load_arch(arch_attr.data if isinstance(arch_attr, StringAttr) else None)
+    arch = recorded_arch(module)[0] or load_arch(None)
     model = module.attributes.get("cim.model")
     inputs = {a.data for a in module.attributes.get(INPUTS_ATTR, ArrayAttr([]))}
     outputs = {a.data for a in module.attributes.get(OUTPUTS_ATTR, ArrayAttr([]))}

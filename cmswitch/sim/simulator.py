@@ -89,7 +89,7 @@ Counted from the same events that are timed, one category each (picojoules):
   x `weight_write_pj_per_bit`;
 - switching: arrays named by each `CM.switch` x `switch_pj`;
 - digital: `ops=` of each `VEC.*` x `vector_op_pj`;
-- static: `static_mw` x the flow's seconds (mW x s = 1e9 pJ).
+- static: `arrays` x `array_static_mw` x the flow's seconds (mW x s = 1e9 pJ).
 
 The categories sum to the total, per segment and for the flow.  Efficiency: TOPS/W =
 ops / pJ with ops = 2 x `vectors*k*n` of every mvm (useful MACs, not array capacity).
@@ -659,7 +659,7 @@ class _Machine:
             "utilization": util,
         }
         if self.energy is not None:
-            seg.energy["static"] = (self.energy["static_mw"] * seg.cycles
+            seg.energy["static"] = (arrays * self.energy["array_static_mw"] * seg.cycles
                                     / self.arch["clock_mhz"] * 1e3)
             row["energy_pj"] = sum(seg.energy.values())
             row["energy_breakdown_pj"] = dict(seg.energy)

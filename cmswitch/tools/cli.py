@@ -6,6 +6,9 @@
 
 ``cmswitch bench [--models ...] [--arch ...] [--json FILE] [--plot DIR] [--sweep]``
 (the evaluation table: cmswitch/bench/evaluate.py)
+
+``cmswitch sweep MODEL ... --set FIELD=V1,V2 [--scheduler tcp://HOST:PORT] [--csv FILE]``
+(hardware design-space sweeps: cmswitch/bench/sweep.py)
 """
 
 from __future__ import annotations
@@ -279,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cmswitch.bench.evaluate import add_bench_parser
 
     add_bench_parser(sub)
+    from cmswitch.bench.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 

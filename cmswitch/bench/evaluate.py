@@ -145,7 +145,8 @@ def _dynamic_batch(w: Workload) -> int | None:
 def run_strategy(w: Workload, strategy: str, plot_dir: Path | None = None) -> dict[str, Any]:
     """Compile and simulate one workload with one strategy.  Returns {"cycles"
     (simulated), "predicted_cycles", "lower_bound_cycles", "switch_share" (fraction of
-    cycles), "compile_seconds", "segments"}.  With `plot_dir`, also draws the plan's
+    cycles), "energy_pj" (simulated; None without energy figures), "compile_seconds",
+    "segments"}.  With `plot_dir`, also draws the plan's
     segment map and timeline there.  Raises CMSwitchError from the compiler or the
     simulator (a flow the simulator rejects)."""
     from cmswitch.api import compile as compile_model
@@ -160,13 +161,15 @@ def run_strategy(w: Workload, strategy: str, plot_dir: Path | None = None) -> di
     return {"cycles": report["cycles"], "predicted_cycles": plan.predicted_cycles,
             "lower_bound_cycles": plan.lower_bound_cycles,
             "switch_share": report["switch_share"],
+            "energy_pj": (report["energy"] or {}).get("total_pj"),
             "compile_seconds": plan.compile_seconds, "segments": len(plan.segments)}
 
 
 def make_row(w: Workload, results: dict[str, dict | str]) -> dict[str, Any]:
     """One JSON row from per-strategy results (a dict from `run_strategy`, or the error
-    message of a failed run).  Speedups are baseline cycles / cmswitch cycles; None
-    when either run failed."""
+    message of a failed run).  Speedups are baseline cycles / cmswitch cycles, energy
+    savings baseline energy / cmswitch energy; None when either run failed (or, for
+    energy, the hardware gives no energy figures)."""
     ok = {s: r for s, r in results.items() if isinstance(r, dict)}
     ours = ok.get(OURS)
     speedup = {s: (round(r["cycles"] / ours["cycles"], 4) if ours and ours["cycles"] else None)
@@ -184,6 +187,11 @@ def make_row(w: Workload, results: dict[str, dict | str]) -> dict[str, Any]:
         "lower_bound_cycles": bound,
         "latency_over_bound": (round(ours["cycles"] / bound, 4) if ours and bound else None),
         "switch_share": ours["switch_share"] if ours else None,
+        "energy_pj": {s: (_round(ok[s].get("energy_pj")) if s in ok else None) for s in results},
+        "energy_saving": {s: (round(r["energy_pj"] / ours["energy_pj"], 4)
+                              if ours and ours.get("energy_pj") and r.get("energy_pj")
+                              else None)
+                          for s, r in ok.items() if s != OURS},
         "compile_seconds": {s: (round(ok[s]["compile_seconds"], 3) if s in ok else None)
                             for s in results},
         "segments": {s: (ok[s]["segments"] if s in ok else None) for s in results},
@@ -203,8 +211,10 @@ def geomean(values) -> float | None:
 def summarize(rows: list[dict[str, Any]], baselines: list[str]) -> dict[str, Any]:
     """The JSON document of a table: rows, geometric means of the speedups."""
     means = {b: _round(geomean(r["speedup"].get(b) for r in rows)) for b in baselines}
+    energy = {b: _round(geomean(r.get("energy_saving", {}).get(b) for r in rows))
+              for b in baselines}
     return {"rows": rows, "geomean_speedup_vs_cimmlc": means.get(MAIN_BASELINE),
-            "geomean_speedup": means}
+            "geomean_speedup": means, "geomean_energy_saving": energy}
 
 
 def _round(value: float | None) -> float | None:
@@ -217,7 +227,8 @@ def markdown(doc: dict[str, Any], strategies: list[str], title: str) -> str:
     head = (["model", "hw", "batch", "seq"] + [f"cycles {s}" for s in strategies]
             + [f"speedup vs {b}" for b in baselines]
             + ["cmswitch predicted / simulated - 1", "latency / bound", "switch share",
-               "compile s (" + " / ".join(strategies) + ")"])
+               "cmswitch energy uJ"] + [f"energy saving vs {b}" for b in baselines]
+            + ["compile s (" + " / ".join(strategies) + ")"])
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in doc["rows"]:
         cells = [r["model"], r["arch"], str(r["batch"]), str(r["seq"] or "-")]
@@ -226,11 +237,16 @@ def markdown(doc: dict[str, Any], strategies: list[str], title: str) -> str:
         error = r.get("prediction_error", {}).get(OURS)
         cells += ["n/a" if error is None else f"{100 * error:+.1f}%",
                   _fixed(r["latency_over_bound"], 2),
-                  "n/a" if r["switch_share"] is None else f"{100 * r['switch_share']:.2f}%",
-                  " / ".join(_fixed(r["compile_seconds"][s], 1) for s in strategies)]
+                  "n/a" if r["switch_share"] is None else f"{100 * r['switch_share']:.2f}%"]
+        energy = r.get("energy_pj", {}).get(OURS)
+        cells += ["n/a" if energy is None else f"{energy * 1e-6:.1f}"]
+        cells += [_times(r.get("energy_saving", {}).get(b)) for b in baselines]
+        cells += [" / ".join(_fixed(r["compile_seconds"][s], 1) for s in strategies)]
         lines.append("| " + " | ".join(cells) + " |")
     mean = ["**geomean**", "", "", ""] + [""] * len(strategies)
     mean += [f"**{_times(doc['geomean_speedup'].get(b))}**" for b in baselines] + [""] * 4
+    mean += [f"**{_times(doc.get('geomean_energy_saving', {}).get(b))}**"
+             for b in baselines] + [""]
     lines.append("| " + " | ".join(mean) + " |")
     return "\n".join(lines) + "\n"
 

@@ -301,7 +301,8 @@ def _client(scheduler: str | None, jobs: int | None):
                                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     workers = jobs or os.cpu_count() or 1
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None, silence_logs=50)
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                           silence_logs=50)  # any free port: 8787 may be taken
     return Client(cluster), cluster
 
 

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    := out
 
-.PHONY: install demo test fuzz bench bench-compile bench-sim contract clean
+.PHONY: install demo test fuzz bench bench-compile bench-sim bench-sweep contract clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-compile: install
 # Simulator and flow-parser speed on the LLaMA2-7B flow (a printed table; about a minute).
 bench-sim: install
 	$(BIN)/python -m cmswitch.bench.sim_speed
+
+# Sweep wall time: 12 hardware points on one worker vs one per core (a printed table; ~2 min).
+bench-sweep: install
+	$(BIN)/python -m cmswitch.bench.sweep_speed
 
 contract: install
 	../shared/checks/contract

@@ -9,6 +9,8 @@
 - `timeline`: one segment's statements as bars from their start to their end cycle, as
   timed by the simulator (`simulate(..., trace=True)`).
 - `speedup_bars`: speedup of cmswitch over each baseline, per model (bench rows).
+- `sweep_plots`: latency and energy against each swept hardware field, and the
+  latency-energy Pareto front, of a `cmswitch sweep` (PNG and SVG).
 
 Figures are built with `matplotlib.figure.Figure` and saved through the Agg canvas, so
 no GUI backend or global pyplot state is involved.
@@ -421,13 +423,17 @@ def sweep_plots(rows: list[dict[str, Any]], params: list[str],
                 folder: str | os.PathLike) -> list[Path]:
     """Write ``sweep_<field>.png/.svg`` per swept field and ``pareto.png/.svg`` into
     `folder` (created if missing); returns the paths."""
+    import matplotlib
+
     out = ensure_folder(folder)
     figures = [(f"sweep_{_stem(p)}", sweep_figure(rows, p, params)) for p in params]
     figures.append(("pareto", pareto_figure(rows, params)))
     paths = []
-    for stem, fig in figures:
-        for suffix in (".png", ".svg"):
-            path = out / f"{stem}{suffix}"
-            fig.savefig(path, dpi=110, metadata={"Date": None} if suffix == ".svg" else None)
-            paths.append(path)
+    with matplotlib.rc_context({"svg.hashsalt": "cmswitch"}):  # byte-identical SVG ids
+        for stem, fig in figures:
+            for suffix in (".png", ".svg"):
+                path = out / f"{stem}{suffix}"
+                fig.savefig(path, dpi=110,
+                            metadata={"Date": None} if suffix == ".svg" else None)
+                paths.append(path)
     return paths

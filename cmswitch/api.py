@@ -18,7 +18,8 @@ from cmswitch.cost.graph import Graph, build_graph
 from cmswitch.dialects.cim import SegmentOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.dialects.cim import NODE_ATTR
-from cmswitch.transforms.common import ARCH_ATTR, arch_attr, main_func
+from cmswitch.dialects.cim import ARCH_ATTR, hardware_attr
+from cmswitch.transforms.common import main_func
 
 STRATEGIES = ("cmswitch", "cimmlc", "puma", "occ", "dp-compute-only", "greedy-mip")
 """`cmswitch` (DP + MIP, dual-mode); the all-compute baselines `cimmlc`
@@ -235,12 +236,8 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
     from cmswitch.strategies.layerwise import layerwise_plan
     from cmswitch.cost.graph import segment_problem
     from cmswitch.solver.mip import solve_cache
-    from cmswitch.transforms.cim_allocate import (
-        add_switch_cycles,
-        held_plan,
-        layout_segments,
-    )
-    from cmswitch.transforms.cim_segment import SegmentChoice, wrap_segments
+    from cmswitch.transforms.layout import annotate_plan
+    from cmswitch.transforms.segments import SegmentChoice
 
     func = main_func(module)
     graph = build_graph(func, arch)
@@ -255,10 +252,7 @@ def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,
                 for (first, last), alloc in zip(spans, allocs)]
     else:
         plan = layerwise_plan(graph, arch, strategy)
-    contexts = held_plan(graph, wrap_segments(func, graph, plan))
-    if layout_segments(graph, contexts, [c.alloc for c in plan], arch, [], [], 0) is not None:
-        raise CMSwitchError(f"{strategy}: internal: a layout found no room")
-    add_switch_cycles(graph, contexts, arch)
+    annotate_plan(func, graph, plan, arch, strategy)
 
 
 def chunk_candidates(arch: Arch) -> tuple[int, ...]:
@@ -321,11 +315,8 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     from cmswitch.asm.printer import print_flow
     from cmswitch.transforms.cim_allocate import CimAllocatePass
     from cmswitch.transforms.cim_partition import CimPartitionPass
-    from cmswitch.transforms.cim_segment import (
-        CimSegmentPass,
-        predicted_cycles,
-        write_segments,
-    )
+    from cmswitch.transforms.cim_segment import CimSegmentPass
+    from cmswitch.transforms.segments import predicted_cycles, write_segments
     from cmswitch.solver.workers import prestart
     from cmswitch.transforms.cim_to_metaop import CimToMetaopPass
 
@@ -337,7 +328,7 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     hw = hardware(arch, **overrides)  # a bad field fails before the model is read
     module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq)
     if isinstance(arch, Arch) or overrides:
-        module.attributes[ARCH_ATTR] = arch_attr(hw)  # built in Python: recorded inline
+        module.attributes[ARCH_ATTR] = hardware_attr(hw.header_fields())  # recorded inline
     elif arch:
         module.attributes[ARCH_ATTR] = StringAttr(str(arch))
     ctx = Context()

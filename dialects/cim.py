@@ -24,12 +24,15 @@ from math import prod
 from xdsl.dialects.builtin import (
     I64,
     DenseArrayBase,
+    DictionaryAttr,
+    FloatAttr,
     IntegerAttr,
     StringAttr,
     TensorType,
+    f64,
     i64,
 )
-from xdsl.ir import Attribute, Dialect, Region, SSAValue
+from xdsl.ir import Attribute, Dialect, Operation, Region, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -78,6 +81,86 @@ NODE_ATTR = "onnx_node"
 comes from (``<OpType>_<index>`` for an anonymous node,
 `cmswitch.frontend.onnx_util.node_name`); `cim-partition` keeps it on the pieces and
 reports show it beside the flow name (`cmswitch.api.Plan`)."""
+
+
+# ----------------------------------------------------------------------------------
+# Annotations: the attributes the passes leave on the module and on `cim.segment` ops.
+# The IR contract between passes lives here, so passes, the printer and the baselines
+# read and write the same names without importing one another.
+
+ARCH_ATTR = "cim.arch"
+"""Module attribute: the hardware.  A string naming a preset or a description file, or
+the description itself, a dictionary of its fields (``{name = "dynaplasia.arrays-48",
+arrays = 48 : i64, ...}``) for hardware built in Python (`cmswitch.api.compile(arch=
+Arch)`, sweeps).  Read with `module_hardware`, written with `hardware_attr`."""
+
+HOLD_ATTR = "hold"
+"""Unit attribute on a `cim.segment` (`cim-segment`): the tensors it passes only to the
+next segment stay on chip across the boundary instead of going through DRAM."""
+
+PRELOADED_ATTR = "preloaded"
+"""Integer attribute on a `cim.segment` (`cim-segment`): its first N weight ops are
+loaded while the previous segment runs, in arrays that segment leaves unused (§9.1)."""
+
+COMPUTE_ONLY_ATTR = "compute_only"
+"""Unit attribute on a `cim.segment` (`cim-segment`): allocate it without memory-mode
+arrays."""
+
+POOL_ATTR = "pool"
+"""Segment attribute ``array<i64: lo, hi>`` (`cim-allocate`): the memory-mode arrays its
+streamed tensors are striped over."""
+
+HOLD_RANGE_ATTR = "hold_arrays"
+"""Segment attribute ``array<i64: lo, hi>`` (`cim-allocate`): the memory-mode arrays
+holding the tensors it keeps on chip for the next segment (§9.3)."""
+
+PLACES_ATTR = "places"
+"""Segment attribute (`cim-allocate`): tensor name -> "pool" | "gb" | "dram" |
+"hold_in" | "hold_out", where the segment's flow keeps each tensor it touches."""
+
+SWITCH_ATTR = "switch_cycles"
+"""Segment attribute (`cim-allocate`): cycles of its `CM.switch` statements, part of
+its prediction."""
+
+
+def hardware_attr(hardware: str | dict) -> StringAttr | DictionaryAttr:
+    """The `ARCH_ATTR` value for a preset name / file path, or for a description's
+    fields (str, int or float values, as `cmswitch.arch.Arch.header_fields` gives)."""
+    if isinstance(hardware, str):
+        return StringAttr(hardware)
+    fields: dict[str, Attribute] = {}
+    for key, value in hardware.items():
+        if isinstance(value, str):
+            fields[key] = StringAttr(value)
+        elif isinstance(value, int):
+            fields[key] = IntegerAttr(value, i64)
+        else:
+            fields[key] = FloatAttr(value, f64)
+    return DictionaryAttr(fields)
+
+
+def module_hardware(module: Operation) -> str | dict | None:
+    """What `ARCH_ATTR` records on `module`: the preset name or file path (a string),
+    the inline description's fields (a dict), or None.  Raises VerifyException for an
+    attribute of another kind or an inline field that is not a string or number."""
+    value = module.attributes.get(ARCH_ATTR)
+    if value is None:
+        return None
+    if isinstance(value, StringAttr):
+        return value.data or None
+    if not isinstance(value, DictionaryAttr):
+        raise VerifyException(f"{ARCH_ATTR} must be a preset name, a file path or a "
+                              f"dictionary of hardware fields, not {value}")
+    fields: dict = {}
+    for key, item in value.data.items():
+        if isinstance(item, StringAttr):
+            fields[key] = item.data
+        elif isinstance(item, (IntegerAttr, FloatAttr)):
+            fields[key] = item.value.data
+        else:
+            raise VerifyException(f"{ARCH_ATTR}: field '{key}' of an inline hardware "
+                                  "description must be a string, integer or float")
+    return fields
 
 
 def int_prop(value: int) -> IntegerAttr:

@@ -30,6 +30,13 @@ from xdsl.utils.exceptions import VerifyException
 
 from cmswitch.dialects.cim import array_prop, int_prop
 
+TENSORS_ATTR = "metaop.tensors"
+"""Module attribute (`cim-to-metaop`): tensor name -> bytes, every tensor of the flow."""
+INPUTS_ATTR = "metaop.inputs"
+"""Module attribute (`cim-to-metaop`): names of the tensors that start in DRAM."""
+OUTPUTS_ATTR = "metaop.outputs"
+"""Module attribute (`cim-to-metaop`): names of the tensors the flow must store to DRAM."""
+
 _LOCATION = re.compile(r"^(dram|gb|a\[(\d+):(\d+)\])$")
 _TENSOR_REF = re.compile(r"^[A-Za-z0-9_.:/$-]+@(dram|gb|a\[\d+:\d+\])$")
 MODES = ("TOM", "TOC")

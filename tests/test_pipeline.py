@@ -200,7 +200,7 @@ def test_place_compute_puts_the_preloaded_op_where_the_rest_still_fits():
     (6..9) the 8-array block of the other op cannot fit below 16 without crossing it
     (it would need a start <= 8 and > 9), so the op goes to the run's end (12..15) and
     the block to the lowest start, 0."""
-    from cmswitch.transforms.cim_allocate import place_compute
+    from cmswitch.transforms.layout import place_compute
 
     assert place_compute([4, 8], 1, 16, set(range(6)), 20) == [12, 0]
     # nothing to preload, nothing busy: contiguous from array 0 in op order

@@ -27,7 +27,8 @@ from cmswitch.arch import arch_from_dict, load_arch
 from cmswitch.cost.graph import build_graph, held_tensors, segment_problem
 from cmswitch.dialects.cim import DynMatmulOp, MatmulOp, VectorOp
 from cmswitch.solver.mip import solve_segment
-from cmswitch.transforms.cim_segment import dp_segments, segment_starts
+from cmswitch.transforms.cim_segment import dp_segments
+from cmswitch.transforms.segments import segment_starts
 
 ARCH16 = arch_from_dict(dict(load_arch("dynaplasia").model_dump(), name="tiny16", arrays=16,
                              global_buffer_bytes=8192))

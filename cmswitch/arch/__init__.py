@@ -266,6 +266,16 @@ def load_arch(spec: str | None = None) -> Arch:
     return arch
 
 
+def resolve_hardware(spec: str | dict[str, Any] | None, origin: str = "cim.arch") -> Arch:
+    """The `Arch` of what a module records (`cmswitch.dialects.cim.module_hardware`):
+    a preset name or file path (`load_arch`), an inline description's fields
+    (`arch_from_dict`), or None for the default preset.  Raises CMSwitchError as those
+    do."""
+    if isinstance(spec, dict):
+        return arch_from_dict(spec, origin)
+    return load_arch(spec)
+
+
 def arch_from_dict(data: dict[str, Any], origin: str = "hardware description") -> Arch:
     """Validate a mapping (e.g. a module attribute or a flow header) as an Arch."""
     return _validate(data, origin)

@@ -39,8 +39,8 @@ from xdsl.utils.exceptions import VerifyException
 from cmswitch.arch import Arch, arch_from_dict, load_arch, preset_names
 from cmswitch.dialects import metaop
 from cmswitch.errors import CMSwitchError
-from cmswitch.transforms.cim_to_metaop import INPUTS_ATTR, OUTPUTS_ATTR, TENSORS_ATTR
-from cmswitch.transforms.common import ARCH_ATTR
+from cmswitch.dialects.metaop import INPUTS_ATTR, OUTPUTS_ATTR, TENSORS_ATTR
+from cmswitch.dialects.cim import ARCH_ATTR
 
 _NAME = re.compile(r"[A-Za-z0-9_.:/$-]+\Z")
 _RANGE = re.compile(r"a\[(\d+):(\d+)\]\Z")

@@ -12,13 +12,14 @@ from typing import IO, ClassVar
 from xdsl.context import Context
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr
 from xdsl.ir import Operation
+from xdsl.utils.exceptions import VerifyException
 from xdsl.utils.target import Target
 
-from cmswitch.arch import load_arch
+from cmswitch.arch import resolve_hardware
 from cmswitch.dialects import metaop
 from cmswitch.errors import CMSwitchError
-from cmswitch.transforms.cim_to_metaop import INPUTS_ATTR, OUTPUTS_ATTR, TENSORS_ATTR
-from cmswitch.transforms.common import recorded_arch
+from cmswitch.dialects.metaop import INPUTS_ATTR, OUTPUTS_ATTR, TENSORS_ATTR
+from cmswitch.dialects.cim import module_hardware
 
 
 def _arr(lo_hi) -> str:
@@ -66,7 +67,10 @@ def print_flow(module: ModuleOp, out: IO[str]) -> None:
     tensors = module.attributes.get(TENSORS_ATTR)
     if not isinstance(tensors, DictionaryAttr):
         raise CMSwitchError("no meta-operator flow in the module: run cim-to-metaop first")
-    arch = recorded_arch(module)[0] or load_arch(None)
+    try:
+        arch = resolve_hardware(module_hardware(module))
+    except VerifyException as e:
+        raise CMSwitchError(str(e)) from None
     model = module.attributes.get("cim.model")
     inputs = {a.data for a in module.attributes.get(INPUTS_ATTR, ArrayAttr([]))}
     outputs = {a.data for a in module.attributes.get(OUTPUTS_ATTR, ArrayAttr([]))}

@@ -29,7 +29,7 @@ from cmswitch.cost.graph import Graph, SegmentProblem, segment_problem
 from cmswitch.dialects.cim import Conv2dOp, tensor_shape
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, evaluate_allocation
-from cmswitch.transforms.cim_segment import SegmentChoice, segment_starts
+from cmswitch.transforms.segments import SegmentChoice, segment_starts
 
 
 def greedy_segments(graph: Graph, arch: Arch) -> list[tuple[int, int]]:

@@ -28,7 +28,7 @@ from cmswitch.arch import Arch
 from cmswitch.cost.graph import Graph, segment_problem
 from cmswitch.errors import CMSwitchError
 from cmswitch.strategies.cimmlc import all_compute
-from cmswitch.transforms.cim_segment import SegmentChoice, segment_starts
+from cmswitch.transforms.segments import SegmentChoice, segment_starts
 
 LAYERWISE = ("puma", "occ")
 

@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp, UnitAttr, i64
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp
-from xdsl.ir import Block, Operation, Region
 from xdsl.passes import ModulePass
 
 from cmswitch.arch import Arch
@@ -47,11 +46,10 @@ from cmswitch.cost.graph import (
     segment_problem,
     span_signature,
 )
-from cmswitch.dialects.cim import SegmentOp, YieldOp
+from cmswitch.dialects.cim import SegmentOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.progress import progress
 from cmswitch.solver.mip import (
-    Allocation,
     cycles_lower_bound,
     evaluate_allocation,
     holdable,
@@ -59,48 +57,13 @@ from cmswitch.solver.mip import (
     solve_cache,
 )
 from cmswitch.transforms.common import check_options, main_func, resolve_arch
+from cmswitch.transforms.segments import SegmentChoice, segment_starts, write_segments
 
-
-HOLD_ATTR = "hold"
-"""Unit attribute on a `cim.segment`: the tensors it passes only to the next segment
-(`held_tensors`) stay on chip across the boundary instead of going through DRAM."""
-
-PRELOADED_ATTR = "preloaded"
-"""Integer attribute on a `cim.segment`: its first N weight ops (`preloadable`, one
-copy each) are loaded while the previous segment runs, in arrays that segment leaves
-unused (§9.1)."""
-
-COMPUTE_ONLY_ATTR = "compute_only"
-"""Unit attribute on a `cim.segment`: allocate it without memory-mode arrays."""
 
 DEFAULT_WINDOW = 6
 """Matrix operators per candidate segment (the DP window).  The array budget already
 bounds it; this bound keeps the MIPs small for models of many small layers
 (MobileNet fits ~30 of its layers in the chip at once).  0 lifts it."""
-
-
-@dataclass(frozen=True)
-class SegmentChoice:
-    """Operators ``first..last`` (inclusive) form one segment, priced `alloc`;
-    `held_in` / `held_out` are the tensor ids kept on chip across its boundaries."""
-
-    first: int
-    last: int
-    alloc: Allocation
-    held_in: tuple[int, ...] = ()
-    held_out: tuple[int, ...] = ()
-    preloaded: int = 0
-    """Leading weight ops of this segment loaded while the previous one ran (§9.1)."""
-    memory_mode: bool = True
-    """False: the segment runs compute-only (no memory-mode arrays, no switches)."""
-    switch_cycles: float = 0.0
-    """The mode switches the DP charged the segment (cycles, beside `alloc`)."""
-
-
-def segment_starts(graph: Graph) -> list[int]:
-    """Operator indices where a segment may begin: 0 and every matrix op."""
-    starts = [0] + [o.index for o in graph.ops if o.cost.arrays and o.index > 0]
-    return starts + [len(graph.ops)]
 
 
 def _next_ends(graph: Graph, starts: list[int], arrays: int, window: int) -> list[list[int]]:
@@ -459,34 +422,6 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     return result[::-1]
 
 
-def wrap_segments(func: FuncOp, graph: Graph, plan: list[SegmentChoice]) -> list[SegmentOp]:
-    """Move each segment's operators into a `cim.segment` region op, yielding the values
-    used after it; returns the new segment ops in order."""
-    segments: list[SegmentOp] = []
-    for seg_id, choice in enumerate(plan):
-        ops = [graph.ops[i].op for i in range(choice.first, choice.last + 1)]
-        segments.append(_wrap(ops, seg_id))
-    return segments
-
-
-def _wrap(ops: list[Operation], seg_id: int) -> SegmentOp:
-    inside = set(ops)
-    escaping = [r for op in ops for r in op.results
-                if any(use.operation not in inside for use in r.uses)]
-    block = ops[0].parent
-    seg = SegmentOp(seg_id, [v.type for v in escaping], Region(Block()))
-    block.insert_op_before(seg, ops[0])
-    for op in ops:
-        op.detach()
-        seg.body.block.add_op(op)
-    seg.body.block.add_op(YieldOp(escaping))
-    for value, result in zip(escaping, seg.outs, strict=True):
-        for use in list(value.uses):
-            if use.operation not in inside and use.operation.parent is not seg.body.block:
-                use.operation.operands[use.index] = result
-    return seg
-
-
 @dataclass(frozen=True)
 class CimSegmentPass(ModulePass):
     """Split the model into segments by dynamic programming over the segment MIP."""
@@ -530,21 +465,3 @@ class CimSegmentPass(ModulePass):
                                   self.preload)
 
 
-def predicted_cycles(plan: list[SegmentChoice]) -> int:
-    """The plan's predicted cycles as `write_segments` records them (each segment's
-    ``predicted_cycles``, rounded)."""
-    return sum(round(choice.alloc.cycles) for choice in plan)
-
-
-def write_segments(func: FuncOp, graph: Graph, plan: list[SegmentChoice]) -> None:
-    """Wrap each segment of `plan` in a `cim.segment` with its annotations
-    (``predicted_cycles``, `HOLD_ATTR`, `PRELOADED_ATTR`, `COMPUTE_ONLY_ATTR`): what
-    `cim-segment` leaves for `cim-allocate`."""
-    for seg, choice in zip(wrap_segments(func, graph, plan), plan):
-        seg.attributes["predicted_cycles"] = IntegerAttr(round(choice.alloc.cycles), i64)
-        if choice.held_out:
-            seg.attributes[HOLD_ATTR] = UnitAttr()
-        if choice.preloaded:
-            seg.attributes[PRELOADED_ATTR] = IntegerAttr(choice.preloaded, i64)
-        if not choice.memory_mode:
-            seg.attributes[COMPUTE_ONLY_ATTR] = UnitAttr()

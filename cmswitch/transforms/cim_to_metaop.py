@@ -41,22 +41,24 @@ from cmswitch.cost.graph import (
     segment_tensor_ids,
 )
 from cmswitch.dialects import metaop
-from cmswitch.dialects.cim import DynMatmulOp, SegmentOp, VectorOp
-from cmswitch.errors import CMSwitchError
-from cmswitch.transforms.cim_allocate import SegmentContext, held_plan
-from cmswitch.transforms.common import (
+from cmswitch.dialects.cim import (
     HOLD_RANGE_ATTR,
     PLACES_ATTR,
     POOL_ATTR,
+    DynMatmulOp,
+    SegmentOp,
+    VectorOp,
+)
+from cmswitch.dialects.metaop import INPUTS_ATTR, OUTPUTS_ATTR, TENSORS_ATTR
+from cmswitch.errors import CMSwitchError
+from cmswitch.transforms.segments import SegmentContext, held_plan
+from cmswitch.transforms.common import (
     main_func,
     mode_changes,
     resolve_arch,
     segment_ops,
 )
 
-TENSORS_ATTR = "metaop.tensors"
-INPUTS_ATTR = "metaop.inputs"
-OUTPUTS_ATTR = "metaop.outputs"
 
 
 def _range(op: Operation, name: str) -> tuple[int, int] | None:

@@ -29,6 +29,7 @@ from xdsl.traits import NoTerminator
 from xdsl.utils.exceptions import VerifyException
 
 from cmswitch.dialects.cim import array_prop, int_prop
+from cmswitch.names import NAME_PATTERN
 
 TENSORS_ATTR = "metaop.tensors"
 """Module attribute (`cim-to-metaop`): tensor name -> bytes, every tensor of the flow."""
@@ -38,7 +39,7 @@ OUTPUTS_ATTR = "metaop.outputs"
 """Module attribute (`cim-to-metaop`): names of the tensors the flow must store to DRAM."""
 
 _LOCATION = re.compile(r"^(dram|gb|a\[(\d+):(\d+)\])$")
-_TENSOR_REF = re.compile(r"^[A-Za-z0-9_.:/$-]+@(dram|gb|a\[\d+:\d+\])$")
+_TENSOR_REF = re.compile(rf"^{NAME_PATTERN}@(dram|gb|a\[\d+:\d+\])$")
 MODES = ("TOM", "TOC")
 
 

@@ -230,7 +230,7 @@ def test_bytes_input_and_bad_utf8():
 
 
 # hypothesis: any valid MVM statement survives print -> parse
-_names = st.from_regex(r"[A-Za-z0-9_.:/$-]{1,12}", fullmatch=True)
+_names = st.from_regex(r"[A-Za-z0-9_.:/-]{1,12}", fullmatch=True)  # docs/cmsasm.md
 _pos = st.integers(min_value=1, max_value=2**40)
 
 

@@ -54,3 +54,21 @@ def test_baselines_use_the_public_plan_writer():
     for strategy in ("cimmlc.py", "layerwise.py"):
         assert not imported(PACKAGE / "strategies" / strategy) & {
             f"cmswitch.transforms.{p}" for p in PASSES}
+
+
+def test_one_name_grammar_the_documented_one():
+    """docs/cmsasm.md's name rule is the one every reader uses."""
+    from cmswitch.asm.parser import parse_flow
+    from cmswitch.errors import CMSwitchError
+    from cmswitch.names import NAME_CHARS, flow_name, is_flow_name
+    from cmswitch.sim.simulator import simulate
+
+    doc = (PACKAGE.parent / "docs" / "cmsasm.md").read_text()
+    assert f"`[{NAME_CHARS}]+`" in doc
+    assert is_flow_name("layer1.0/conv:2-a_b") and not is_flow_name("x$in")
+    assert flow_name("x$in") == "x_in"
+    bad = ".model m$\n"
+    with pytest.raises(CMSwitchError, match="name"):
+        parse_flow(bad)
+    with pytest.raises(CMSwitchError, match="name"):
+        simulate(bad)

@@ -39,10 +39,10 @@ from xdsl.utils.exceptions import VerifyException
 from cmswitch.arch import Arch, arch_from_dict, load_arch, preset_names
 from cmswitch.dialects import metaop
 from cmswitch.errors import CMSwitchError
+from cmswitch.names import is_flow_name
 from cmswitch.dialects.metaop import INPUTS_ATTR, OUTPUTS_ATTR, TENSORS_ATTR
 from cmswitch.dialects.cim import ARCH_ATTR
 
-_NAME = re.compile(r"[A-Za-z0-9_.:/$-]+\Z")
 _RANGE = re.compile(r"a\[(\d+):(\d+)\]\Z")
 _INT = re.compile(r"\d+\Z")
 _I64_MAX = 2**63 - 1
@@ -104,8 +104,8 @@ def _opt_int(text: str | None, key: str) -> int | None:
 
 
 def _name(text: str, what: str) -> str:
-    if not _NAME.match(text):
-        raise _Fail(f"bad {what} name {text!r} (allowed: letters, digits, _ . : / $ -)")
+    if not is_flow_name(text):
+        raise _Fail(f"bad {what} name {text!r} (allowed: letters, digits, _ . : / -)")
     return text
 
 

@@ -11,7 +11,6 @@ what the solve cache keys on.
 from __future__ import annotations
 
 import math
-import re
 
 from dataclasses import dataclass, field, fields, replace
 
@@ -20,6 +19,7 @@ from xdsl.dialects.func import FuncOp
 from xdsl.ir import Operation, SSAValue
 
 from cmswitch.arch import Arch
+from cmswitch.names import flow_name
 from cmswitch.cost.model import OpCost, op_cost, tensor_bytes
 from cmswitch.dialects.cim import (
     Conv2dOp,
@@ -179,7 +179,6 @@ def _row_streams(op: Operation, operand: SSAValue) -> bool:
     return all(tensor_shape(r) == tensor_shape(operand) for r in op.results)
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.:/-]")  # the flow grammar's names (docs/cmsasm.md)
 
 
 def _op_name(op: Operation, index: int, used: set[str]) -> str:
@@ -194,7 +193,7 @@ def _op_name(op: Operation, index: int, used: set[str]) -> str:
         if ws is not None:
             k0, _, n0, _ = ws.get_values()
             hint += f".k{k0}.n{n0}"
-    return _unique(_SAFE.sub("_", hint or f"op{index}"), used)
+    return _unique(flow_name(hint or f"op{index}"), used)
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -242,7 +241,7 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
 
     def new_tensor(v: SSAValue, producer: int | None) -> int:
         ids[v] = len(tensors)
-        name = _unique(_SAFE.sub("_", v.name_hint or f"t{len(tensors)}"), names)
+        name = _unique(flow_name(v.name_hint or f"t{len(tensors)}"), names)
         tensors.append(Tensor(name, tensor_bytes(v, arch), producer))
         return ids[v]
 

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 from cmswitch.arch import ENERGY_FIELDS  # noqa: F401  (the optional `.arch` fields)
 from cmswitch.errors import CMSwitchError
+from cmswitch.names import is_flow_name
 
 ARCH_FIELDS = (
     "arrays", "rows", "cols", "cell_bits", "weight_bits", "act_bits", "mvm_cycles",
@@ -34,7 +35,6 @@ ARCH_FIELDS = (
 """The `.arch` fields every flow gives."""
 
 
-_NAME = re.compile(r"[A-Za-z0-9_.:/-]+\Z")
 
 
 class Loc(NamedTuple):
@@ -345,7 +345,7 @@ _GOOD_NAMES: set = set()
 def _name(text: str, what: str) -> str:
     if text in _GOOD_NAMES:
         return text
-    if not _NAME.match(text):
+    if not is_flow_name(text):
         raise _Fail(f"bad {what} name {text!r}")
     if len(_GOOD_NAMES) < 1_000_000:
         _GOOD_NAMES.add(text)

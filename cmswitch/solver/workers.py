@@ -21,6 +21,7 @@ platform without ``fork``, or a process already running threads solves in-proces
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import signal
@@ -79,6 +80,10 @@ def _pool(jobs: int) -> ProcessPoolExecutor | None:
     importing = context.BoundedSemaphore(max(1, local_cores() - 1))
     _POOL = (jobs, ProcessPoolExecutor(max_workers=jobs, mp_context=context,
                                        initializer=_preload, initargs=(importing,)))
+    # stopped before the interpreter tears modules down: a pool collected during
+    # teardown prints "Exception ignored in ... weakref_cb" from concurrent.futures
+    atexit.unregister(shutdown)
+    atexit.register(shutdown)
     return _POOL[1]
 
 

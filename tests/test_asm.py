@@ -110,7 +110,7 @@ SMALL = f"""{ARCH}
   CIM.write_operand mm tiles=1x2 bytes=2048 copies=2 in=w_t@gb -> a[0:4]
   parallel {{
     MEM.load x@dram -> a[8:16] window=512 bytes=4096
-    CIM.mvm mm a[0:4] out=y@gb,z@gb n=8 k=64 vectors=64 in=x@a[8:16]
+    CIM.mvm mm a[0:4] out=y@gb n=8 k=64 vectors=64 in=x@a[8:16]
     VEC.relu act out=y@gb ops=1024
     MEM.store y@gb -> dram bytes=1024
   }}
@@ -127,7 +127,7 @@ SMALL_CANONICAL = HEADER + """.model tiny
   CIM.write_operand mm in=w_t@gb tiles=1x2 copies=2 bytes=2048 instances=1 -> a[0:4]
   parallel {
     MEM.load x@dram -> a[8:16] bytes=4096 window=512
-    CIM.mvm mm a[0:4] vectors=64 k=64 n=8 in=x@a[8:16] out=y@gb,z@gb
+    CIM.mvm mm a[0:4] vectors=64 k=64 n=8 in=x@a[8:16] out=y@gb
     VEC.relu act ops=1024 out=y@gb
     MEM.store y@gb -> dram bytes=1024
   }
@@ -147,17 +147,17 @@ def test_hand_written_flow_fields():
     (seg,) = module.ops
     assert (seg.id.value.data, seg.ops.data, seg.predicted.value.data) == (7, "mm,act", 123)
     switch, write, block = seg.body.block.ops
-    assert (switch.mode.data, switch.arrays.get_values()) == ("TOM", (8, 16))
-    assert write.input.data == "w_t@gb"
+    assert (switch.mode.data, switch.arrays.get_values()) == (metaop.SwitchMode.TOM, (8, 16))
+    assert str(write.input) == "w_t@gb" and write.input.loc == metaop.LocationAttr.of("gb")
     assert write.tiles.get_values() == (1, 2)
     assert write.instances.value.data == 1          # default when instances= is absent
     load, mvm, vec, store = block.body.block.ops
-    assert (load.tensor.data, load.source.data, load.dest.data) == ("x", "dram", "a[8:16]")
+    assert (load.tensor.data, str(load.source), load.dest.range) == ("x", "dram", (8, 16))
     assert (load.bytes.value.data, load.window.value.data) == (4096, 512)
     assert (mvm.vectors.value.data, mvm.k.value.data, mvm.n.value.data) == (64, 64, 8)
-    assert mvm.output.data == "y@gb,z@gb" and mvm.window is None
+    assert str(mvm.output) == "y@gb" and mvm.window is None
     assert (vec.kind.data, vec.label.data, vec.inputs) == ("relu", "act", None)
-    assert isinstance(store, metaop.MemStoreOp) and store.dest.data == "dram"
+    assert isinstance(store, metaop.MemStoreOp) and store.dest == metaop.LocationAttr.of("dram")
 
 
 def test_hand_written_flow_prints_in_canonical_form():
@@ -186,12 +186,12 @@ def test_module_built_by_hand_round_trips():
             metaop.WriteOperandOp("q", 12, 14, "mid@a[90:96]", [1, 1], 2, 450, instances=6),
             metaop.MvmOp("q", 12, 14, 6, 30, 15, "mid@a[90:96]", "out/0@gb"),
             metaop.MemMoveOp("out/0", "gb", "a[90:96]", 90),
-            metaop.VecOp("softmax", "sm", 7, "out/0@a[90:96]", "out/0@dram"),
+            metaop.VecOp("softmax", "sm", 7, ["out/0@a[90:96]"], ["out/0@dram"]),
         ]),
     ])
     seg1 = metaop.SegmentOp(1, "gen", 0, [
         metaop.SwitchOp("TOC", 90, 96),
-        metaop.VecOp("fill", "gen", 0, None, "in:1@dram", window=16),
+        metaop.VecOp("fill", "gen", 0, None, ["in:1@dram"], window=16),
     ])
     module = ModuleOp([seg0, seg1], attributes={
         "cim.model": StringAttr("m"), "cim.arch": StringAttr("prime"),
@@ -353,3 +353,22 @@ def test_bench_counts_statement_lines_of_segments():
     # SMALL: 8 lines inside its one segment (switch, write_operand, `parallel {`, load,
     # mvm, relu, store, `}`); comments, blank lines and header lines do not count.
     assert count_statements(SMALL) == (8, 1, 2)
+
+
+def test_an_mvm_has_one_output_as_the_simulator_reads_it():
+    """The parser took ``out=y@gb,z@gb`` on an mvm, which the simulator refuses; the
+    dialect's `TensorRefAttr` output is one reference (issue 18)."""
+    from cmswitch.sim.simulator import simulate
+
+    text = (HEADER + ".tensor x bytes=4096 input\n.tensor y bytes=512 output\n"
+            ".tensor z bytes=512\n.segment 0\n"
+            "  CIM.load_weight mm tiles=1x1 copies=1 bytes=512 -> a[0:1]\n"
+            "  MEM.load x@dram -> gb bytes=4096\n"
+            "  CIM.mvm mm a[0:1] vectors=64 k=64 n=8 in=x@gb out=y@gb,z@gb\n"
+            "  MEM.store y@gb -> dram bytes=512\n.end\n")
+    with pytest.raises(CMSwitchError, match=":9: bad tensor name"):
+        parse_flow(text)
+    with pytest.raises(CMSwitchError, match=":9: bad location"):
+        simulate(text)
+    assert simulate(text.replace("out=y@gb,z@gb", "out=y@gb"))["cycles"] > 0
+    assert printed(parse_flow(text.replace("out=y@gb,z@gb", "out=y@gb"))).count("out=y@gb\n") == 1

@@ -43,7 +43,6 @@ from cmswitch.names import is_flow_name
 from cmswitch.dialects.metaop import INPUTS_ATTR, OUTPUTS_ATTR, TENSORS_ATTR
 from cmswitch.dialects.cim import ARCH_ATTR
 
-_RANGE = re.compile(r"a\[(\d+):(\d+)\]\Z")
 _INT = re.compile(r"\d+\Z")
 _I64_MAX = 2**63 - 1
 
@@ -110,20 +109,23 @@ def _name(text: str, what: str) -> str:
 
 
 def _range(text: str) -> tuple[int, int]:
-    """``a[LO:HI]`` with LO < HI, as (LO, HI)."""
-    match = _RANGE.match(text)
-    if match is None:
+    """``a[LO:HI]`` with LO < HI, as (LO, HI) (read by `metaop.LocationAttr`)."""
+    try:
+        where = metaop.LocationAttr.from_text(text)
+    except VerifyException as error:
+        need = "need LO < HI" if "LO < HI" in str(error) else "expected a[LO:HI]"
+        raise _Fail(f"bad array range {text!r} ({need})") from None
+    if where.range is None:
         raise _Fail(f"bad array range {text!r} (expected a[LO:HI])")
-    lo, hi = int(match.group(1)), int(match.group(2))
-    if not lo < hi or hi > _I64_MAX:
-        raise _Fail(f"bad array range {text!r} (need LO < HI)")
-    return lo, hi
+    return where.range
 
 
-def _location(text: str) -> str:
-    if text not in ("dram", "gb"):
-        _range(text)
-    return text
+def _location(text: str) -> metaop.LocationAttr:
+    """``dram``, ``gb`` or ``a[LO:HI]`` (read by `metaop.LocationAttr`)."""
+    if text in ("dram", "gb"):
+        return metaop.LocationAttr.from_text(text)
+    _range(text)
+    return metaop.LocationAttr.from_text(text)
 
 
 def _tiles(text: str | None) -> tuple[int, int]:
@@ -337,25 +339,27 @@ class _FlowParser:
 
     # -- references --------------------------------------------------------------
 
-    def ref(self, text: str | None, key: str) -> str:
+    def ref(self, text: str | None, key: str) -> metaop.TensorRefAttr:
         """A tensor reference ``NAME@LOCATION`` of a declared tensor."""
         if not text:
             raise _Fail(f"{key}= needs NAME@LOCATION")
+        known = self.interned.refs.get(text)
+        if known is not None:
+            return known
         name, at, where = text.rpartition("@")
         if not at:
             raise _Fail(f"bad tensor reference {text!r} (expected NAME@LOCATION)")
-        _location(where)
+        loc = self.interned.loc(where)
         if name not in self.tensors:
             raise _Fail(f"tensor '{_name(name, 'tensor')}' has no `.tensor` line before it")
-        return text
+        ref = self.interned.refs[text] = metaop.TensorRefAttr(self.interned.s(name), loc)
+        return ref
 
-    def refs(self, text: str | None, key: str) -> str:
-        """Comma-separated tensor references."""
+    def refs(self, text: str | None, key: str) -> ArrayAttr:
+        """Comma-separated tensor references, as an array attribute."""
         if not text:
             raise _Fail(f"{key}= needs NAME@LOCATION[,...]")
-        for part in text.split(","):
-            self.ref(part, key)
-        return text
+        return ArrayAttr([self.ref(part, key) for part in text.split(",")])
 
 
 def _number(text: str, key: str) -> int | float:
@@ -400,6 +404,15 @@ class _Interned:
         self.strings: dict[str, StringAttr] = {}
         self.ints: dict[int, IntegerAttr] = {}
         self.arrays: dict[tuple[int, ...], DenseArrayBase] = {}
+        self.locs: dict[str, metaop.LocationAttr] = {}
+        self.refs: dict[str, metaop.TensorRefAttr] = {}
+        self.modes = {m.value: metaop.ModeAttr(m) for m in metaop.SwitchMode}
+
+    def loc(self, text: str) -> metaop.LocationAttr:
+        attr = self.locs.get(text)
+        if attr is None:
+            attr = self.locs[text] = _location(text)
+        return attr
 
     def s(self, text: str) -> StringAttr:
         attr = self.strings.get(text)
@@ -426,7 +439,8 @@ def _switch(p: _FlowParser, what: str, pos: list[str], fields: dict[str, str]) -
     if pos[0] not in metaop.MODES:
         raise _Fail(f"CM.switch mode must be TOM or TOC, got '{pos[0]}'")
     v = p.interned
-    return metaop.SwitchOp.create(properties={"mode": v.s(pos[0]), "arrays": v.a(*_range(pos[1]))})
+    return metaop.SwitchOp.create(properties={"mode": v.modes[pos[0]],
+                                              "arrays": v.a(*_range(pos[1]))})
 
 
 def _load_weight(p: _FlowParser, what: str, pos: list[str], fields: dict[str, str]) -> Operation:
@@ -447,7 +461,7 @@ def _write_operand(p: _FlowParser, what: str, pos: list[str], fields: dict[str, 
     v = p.interned
     return metaop.WriteOperandOp.create(properties={
         "op": v.s(_name(pos[0], "operator")), "arrays": v.a(*_range(pos[2])),
-        "input": v.s(p.refs(got["in"], "in")), "tiles": v.a(*_tiles(got["tiles"])),
+        "input": p.ref(got["in"], "in"), "tiles": v.a(*_tiles(got["tiles"])),
         "copies": v.i(_int(got["copies"], "copies")), "bytes": v.i(_int(got["bytes"], "bytes")),
         "instances": v.i(1 if instances is None else instances),
     })
@@ -460,8 +474,8 @@ def _mvm(p: _FlowParser, what: str, pos: list[str], fields: dict[str, str]) -> O
     props: dict[str, Attribute] = {
         "op": v.s(_name(pos[0], "operator")), "arrays": v.a(*_range(pos[1])),
         "vectors": v.i(_int(got["vectors"], "vectors")), "k": v.i(_int(got["k"], "k")),
-        "n": v.i(_int(got["n"], "n")), "input": v.s(p.refs(got["in"], "in")),
-        "output": v.s(p.refs(got["out"], "out")),
+        "n": v.i(_int(got["n"], "n")), "input": p.ref(got["in"], "in"),
+        "output": p.ref(got["out"], "out"),
     }
     if got["window"] is not None:
         props["window"] = v.i(_int(got["window"], "window"))
@@ -476,10 +490,11 @@ def _vec(p: _FlowParser, what: str, pos: list[str], fields: dict[str, str]) -> O
     v = p.interned
     props: dict[str, Attribute] = {
         "kind": v.s(_name(what[len("VEC."):], "VEC kind")), "label": v.s(_name(pos[0], "operator")),
-        "ops": v.i(_int(got["ops"], "ops")), "outputs": v.s(p.refs(got["out"], "out")),
+        "ops": v.i(_int(got["ops"], "ops")),
     }
     if got["in"] is not None:
-        props["inputs"] = v.s(p.refs(got["in"], "in"))
+        props["inputs"] = p.refs(got["in"], "in")
+    props["outputs"] = p.refs(got["out"], "out")
     if got["window"] is not None:
         props["window"] = v.i(_int(got["window"], "window"))
     return metaop.VecOp.create(properties=props)
@@ -490,10 +505,10 @@ def _transfer(cls: type[metaop.MemLoadOp | metaop.MemStoreOp | metaop.MemMoveOp]
     def build(p: _FlowParser, what: str, pos: list[str], fields: dict[str, str]) -> Operation:
         _positional(pos, what, "TENSOR@LOC -> LOC")
         got = _take(fields, what, ("bytes",), ("window",))
-        tensor, _, source = p.ref(pos[0], what).rpartition("@")
+        ref = p.ref(pos[0], what)
         v = p.interned
         props: dict[str, Attribute] = {
-            "tensor": v.s(tensor), "source": v.s(source), "dest": v.s(_location(pos[2])),
+            "tensor": ref.tensor, "source": ref.loc, "dest": v.loc(pos[2]),
             "bytes": v.i(_int(got["bytes"], "bytes")),
         }
         if got["window"] is not None:

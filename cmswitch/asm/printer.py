@@ -27,6 +27,11 @@ def _arr(lo_hi) -> str:
     return f"a[{lo}:{hi}]"
 
 
+def _refs(refs: ArrayAttr) -> str:
+    """Tensor references as the `.cmsasm` text writes them: ``x@gb,y@a[0:4]``."""
+    return ",".join(str(ref) for ref in refs.data)
+
+
 def _window(op: Operation) -> str:
     w = op.properties.get("window")
     return f" window={w.value.data}" if w is not None else ""
@@ -36,28 +41,28 @@ def statement(op: Operation) -> str:
     """One flow statement (without indentation).  Raises CMSwitchError for an op that
     is not a `metaop` statement."""
     if isinstance(op, metaop.SwitchOp):
-        return f"CM.switch {op.mode.data} {_arr(op.arrays)}"
+        return f"CM.switch {op.mode.data.value} {_arr(op.arrays)}"
     if isinstance(op, metaop.LoadWeightOp):
         tk, tn = op.tiles.get_values()
         return (f"CIM.load_weight {op.op.data} tiles={tk}x{tn} copies={op.copies.value.data} "
                 f"bytes={op.bytes.value.data} -> {_arr(op.arrays)}")
     if isinstance(op, metaop.WriteOperandOp):
         tk, tn = op.tiles.get_values()
-        return (f"CIM.write_operand {op.op.data} in={op.input.data} tiles={tk}x{tn} "
+        return (f"CIM.write_operand {op.op.data} in={op.input} tiles={tk}x{tn} "
                 f"copies={op.copies.value.data} bytes={op.bytes.value.data} "
                 f"instances={op.instances.value.data} -> {_arr(op.arrays)}")
     if isinstance(op, metaop.MvmOp):
         return (f"CIM.mvm {op.op.data} {_arr(op.arrays)} vectors={op.vectors.value.data} "
-                f"k={op.k.value.data} n={op.n.value.data} in={op.input.data} "
-                f"out={op.output.data}{_window(op)}")
+                f"k={op.k.value.data} n={op.n.value.data} in={op.input} "
+                f"out={op.output}{_window(op)}")
     if isinstance(op, metaop.VecOp):
-        ins = f" in={op.inputs.data}" if op.inputs is not None else ""
+        ins = f" in={_refs(op.inputs)}" if op.inputs is not None else ""
         return (f"VEC.{op.kind.data} {op.label.data} ops={op.ops.value.data}{ins} "
-                f"out={op.outputs.data}{_window(op)}")
+                f"out={_refs(op.outputs)}{_window(op)}")
     kinds = {metaop.MemLoadOp: "MEM.load", metaop.MemStoreOp: "MEM.store",
              metaop.MemMoveOp: "MEM.move"}
     if type(op) in kinds:
-        return (f"{kinds[type(op)]} {op.tensor.data}@{op.source.data} -> {op.dest.data} "
+        return (f"{kinds[type(op)]} {op.tensor.data}@{op.source} -> {op.dest} "
                 f"bytes={op.bytes.value.data}{_window(op)}")
     raise CMSwitchError(f"'{op.name}' is not a meta-operator statement")
 

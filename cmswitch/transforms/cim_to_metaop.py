@@ -74,13 +74,13 @@ def switch_ops(modes: list[str], compute: list[tuple[int, int]],
             for mode, lo, hi in mode_changes(modes, compute, memory)]
 
 
-def _loc(run: tuple[int, int]) -> str:
-    return f"a[{run[0]}:{run[1]}]"
+def _loc(run: tuple[int, int]) -> metaop.LocationAttr:
+    return metaop.LocationAttr.arrays(*run)
 
 
 class _Places:
     """Where each tensor of one segment lives, as `cim-allocate` wrote it: tensor id ->
-    location ("a[LO:HI]", "gb" or "dram")."""
+    location (`metaop.LocationAttr`: an array range, gb or dram)."""
 
     def __init__(self, graph: Graph, seg: SegmentOp, first: int, last: int,
                  hold_in: tuple[int, int]):
@@ -90,10 +90,11 @@ class _Places:
                                 f"cim-allocate first")
         pool = _range(seg, POOL_ATTR)
         hold_out = _range(seg, HOLD_RANGE_ATTR)
-        where = {"gb": "gb", "dram": "dram", "pool": _loc(pool) if pool else None,
+        where = {"gb": metaop.LocationAttr.of("gb"), "dram": metaop.LocationAttr.of("dram"),
+                 "pool": _loc(pool) if pool else None,
                  "hold_in": _loc(hold_in) if hold_in[1] > hold_in[0] else None,
                  "hold_out": _loc(hold_out) if hold_out else None}
-        self.loc: dict[int, str] = {}
+        self.loc: dict[int, metaop.LocationAttr] = {}
         self.held: set[int] = set()
         """Tensors kept whole in the hold range for the next segment."""
         for t in segment_tensor_ids(graph, first, last):
@@ -108,21 +109,21 @@ class _Places:
             if place == "hold_out":
                 self.held.add(t)
 
-    def ref(self, graph: Graph, t: int) -> str:
-        return f"{graph.tensors[t].name}@{self.loc[t]}"
+    def ref(self, graph: Graph, t: int) -> metaop.TensorRefAttr:
+        return metaop.TensorRefAttr(StringAttr(graph.tensors[t].name), self.loc[t])
 
 
 def _lower_op(gop: GraphOp, graph: Graph, places: _Places, window: int | None,
               arch: Arch) -> list[Operation]:
-    outs = ",".join(places.ref(graph, t) for t in gop.outputs)
+    outs = [places.ref(graph, t) for t in gop.outputs]
     cost = gop.cost
     if isinstance(gop.op, VectorOp):
-        ins = ",".join(places.ref(graph, t) for t in gop.inputs) or None
+        ins = [places.ref(graph, t) for t in gop.inputs] or None
         return [metaop.VecOp(gop.op.kind.data, gop.name, cost.vector_ops, ins, outs, window)]
     lo, hi = _range(gop.op, "arrays")
     vectors, k, n = mvm_shape(cost, arch)
     mvm = metaop.MvmOp(gop.name, lo, hi, vectors, k, n, places.ref(graph, gop.inputs[0]),
-                       outs, window)
+                       outs[0], window)
     if isinstance(gop.op, DynMatmulOp):
         copies = (hi - lo) // cost.arrays
         write = metaop.WriteOperandOp(gop.name, lo, hi, places.ref(graph, gop.inputs[1]),
@@ -178,7 +179,7 @@ def lower_segment(graph: Graph, ctx: SegmentContext, arch: Arch, modes: list[str
     for t, use in uses.items():
         tensor = graph.tensors[t]
         live_in = tensor.producer is None or tensor.producer < first
-        if live_in and not use.fixed and places.loc[t] != "dram":
+        if live_in and not use.fixed and places.loc[t].kind.data != "dram":
             pipeline.append(metaop.MemLoadOp(tensor.name, "dram", places.loc[t],
                                              tensor.bytes, use.window))
     for g in gops:
@@ -188,7 +189,7 @@ def lower_segment(graph: Graph, ctx: SegmentContext, arch: Arch, modes: list[str
         for t in g.outputs:
             tensor = graph.tensors[t]
             outlives = tensor.is_output or any(c > last for c in tensor.consumers)
-            if outlives and places.loc[t] != "dram" and t not in places.held:
+            if outlives and places.loc[t].kind.data != "dram" and t not in places.held:
                 pipeline.append(metaop.MemStoreOp(tensor.name, places.loc[t], "dram",
                                                   tensor.bytes))
     pipeline += [_load_weight(g) for g in early]

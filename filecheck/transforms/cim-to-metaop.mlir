@@ -10,11 +10,11 @@ func.func @main(%x: tensor<1x32x16x16xf32>) -> tensor<1x32x16x16xf32> {
   func.return %y : tensor<1x32x16x16xf32>
 }
 // CHECK:      metaop.segment 0 attributes {ops = "w", predicted = 1548 : i64} {
-// CHECK-NEXT:   metaop.switch "TOM" [66, 96]
+// CHECK-NEXT:   metaop.switch TOM [66, 96]
 // CHECK-NEXT:   metaop.load_weight "w" [0, 3] {tiles = array<i64: 1, 1>, copies = 3 : i64, bytes = 9216 : i64}
 // CHECK-NEXT:   metaop.parallel {
-// CHECK-NEXT:     metaop.mem_load "x" "dram" "a[66:96]" {bytes = 8192 : i64, window = 1536 : i64}
-// CHECK-NEXT:     metaop.mvm "w" [0, 3] {vectors = 256 : i64, k = 288 : i64, n = 32 : i64, input = "x@a[66:96]", output = "y@dram"}
+// CHECK-NEXT:     metaop.mem_load "x" <dram> <a[66:96]> {bytes = 8192 : i64, window = 1536 : i64}
+// CHECK-NEXT:     metaop.mvm "w" [0, 3] {vectors = 256 : i64, k = 288 : i64, n = 32 : i64, input = #metaop.ref<"x", a[66:96]>, output = #metaop.ref<"y", dram>}
 // CHECK-NEXT:   }
 // CHECK-NEXT: }
 

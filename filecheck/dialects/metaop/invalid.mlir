@@ -1,11 +1,12 @@
-// RUN: cmswitch-opt %s --split-input-file --verify-diagnostics | filecheck %s
+// RUN: cmswitch-opt %s --split-input-file --parsing-diagnostics --verify-diagnostics | filecheck %s
+// Every metaop verifier and the typed attributes' syntax (mode, location, tensor reference).
 
-metaop.switch "TOX" [0, 8]
-// CHECK: switch mode must be TOM or TOC, got 'TOX'
+metaop.switch TOX [0, 8]
+// CHECK: Expected `TOM`, or `TOC`.
 
 // -----
 
-metaop.switch "TOM" [8, 8]
+metaop.switch TOM [8, 8]
 // CHECK: 'arrays' must be a non-empty range [lo, hi), got [8, 8]
 
 // -----
@@ -15,27 +16,47 @@ metaop.load_weight "conv1" [0, 7] {tiles = array<i64: 1, 2>, copies = 4 : i64, b
 
 // -----
 
-metaop.mvm "conv1" [0, 8] {vectors = 0 : i64, k = 147 : i64, n = 64 : i64, input = "x@gb", output = "y@gb"}
+metaop.mvm "conv1" [0, 8] {vectors = 0 : i64, k = 147 : i64, n = 64 : i64, input = #metaop.ref<"x", gb>, output = #metaop.ref<"y", gb>}
 // CHECK: 'vectors' must be positive, got 0
 
 // -----
 
-metaop.mvm "conv1" [0, 8] {vectors = 4 : i64, k = 147 : i64, n = 64 : i64, input = "x@sram", output = "y@gb"}
-// CHECK: bad tensor reference 'x@sram': expected NAME@LOCATION
+metaop.mvm "conv1" [0, 8] {vectors = 4 : i64, k = 147 : i64, n = 64 : i64, input = #metaop.ref<"x", sram>, output = #metaop.ref<"y", gb>}
+// CHECK: Expected 'a' (a location is dram, gb or a[LO:HI])
 
 // -----
 
-metaop.mem_load "x" "gb" "a[0:4]" {bytes = 16 : i64}
+metaop.mvm "conv1" [0, 8] {vectors = 4 : i64, k = 147 : i64, n = 64 : i64, input = #metaop.ref<"x$in", gb>, output = #metaop.ref<"y", gb>}
+// CHECK: bad tensor reference 'x$in@gb': the name allows letters, digits, _ . : / -
+
+// -----
+
+metaop.mem_load "x" <dram> <a[4:4]> {bytes = 16 : i64}
+// CHECK: bad location 'a[4:4]': empty array range
+
+// -----
+
+metaop.mvm "conv1" [0, 8] {vectors = 4 : i64, k = 147 : i64, n = 64 : i64, input = "x@gb", output = #metaop.ref<"y", gb>}
+// CHECK: "x@gb" should be of base attribute metaop.ref
+
+// -----
+
+metaop.vec "relu" "r" {ops = 4 : i64, outputs = []}
+// CHECK: 'outputs' lists no tensor
+
+// -----
+
+metaop.mem_load "x" <gb> <a[0:4]> {bytes = 16 : i64}
 // CHECK: metaop.mem_load reads from dram, not 'gb'
 
 // -----
 
-metaop.mem_move "x" "dram" "a[0:4]" {bytes = 16 : i64}
+metaop.mem_move "x" <dram> <a[0:4]> {bytes = 16 : i64}
 // CHECK: metaop.mem_move moves data on chip only
 
 // -----
 
 metaop.parallel {
-  metaop.switch "TOM" [0, 8]
+  metaop.switch TOM [0, 8]
 }
 // CHECK: 'metaop.switch' cannot appear inside metaop.parallel

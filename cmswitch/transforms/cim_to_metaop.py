@@ -113,30 +113,7 @@ class _Places:
         return metaop.TensorRefAttr(StringAttr(graph.tensors[t].name), self.loc[t])
 
 
-def _lower_op(gop: GraphOp, graph: Graph, places: _Places, window: int | None,
-              arch: Arch) -> list[Operation]:
-    outs = [places.ref(graph, t) for t in gop.outputs]
-    cost = gop.cost
-    if isinstance(gop.op, VectorOp):
-        ins = [places.ref(graph, t) for t in gop.inputs] or None
-        return [metaop.VecOp(gop.op.kind.data, gop.name, cost.vector_ops, ins, outs, window)]
-    lo, hi = _range(gop.op, "arrays")
-    vectors, k, n = mvm_shape(cost, arch)
-    mvm = metaop.MvmOp(gop.name, lo, hi, vectors, k, n, places.ref(graph, gop.inputs[0]),
-                       outs[0], window)
-    if isinstance(gop.op, DynMatmulOp):
-        copies = (hi - lo) // cost.arrays
-        write = metaop.WriteOperandOp(gop.name, lo, hi, places.ref(graph, gop.inputs[1]),
-                                      cost.tiles, copies, cost.weight_bytes,
-                                      cost.compute // (arch.mvm_cycles * cost.m))
-        return [write, mvm]
-    return [mvm]
-
-
-def _tiles(gop: GraphOp) -> tuple[int, int]:
-    """``[TK, TN]`` tiles per copy: row tiles stacked over block-diagonal group packs."""
-    tn = gop.cost.tiles[1]
-    return gop.cost.arrays // tn, tn
+# -- one function per meta-operator kind ------------------------------------------
 
 
 def _load_weight(gop: GraphOp) -> metaop.LoadWeightOp:
@@ -144,6 +121,75 @@ def _load_weight(gop: GraphOp) -> metaop.LoadWeightOp:
     lo, hi = _range(gop.op, "arrays")
     return metaop.LoadWeightOp(gop.name, lo, hi, _tiles(gop), (hi - lo) // gop.cost.arrays,
                                gop.cost.weight_bytes)
+
+
+def _mem_loads(graph: Graph, first: int, uses: dict, places: _Places) -> list[Operation]:
+    """`MEM.load` of every live-in tensor the MIP placed on chip (not held there, so
+    not already resident), in the window it priced."""
+    loads: list[Operation] = []
+    for t, use in uses.items():
+        tensor = graph.tensors[t]
+        live_in = tensor.producer is None or tensor.producer < first
+        if live_in and not use.fixed and places.loc[t].kind.data != "dram":
+            loads.append(metaop.MemLoadOp(tensor.name, "dram", places.loc[t],
+                                          tensor.bytes, use.window))
+    return loads
+
+
+def _write_operand(gop: GraphOp, graph: Graph, places: _Places,
+                   arch: Arch) -> metaop.WriteOperandOp:
+    """`CIM.write_operand` of a dynamic matmul's run-time operand (its second input),
+    in ``instances`` parts (batch x heads) taken by the copies in turn."""
+    lo, hi = _range(gop.op, "arrays")
+    cost = gop.cost
+    return metaop.WriteOperandOp(gop.name, lo, hi, places.ref(graph, gop.inputs[1]),
+                                 cost.tiles, (hi - lo) // cost.arrays, cost.weight_bytes,
+                                 cost.compute // (arch.mvm_cycles * cost.m))
+
+
+def _mvm(gop: GraphOp, graph: Graph, places: _Places, window: int | None,
+         arch: Arch) -> metaop.MvmOp:
+    """`CIM.mvm` of a matrix operator over all its copies (`mvm_shape`)."""
+    lo, hi = _range(gop.op, "arrays")
+    vectors, k, n = mvm_shape(gop.cost, arch)
+    return metaop.MvmOp(gop.name, lo, hi, vectors, k, n, places.ref(graph, gop.inputs[0]),
+                        places.ref(graph, gop.outputs[0]), window)
+
+
+def _vec(gop: GraphOp, graph: Graph, places: _Places, window: int | None) -> metaop.VecOp:
+    """`VEC.<kind>` of a vector operator on the digital unit."""
+    ins = [places.ref(graph, t) for t in gop.inputs] or None
+    outs = [places.ref(graph, t) for t in gop.outputs]
+    return metaop.VecOp(gop.op.kind.data, gop.name, gop.cost.vector_ops, ins, outs, window)
+
+
+def _mem_stores(gop: GraphOp, graph: Graph, last: int, places: _Places) -> list[Operation]:
+    """`MEM.store` of the operator's on-chip outputs that outlive the segment (a model
+    output, or read by a later segment) and are not held on chip for the next one."""
+    stores: list[Operation] = []
+    for t in gop.outputs:
+        tensor = graph.tensors[t]
+        outlives = tensor.is_output or any(c > last for c in tensor.consumers)
+        if outlives and places.loc[t].kind.data != "dram" and t not in places.held:
+            stores.append(metaop.MemStoreOp(tensor.name, places.loc[t], "dram", tensor.bytes))
+    return stores
+
+
+def _lower_op(gop: GraphOp, graph: Graph, places: _Places, window: int | None,
+              arch: Arch) -> list[Operation]:
+    """The statements of one operator: VEC, or (write_operand and) mvm."""
+    if isinstance(gop.op, VectorOp):
+        return [_vec(gop, graph, places, window)]
+    mvm = _mvm(gop, graph, places, window, arch)
+    if isinstance(gop.op, DynMatmulOp):
+        return [_write_operand(gop, graph, places, arch), mvm]
+    return [mvm]
+
+
+def _tiles(gop: GraphOp) -> tuple[int, int]:
+    """``[TK, TN]`` tiles per copy: row tiles stacked over block-diagonal group packs."""
+    tn = gop.cost.tiles[1]
+    return gop.cost.arrays // tn, tn
 
 
 def compute_arrays(graph: Graph, first: int, last: int) -> set[int]:
@@ -169,29 +215,16 @@ def lower_segment(graph: Graph, ctx: SegmentContext, arch: Arch, modes: list[str
     places = _Places(graph, seg, first, last, hold_in)
     memory = [r for r in (hold_in, _range(seg, POOL_ATTR), _range(seg, HOLD_RANGE_ATTR))
               if r and r[1] > r[0]]
-    body: list[Operation] = switch_ops(modes, compute + [_range(g.op, "arrays") for g in early],
-                                       memory)
+    body = switch_ops(modes, compute + [_range(g.op, "arrays") for g in early], memory)
     body += [_load_weight(g) for g in gops
              if g.cost.kind == "weight" and g.name not in preloaded]
-    problem = ctx.problem(graph)
-    uses = dict(zip(segment_tensor_ids(graph, first, last), problem.tensors))
-    pipeline: list[Operation] = []
-    for t, use in uses.items():
-        tensor = graph.tensors[t]
-        live_in = tensor.producer is None or tensor.producer < first
-        if live_in and not use.fixed and places.loc[t].kind.data != "dram":
-            pipeline.append(metaop.MemLoadOp(tensor.name, "dram", places.loc[t],
-                                             tensor.bytes, use.window))
+    uses = dict(zip(segment_tensor_ids(graph, first, last), ctx.problem(graph).tensors))
+    pipeline = _mem_loads(graph, first, uses, places)
     for g in gops:
         window = None if places.held.intersection(g.outputs) else (
             op_window(graph, g, first, last) or None)
-        pipeline.extend(_lower_op(g, graph, places, window, arch))
-        for t in g.outputs:
-            tensor = graph.tensors[t]
-            outlives = tensor.is_output or any(c > last for c in tensor.consumers)
-            if outlives and places.loc[t].kind.data != "dram" and t not in places.held:
-                pipeline.append(metaop.MemStoreOp(tensor.name, places.loc[t], "dram",
-                                                  tensor.bytes))
+        pipeline += _lower_op(g, graph, places, window, arch)
+        pipeline += _mem_stores(g, graph, last, places)
     pipeline += [_load_weight(g) for g in early]
     preloaded.update(g.name for g in early)
     body.append(metaop.ParallelOp(pipeline))

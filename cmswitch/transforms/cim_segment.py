@@ -189,9 +189,7 @@ def _resume(earlier: _DPRun | None, signature: tuple[int, ...], starts: list[int
     return final
 
 
-def dp_segments(graph: Graph, arch: Arch, window: int = 0,
-                hold: bool = True, memory_mode: bool = True,
-                preload: int = 1) -> list[SegmentChoice]:
+class SegmentDP:
     """The DP: the cheapest sequence of segments covering all operators, each with at
     most `window` matrix operators (0: no limit besides the array budget), and at
     each boundary the choice to keep the tensors passed to the next segment on chip.
@@ -204,75 +202,82 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
     ``k' > 0``, the next segment's ``k'`` weight copies reserved in its arrays and
     streamed through its DRAM and weight-write bandwidth (`preload_of`) — so the DP
     trades arrays taken from this segment for weight-load cycles hidden behind it
-    (§9.1).  ``h = 0`` only when `hold` is False, ``k' <= preload`` (0: no preloading); `memory_mode` False forbids memory-mode arrays — the all-compute ablation.
+    (§9.1).  ``h = 0`` only when `hold` is False, ``k' <= preload`` (0: no
+    preloading); `memory_mode` False forbids memory-mode arrays — the all-compute
+    ablation.  The recurrence is `solve`; the other methods price one candidate
+    segment (`price`, `variant`, `candidate`) or memoize what many states ask for.
     Raises CMSwitchError if one operator's single weight copy exceeds the chip (run
     `cim-partition` first)."""
-    for o in graph.ops:
-        if o.cost.arrays > arch.arrays:
-            raise CMSwitchError(
-                f"operator '{o.name}' needs {o.cost.arrays} arrays for one weight copy, "
-                f"the chip has {arch.arrays}: run cim-partition first"
-            )
-    starts = segment_starts(graph)
-    last = len(starts) - 1
-    ends = _next_ends(graph, starts, arch.arrays, window)
-    switch_pair = 2 * arch.switch_cycles
-    variants = (False, True) if memory_mode else (False,)
-    chosen: dict[tuple, tuple[bool, float]] = {}  # (memory mode, switch cycles charged)
-    cache = solve_cache()
-    priced: dict[tuple, float | None] = {}
 
-    built: dict[tuple, tuple] = {}
-    candidates = cache.candidates.setdefault(arch, {})
+    def __init__(self, graph: Graph, arch: Arch, window: int = 0, hold: bool = True,
+                 memory_mode: bool = True, preload: int = 1) -> None:
+        for o in graph.ops:
+            if o.cost.arrays > arch.arrays:
+                raise CMSwitchError(
+                    f"operator '{o.name}' needs {o.cost.arrays} arrays for one weight "
+                    f"copy, the chip has {arch.arrays}: run cim-partition first"
+                )
+        self.graph, self.arch, self.window, self.hold = graph, arch, window, hold
+        self.memory_mode, self.preload = memory_mode, preload
+        self.starts = segment_starts(graph)
+        self.last = len(self.starts) - 1
+        self.ends = _next_ends(graph, self.starts, arch.arrays, window)
+        self.switch_pair = 2 * arch.switch_cycles
+        self.variants = (False, True) if memory_mode else (False,)
+        self.chosen: dict[tuple, tuple[bool, float]] = {}  # (memory mode, switches charged)
+        self.cache = solve_cache()
+        self.priced: dict[tuple, float | None] = {}
+        self.built: dict[tuple, tuple] = {}
+        self.candidates = self.cache.candidates.setdefault(arch, {})
+        self.bounds: dict[tuple[int, int, int, int], float] = {}
+        self.weights_of: dict[tuple[int, int, int], tuple[int, int]] = {}
+        self.held_of: dict[tuple[int, int, int], tuple[int, ...]] = {}
+        self.choices: dict[tuple[int, int, int], tuple[int, ...]] = {}
 
-    def candidate(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
+    def candidate(self, b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0,
                   d: int = 0, k_out: int = 0, memory: bool = True
                   ) -> tuple[SegmentProblem, bool, float, SegmentProblem | None]:
         """``(problem, whether its held bytes fit, cycles_lower_bound, the same segment
         loading its leading weights itself — `_preloaded_price`'s plain problem, the
         DP's own candidate, so usually priced already)``, built once per distinct
         problem (a state asks again for every budget and next end)."""
-        reserve, nbytes = preloaded_weights(c, d, k_out) if k_out else (0, 0)
+        reserve, nbytes = self.preloaded_weights(c, d, k_out) if k_out else (0, 0)
         key = (b, c, held_in, held_out, k_in, reserve, nbytes, memory)
-        if key in built:
-            return built[key]
-        first = starts[b]
-        shared = (span_signature(graph, first, starts[c] - 1, cache.signatures),
-                  relative_tensors(graph, first, held_in),
-                  relative_tensors(graph, first, held_out), k_in, reserve, nbytes, memory)
-        if shared not in candidates:
-            problem = segment_problem(graph, first, starts[c] - 1, held_in, held_out,
+        if key in self.built:
+            return self.built[key]
+        first = self.starts[b]
+        shared = (span_signature(self.graph, first, self.starts[c] - 1, self.cache.signatures),
+                  relative_tensors(self.graph, first, held_in),
+                  relative_tensors(self.graph, first, held_out), k_in, reserve, nbytes, memory)
+        if shared not in self.candidates:
+            problem = segment_problem(self.graph, first, self.starts[c] - 1, held_in, held_out,
                                       memory, k_in, reserve, nbytes)
-            fits = holdable(problem, arch)
-            plain = candidate(b, c, held_in, held_out, 0, d, k_out, memory)[0] if k_in \
+            fits = holdable(problem, self.arch)
+            plain = self.candidate(b, c, held_in, held_out, 0, d, k_out, memory)[0] if k_in \
                 else None
-            candidates[shared] = (problem, fits,
-                                  cycles_lower_bound(problem, arch) if fits else 0.0, plain)
-        built[key] = candidates[shared]
-        return built[key]
+            self.candidates[shared] = (problem, fits,
+                                  cycles_lower_bound(problem, self.arch) if fits else 0.0, plain)
+        self.built[key] = self.candidates[shared]
+        return self.built[key]
 
-    bounds: dict[tuple[int, int, int, int], float] = {}
-
-    def op_bound(b: int, c: int, k_in: int, prefetch: int) -> float:
+    def op_bound(self, b: int, c: int, k_in: int, prefetch: int) -> float:
         """`operator_bound` of the candidate's operators without building its tensors
         (no late phase either: lower still), never above its `cycles_lower_bound`, so
         a budget it reaches prunes exactly."""
         key = (b, c, k_in, prefetch)
-        if key not in bounds:
-            ops = segment_ops(graph, starts[b], starts[c] - 1, k_in)
-            bounds[key] = operator_bound(
-                SegmentProblem(ops, preloaded=k_in, prefetch=prefetch), arch)
-        return bounds[key]
+        if key not in self.bounds:
+            ops = segment_ops(self.graph, self.starts[b], self.starts[c] - 1, k_in)
+            self.bounds[key] = operator_bound(
+                SegmentProblem(ops, preloaded=k_in, prefetch=prefetch), self.arch)
+        return self.bounds[key]
 
-    weights_of: dict[tuple[int, int, int], tuple[int, int]] = {}
-
-    def preloaded_weights(c: int, d: int, k: int) -> tuple[int, int]:
+    def preloaded_weights(self, c: int, d: int, k: int) -> tuple[int, int]:
         """`preload_of` the next segment ``c..d-1``, once per triple."""
-        if (c, d, k) not in weights_of:
-            weights_of[c, d, k] = preload_of(graph, starts[c], starts[d] - 1, k)
-        return weights_of[c, d, k]
+        if (c, d, k) not in self.weights_of:
+            self.weights_of[c, d, k] = preload_of(self.graph, self.starts[c], self.starts[d] - 1, k)
+        return self.weights_of[c, d, k]
 
-    def price(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0, d: int = 0,
+    def price(self, b: int, c: int, held_in: tuple, held_out: tuple, k_in: int = 0, d: int = 0,
               k_out: int = 0, budget: float = float("inf")) -> float | None:
         """The segment's predicted cycles, switches included: the cheaper of running it
         compute-only and running it with memory-mode arrays plus `switch_pair` (one
@@ -280,11 +285,11 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
         compute-only); `chosen` records which.  None if neither fits, or if no
         allocation costs less than `budget` (a dominated candidate: not cached)."""
         key = (b, c, held_in, held_out, k_in, d if k_out else 0, k_out)
-        if key in priced:
-            return priced[key]
+        if key in self.priced:
+            return self.priced[key]
         best, fits = None, False
-        charge = switch_pair if c != last else arch.switch_cycles
-        if k_out and memory_mode:
+        charge = self.switch_pair if c != self.last else self.arch.switch_cycles
+        if k_out and self.memory_mode:
             # compute-only beside a dual-mode DP only when it reserves no arrays for the
             # next segment's preload: cim-allocate's layout cannot keep a compute-only
             # segment's reserve free for a dual-mode successor (measured on ResNet-18:
@@ -292,134 +297,155 @@ def dp_segments(graph: Graph, arch: Arch, window: int = 0,
             # — but when running compute-only is as fast, the memory variant's plan
             # needs no memory-mode arrays (cim-allocate's tie-break leaves the pool
             # empty) and pays no switch
-            cost, fits = variant(b, c, held_in, held_out, k_in, d, k_out, True, budget)
+            cost, fits = self.variant(b, c, held_in, held_out, k_in, d, k_out, True, budget)
             if cost is not None:
-                same, _ = variant(b, c, held_in, held_out, k_in, d, k_out, False,
+                same, _ = self.variant(b, c, held_in, held_out, k_in, d, k_out, False,
                                   cost * (1 + SAME_COST))
                 paid = 0 if same is not None else charge
                 if cost + paid < budget:
-                    best, chosen[key] = cost + paid, (True, paid)
+                    best, self.chosen[key] = cost + paid, (True, paid)
         else:
-            for memory in variants:
+            for memory in self.variants:
                 paid = charge if memory else 0
-                cost, ok = variant(b, c, held_in, held_out, k_in, d, k_out, memory,
+                cost, ok = self.variant(b, c, held_in, held_out, k_in, d, k_out, memory,
                                    budget - paid)
                 fits |= ok
                 if cost is None:
                     continue
-                best, chosen[key] = cost + paid, (memory, paid)
+                best, self.chosen[key] = cost + paid, (memory, paid)
                 budget = best
         if best is not None:
-            priced[key] = best
+            self.priced[key] = best
         elif not fits:
-            priced[key] = None
+            self.priced[key] = None
         return best
 
-    def variant(b: int, c: int, held_in: tuple, held_out: tuple, k_in: int, d: int,
+    def variant(self, b: int, c: int, held_in: tuple, held_out: tuple, k_in: int, d: int,
                 k_out: int, memory: bool, budget: float) -> tuple[float | None, bool]:
         """``(cycles or None, whether the held bytes fit)`` of one mode variant."""
-        if op_bound(b, c, k_in, preloaded_weights(c, d, k_out)[1] if k_out else 0) >= budget:
+        prefetch = self.preloaded_weights(c, d, k_out)[1] if k_out else 0
+        if self.op_bound(b, c, k_in, prefetch) >= budget:
             return None, True  # dominated before its tensors are priced
-        problem, fits, lower, plain = candidate(b, c, held_in, held_out, k_in, d, k_out,
+        problem, fits, lower, plain = self.candidate(b, c, held_in, held_out, k_in, d, k_out,
                                                 memory)
         if not fits:
             return None, False
         if lower >= budget:
             return None, True
-        label = graph.span(starts[b], starts[c] - 1)
+        label = self.graph.span(self.starts[b], self.starts[c] - 1)
         if k_in:
-            done, cost = _preloaded_price(problem, plain, arch, label, budget)
+            done, cost = _preloaded_price(problem, plain, self.arch, label, budget)
             if done:
                 return cost, True
-        return cache.price(problem, arch, label, budget), True
+        return self.cache.price(problem, self.arch, label, budget), True
 
-    held_of: dict[tuple[int, int, int], tuple[int, ...]] = {}
-
-    def holds(b: int, c: int, d: int) -> tuple[int, ...]:
+    def holds(self, b: int, c: int, d: int) -> tuple[int, ...]:
         """`held_tensors` of segment ``b..c-1`` before ``c..d-1``, once per triple
         (every state of that segment asks)."""
-        if (b, c, d) not in held_of:
-            held_of[b, c, d] = held_tensors(graph, starts[b], starts[c] - 1, starts[d] - 1)
-        return held_of[b, c, d]
+        if (b, c, d) not in self.held_of:
+            starts = self.starts
+            self.held_of[b, c, d] = held_tensors(self.graph, starts[b], starts[c] - 1,
+                                                 starts[d] - 1)
+        return self.held_of[b, c, d]
 
-    choices: dict[tuple[int, int, int], tuple[int, ...]] = {}
-
-    def preloads(b: int, c: int, d: int) -> tuple[int, ...]:
-        if not preload:
+    def preloads(self, b: int, c: int, d: int) -> tuple[int, ...]:
+        if not self.preload:
             return (0,)
-        if (b, c, d) not in choices:
-            choices[b, c, d] = preload_choices(graph, starts[b], starts[c] - 1, starts[c],
-                                               starts[d] - 1, arch.arrays, preload)
-        return choices[b, c, d]
+        if (b, c, d) not in self.choices:
+            starts = self.starts
+            self.choices[b, c, d] = preload_choices(self.graph, starts[b], starts[c] - 1,
+                                                    starts[c], starts[d] - 1,
+                                                    self.arch.arrays, self.preload)
+        return self.choices[b, c, d]
 
-    def saving(c: int, d: int, k: int) -> float:
+    def saving(self, c: int, d: int, k: int) -> float:
         """Load cycles of one copy of the first `k` preloadable ops of ``c..d-1``: the
         most preloading them can save the next segment (it could run the same plan
         and load them itself), so a reserve costing more is dominated."""
-        _, nbytes = preloaded_weights(c, d, k)
-        return nbytes / min(arch.external_bw_bytes, arch.weight_write_bw_bytes)
+        _, nbytes = self.preloaded_weights(c, d, k)
+        return nbytes / min(self.arch.external_bw_bytes, self.arch.weight_write_bw_bytes)
 
-    State = tuple[int, int, tuple, int]
-    value: dict[State, float] = {(0, c, (), 0): 0.0 for c in ends[0]}
-    back: dict[State, State | None] = dict.fromkeys(value)
-    buckets: list[list[State]] = [[] for _ in starts]
-    buckets[0] = list(value)
-    # tensor ids (held sets in the states) match between graphs of as many inputs
-    inputs = sum(1 for t in graph.tensors if t.producer is None)
-    run_key = (arch, window, hold, memory_mode, preload, inputs)
-    signature = span_signature(graph, 0, len(graph.ops) - 1, cache.signatures)
-    final = _resume(cache.dp_runs.get(run_key), signature, starts, value, back, buckets,
-                    chosen)
-    best_total, best_end = float("inf"), None
-    bar = progress(range(last), "cim-segment", "start")
-    for b in bar:
-        bar.set_postfix_str(f"{cache.priced} segments priced", refresh=False)
-        for state in buckets[b]:
-            _, c, held_in, k_in = state
-            if c == last:
-                cost = price(b, c, held_in, (), k_in, budget=best_total - value[state])
-                if cost is not None and value[state] + cost < best_total:
-                    best_total, best_end = value[state] + cost, state
-                continue
-            for d in ends[c]:
-                if d <= final:
-                    continue  # the next state is the earlier run's, already final
-                held = holds(b, c, d) if hold else ()
-                for held_out in ((), held) if held else ((),):
-                    plain = None
-                    for k_out in preloads(b, c, d):
-                        nxt = (c, d, held_out, k_out)
-                        budget = value.get(nxt, float("inf")) - value[state]
-                        if k_out and plain is not None:
-                            # dominated unless cheaper than not preloading plus the
-                            # preloaded ops' own load (the most the next segment saves)
-                            budget = min(budget, plain + saving(c, d, k_out))
-                        cost = price(b, c, held_in, held_out, k_in, d, k_out, budget)
-                        if not k_out:
-                            plain = cost
-                        if cost is None or (k_out and plain is not None
-                                            and cost >= plain + saving(c, d, k_out)):
-                            continue
-                        total = value[state] + cost
-                        if total < value.get(nxt, float("inf")):
-                            if nxt not in value:
-                                buckets[c].append(nxt)
-                            value[nxt], back[nxt] = total, state
-    cache.dp_runs[run_key] = _DPRun(signature, starts, value, back, buckets, chosen)
-    if best_end is None:
-        raise CMSwitchError("no segmentation fits the chip")
-    result: list[SegmentChoice] = []
-    state, held_out, d, k_out = best_end, (), 0, 0
-    while state is not None:
-        b, c, held_in, k_in = state
-        memory, switches = chosen[(b, c, held_in, held_out, k_in, d if k_out else 0, k_out)]
-        problem = candidate(b, c, held_in, held_out, k_in, d, k_out, memory)[0]
-        thr = cache.throughput_of(problem, arch, graph.span(starts[b], starts[c] - 1))
-        alloc = evaluate_allocation(problem, thr.copies, thr.pool, thr.places, arch)
-        result.append(SegmentChoice(starts[b], starts[c] - 1, alloc, held_in, held_out, k_in,
-                                    memory, switches))
-        state, held_out, d, k_out = back[state], held_in, c, k_in
-    return result[::-1]
+    def solve(self) -> list[SegmentChoice]:
+        """Run the recurrence: states in order of their start position ``b``; each
+        state ``(b, c, H, k)`` tries every next end ``d``, hold choice and preload count,
+        keeping for every next state the cheapest value and its predecessor; the last
+        segment's states close the plan.  Then walk back from the best end.  Raises
+        CMSwitchError if no segmentation fits."""
+        State = tuple[int, int, tuple, int]
+        value: dict[State, float] = {(0, c, (), 0): 0.0 for c in self.ends[0]}
+        back: dict[State, State | None] = dict.fromkeys(value)
+        buckets: list[list[State]] = [[] for _ in self.starts]
+        buckets[0] = list(value)
+        # tensor ids (held sets in the states) match between graphs of as many inputs
+        inputs = sum(1 for t in self.graph.tensors if t.producer is None)
+        run_key = (self.arch, self.window, self.hold, self.memory_mode, self.preload, inputs)
+        signature = span_signature(self.graph, 0, len(self.graph.ops) - 1, self.cache.signatures)
+        final = _resume(self.cache.dp_runs.get(run_key), signature, self.starts, value, back,
+                        buckets,
+                        self.chosen)
+        best_total, best_end = float("inf"), None
+        bar = progress(range(self.last), "cim-segment", "start")
+        for b in bar:
+            bar.set_postfix_str(f"{self.cache.priced} segments priced", refresh=False)
+            for state in buckets[b]:
+                _, c, held_in, k_in = state
+                if c == self.last:
+                    cost = self.price(b, c, held_in, (), k_in, budget=best_total - value[state])
+                    if cost is not None and value[state] + cost < best_total:
+                        best_total, best_end = value[state] + cost, state
+                    continue
+                for d in self.ends[c]:
+                    if d <= final:
+                        continue  # the next state is the earlier run's, already final
+                    held = self.holds(b, c, d) if self.hold else ()
+                    for held_out in ((), held) if held else ((),):
+                        plain = None
+                        for k_out in self.preloads(b, c, d):
+                            nxt = (c, d, held_out, k_out)
+                            budget = value.get(nxt, float("inf")) - value[state]
+                            if k_out and plain is not None:
+                                # dominated unless cheaper than not preloading plus the
+                                # preloaded ops' own load (the most the next segment saves)
+                                budget = min(budget, plain + self.saving(c, d, k_out))
+                            cost = self.price(b, c, held_in, held_out, k_in, d, k_out, budget)
+                            if not k_out:
+                                plain = cost
+                            if cost is None or (k_out and plain is not None
+                                                and cost >= plain + self.saving(c, d, k_out)):
+                                continue
+                            total = value[state] + cost
+                            if total < value.get(nxt, float("inf")):
+                                if nxt not in value:
+                                    buckets[c].append(nxt)
+                                value[nxt], back[nxt] = total, state
+        self.cache.dp_runs[run_key] = _DPRun(signature, self.starts, value, back, buckets,
+                                             self.chosen)
+        if best_end is None:
+            raise CMSwitchError("no segmentation fits the chip")
+        result: list[SegmentChoice] = []
+        state, held_out, d, k_out = best_end, (), 0, 0
+        while state is not None:
+            b, c, held_in, k_in = state
+            key = (b, c, held_in, held_out, k_in, d if k_out else 0, k_out)
+            memory, switches = self.chosen[key]
+            problem = self.candidate(b, c, held_in, held_out, k_in, d, k_out, memory)[0]
+            label = self.graph.span(self.starts[b], self.starts[c] - 1)
+            thr = self.cache.throughput_of(problem, self.arch, label)
+            alloc = evaluate_allocation(problem, thr.copies, thr.pool, thr.places, self.arch)
+            result.append(SegmentChoice(self.starts[b], self.starts[c] - 1, alloc, held_in,
+                                        held_out, k_in, memory, switches))
+            state, held_out, d, k_out = back[state], held_in, c, k_in
+        return result[::-1]
+
+
+def dp_segments(graph: Graph, arch: Arch, window: int = 0,
+                hold: bool = True, memory_mode: bool = True,
+                preload: int = 1) -> list[SegmentChoice]:
+    """The DP of `SegmentDP` (see there) with these options: the cheapest segments
+    covering all operators.  Raises CMSwitchError if one operator's single weight copy
+    exceeds the chip (run `cim-partition` first) or no segmentation fits."""
+    return SegmentDP(graph, arch, window, hold, memory_mode, preload).solve()
+
 
 
 @dataclass(frozen=True)

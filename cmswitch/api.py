@@ -65,11 +65,43 @@ class Plan:
             "operators": self.operators, "layers": split_layers(self.operators),
         }
 
+    def flow_operators(self):
+        """The kept module by flow names (`operators_of`), for functional mode.  Raises
+        CMSwitchError without one (compile with ``keep_module=True``)."""
+        if self.module is None:
+            raise CMSwitchError("functional mode needs the compiled module: "
+                                "compile with keep_module=True")
+        return operators_of(self.module)
+
     def simulate(self) -> dict[str, Any]:
         """Run the flow in the independent simulator; returns its report."""
         from cmswitch.sim.simulator import simulate
 
         return simulate(self.flow)
+
+
+def operators_of(module: ModuleOp):
+    """An allocated `cim` module seen through the flow's names
+    (`cmswitch.sim.functional.Operators`): operators by `GraphOp.name`, tensor shapes
+    and numpy dtypes by `Tensor.name`, input and output names in argument / return
+    order.  The optimizer's graph names the flow, so this lives here, not in `sim/`."""
+    from cmswitch.dialects.cim import tensor_shape
+    from cmswitch.sim.functional import Operators
+    from cmswitch.sim.onnx_weights import np_dtype
+    from cmswitch.transforms.common import resolve_arch
+
+    func = main_func(module)
+    graph = build_graph(func, resolve_arch(module, None))
+    shapes, dtypes = {}, {}
+    for value, index in graph.value_ids.items():
+        name = graph.tensors[index].name
+        shapes[name] = tensor_shape(value)
+        dtypes[name] = np_dtype(value.type)
+    ret = func.body.block.last_op
+    return Operators(
+        ops={g.name: g.op for g in graph.ops}, shapes=shapes, dtypes=dtypes,
+        inputs=[graph.tensors[graph.value_ids[a]].name for a in func.body.block.args],
+        outputs=[graph.tensors[graph.value_ids[v]].name for v in ret.operands])
 
 
 _SUMMED = ("arrays_per_copy", "weight_bytes", "feed_bytes", "compute_cycles_one_copy",

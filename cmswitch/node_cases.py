@@ -108,7 +108,8 @@ def constant_inputs(model: onnx.ModelProto, feeds: list[np.ndarray]
 def run_case(case, folder: Path) -> Outcome:
     """Compile and run one case (its first data set) in `folder`."""
     from cmswitch.api import compile as compile_model
-    from cmswitch.functional import OnnxWeights, Operators, run_flow
+    from cmswitch.sim.functional import run_flow
+    from cmswitch.sim.onnx_weights import OnnxWeights
 
     op = case.model.graph.node[0].op_type
     inputs, expected = (_arrays(values) for values in case.data_sets[0])
@@ -117,11 +118,11 @@ def run_case(case, folder: Path) -> Outcome:
         path = folder / f"{case.name}.onnx"
         onnx.save(model, str(path))
         plan = compile_model(path, keep_module=True)
-        operators = Operators(plan.module)
+        operators = plan.flow_operators()
         weights = OnnxWeights.load(path)
         values = {flow: np.asarray(feeds[name], dtype=operators.dtypes[flow])
                   for name, flow in zip(weights.inputs, operators.inputs)}
-        got = run_flow(plan.flow, plan.module, weights, values)
+        got = run_flow(plan.flow, operators, weights, values)
         rounded: list[str] = []
         for name, ref, vi in zip(operators.outputs, expected, case.model.graph.output):
             ours = np.asarray(got[name], dtype=np.float64)

@@ -72,3 +72,13 @@ def test_one_name_grammar_the_documented_one():
         parse_flow(bad)
     with pytest.raises(CMSwitchError, match="name"):
         simulate(bad)
+
+
+def test_functional_mode_imports_no_part_of_the_optimizer():
+    """Functional execution sits under sim/ (issue 18) with the timing simulator's
+    independence: no cost model, solver, pass or compiler API."""
+    forbidden = ("cmswitch.cost", "cmswitch.solver", "cmswitch.transforms", "cmswitch.api",
+                 "cmswitch.strategies")
+    for name in ("functional", "kernels", "onnx_weights", "reference"):
+        bad = {n for n in imported(PACKAGE / "sim" / f"{name}.py") if n.startswith(forbidden)}
+        assert not bad, (name, bad)

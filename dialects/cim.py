@@ -472,7 +472,62 @@ class SegmentOp(IRDLOperation):
         super().__init__(properties={"id": int_prop(seg_id)},
                          result_types=[list(result_types)], regions=[body])
 
+    # -- annotations (`HOLD_ATTR` ... `SWITCH_ATTR` above): typed accessors ----------
+
+    @property
+    def holds(self) -> bool:
+        """`HOLD_ATTR`: the tensors passed only to the next segment stay on chip."""
+        return HOLD_ATTR in self.attributes
+
+    @property
+    def compute_only(self) -> bool:
+        """`COMPUTE_ONLY_ATTR`: allocated without memory-mode arrays."""
+        return COMPUTE_ONLY_ATTR in self.attributes
+
+    @property
+    def preloaded(self) -> int:
+        """`PRELOADED_ATTR`: leading weight ops loaded during the previous segment (0
+        when absent)."""
+        attr = self.attributes.get(PRELOADED_ATTR)
+        return attr.value.data if isinstance(attr, IntegerAttr) else 0
+
+    def array_range(self, name: str) -> tuple[int, int] | None:
+        """A ``array<i64: lo, hi>`` annotation (`POOL_ATTR`, `HOLD_RANGE_ATTR`), or None."""
+        attr = self.attributes.get(name)
+        return tuple(attr.get_values()) if isinstance(attr, DenseArrayBase) else None
+
+    @property
+    def places(self) -> dict[str, str] | None:
+        """`PLACES_ATTR`: tensor name -> place, or None before `cim-allocate`."""
+        attr = self.attributes.get(PLACES_ATTR)
+        if not isinstance(attr, DictionaryAttr):
+            return None
+        return {k: v.data for k, v in attr.data.items() if isinstance(v, StringAttr)}
+
+    def _verify_annotations(self) -> None:
+        seg = self.id.value.data
+        attr = self.attributes.get(PRELOADED_ATTR)
+        if attr is not None and (not isinstance(attr, IntegerAttr) or attr.value.data < 0):
+            raise VerifyException(f"cim.segment {seg}: '{PRELOADED_ATTR}' must be a "
+                                  "non-negative integer")
+        for name in (POOL_ATTR, HOLD_RANGE_ATTR):
+            attr = self.attributes.get(name)
+            if attr is None:
+                continue
+            values = attr.get_values() if isinstance(attr, DenseArrayBase) else ()
+            if len(values) != 2 or not 0 <= values[0] <= values[1]:
+                raise VerifyException(f"cim.segment {seg}: '{name}' must be "
+                                      "array<i64: lo, hi> with 0 <= lo <= hi")
+        attr = self.attributes.get(PLACES_ATTR)
+        if attr is not None:
+            allowed = ("pool", "gb", "dram", "hold_in", "hold_out")
+            if not isinstance(attr, DictionaryAttr) or not all(
+                    isinstance(v, StringAttr) and v.data in allowed for v in attr.data.values()):
+                raise VerifyException(f"cim.segment {seg}: '{PLACES_ATTR}' maps tensor names "
+                                      f"to one of {', '.join(allowed)}")
+
     def verify_(self) -> None:
+        self._verify_annotations()
         block = self.body.block
         last = block.last_op
         if not isinstance(last, YieldOp):

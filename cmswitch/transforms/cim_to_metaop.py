@@ -43,7 +43,6 @@ from cmswitch.cost.graph import (
 from cmswitch.dialects import metaop
 from cmswitch.dialects.cim import (
     HOLD_RANGE_ATTR,
-    PLACES_ATTR,
     POOL_ATTR,
     DynMatmulOp,
     SegmentOp,
@@ -84,12 +83,12 @@ class _Places:
 
     def __init__(self, graph: Graph, seg: SegmentOp, first: int, last: int,
                  hold_in: tuple[int, int]):
-        attr = seg.attributes.get(PLACES_ATTR)
-        if attr is None:
+        places = seg.places
+        if places is None:
             raise CMSwitchError(f"segment {seg.id.value.data} is not allocated: run "
                                 f"cim-allocate first")
-        pool = _range(seg, POOL_ATTR)
-        hold_out = _range(seg, HOLD_RANGE_ATTR)
+        pool = seg.array_range(POOL_ATTR)
+        hold_out = seg.array_range(HOLD_RANGE_ATTR)
         where = {"gb": metaop.LocationAttr.of("gb"), "dram": metaop.LocationAttr.of("dram"),
                  "pool": _loc(pool) if pool else None,
                  "hold_in": _loc(hold_in) if hold_in[1] > hold_in[0] else None,
@@ -99,8 +98,7 @@ class _Places:
         """Tensors kept whole in the hold range for the next segment."""
         for t in segment_tensor_ids(graph, first, last):
             name = graph.tensors[t].name
-            place = attr.data.get(name)
-            place = place.data if isinstance(place, StringAttr) else None
+            place = places.get(name)
             loc = where.get(place) if place else None
             if loc is None:
                 raise CMSwitchError(f"segment {seg.id.value.data}: tensor {name} has no "
@@ -213,7 +211,7 @@ def lower_segment(graph: Graph, ctx: SegmentContext, arch: Arch, modes: list[str
     if any(r is None for r in compute):
         raise CMSwitchError(f"segment {seg.id.value.data} is not allocated: run cim-allocate first")
     places = _Places(graph, seg, first, last, hold_in)
-    memory = [r for r in (hold_in, _range(seg, POOL_ATTR), _range(seg, HOLD_RANGE_ATTR))
+    memory = [r for r in (hold_in, seg.array_range(POOL_ATTR), seg.array_range(HOLD_RANGE_ATTR))
               if r and r[1] > r[0]]
     body = switch_ops(modes, compute + [_range(g.op, "arrays") for g in early], memory)
     body += [_load_weight(g) for g in gops
@@ -256,7 +254,7 @@ class CimToMetaopPass(ModulePass):
             early = [graph.ops[i] for i in preloadable(graph, nxt.first, nxt.last)
                      [:nxt.preloaded]] if nxt is not None else []
             flow.append(lower_segment(graph, ctx, arch, modes, hold_in, early, preloaded))
-            hold_in = _range(ctx.seg, HOLD_RANGE_ATTR) or (0, 0)
+            hold_in = ctx.seg.array_range(HOLD_RANGE_ATTR) or (0, 0)
         op.attributes[TENSORS_ATTR] = DictionaryAttr(
             {t.name: IntegerAttr(t.bytes, i64) for t in graph.tensors})
         op.attributes[INPUTS_ATTR] = ArrayAttr(

@@ -138,18 +138,8 @@ class SegmentContext:
     def problem(self, graph: Graph) -> SegmentProblem:
         """The segment MIP's input (`segment_problem`)."""
         return segment_problem(graph, self.first, self.last, self.held_in, self.held_out,
-                               COMPUTE_ONLY_ATTR not in self.seg.attributes, self.preloaded,
+                               not self.seg.compute_only, self.preloaded,
                                self.reserve, self.prefetch)
-
-
-def _preloaded(seg: SegmentOp) -> int:
-    attr = seg.attributes.get(PRELOADED_ATTR)
-    if attr is None:
-        return 0
-    if not isinstance(attr, IntegerAttr) or attr.value.data < 0:
-        raise CMSwitchError(f"cim.segment {seg.id.value.data}: 'preloaded' must be a "
-                            f"non-negative integer")
-    return attr.value.data
 
 
 def held_plan(graph: Graph, segments: list[SegmentOp]) -> list[SegmentContext]:
@@ -158,9 +148,9 @@ def held_plan(graph: Graph, segments: list[SegmentOp]) -> list[SegmentContext]:
     claims one."""
     ranges = segment_ranges(graph, segments)
     held = [held_tensors(graph, first, last, ranges[k + 1][1])
-            if HOLD_ATTR in seg.attributes and k + 1 < len(ranges) else ()
+            if seg.holds and k + 1 < len(ranges) else ()
             for k, (seg, (first, last)) in enumerate(zip(segments, ranges))]
-    pre = [_preloaded(seg) for seg in segments]
+    pre = [seg.preloaded for seg in segments]
     if pre and pre[0]:
         raise CMSwitchError("the first cim.segment has no previous segment to preload it")
     plan = []

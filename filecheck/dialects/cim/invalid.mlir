@@ -50,3 +50,31 @@
   cim.yield %a, %b : tensor<4xf32>, tensor<4xf32>
 }
 // CHECK: cim.yield types
+
+// -----
+
+// The segment annotations (issue 18): declared on cim.segment, checked by its verifier.
+%a = "test.op"() : () -> tensor<4xf32>
+%s = cim.segment 0 attributes {preloaded = -1 : i64} -> tensor<4xf32> {
+  %b = cim.vector "relu" %a : (tensor<4xf32>) -> tensor<4xf32>
+  cim.yield %b : tensor<4xf32>
+}
+// CHECK: cim.segment 0: 'preloaded' must be a non-negative integer
+
+// -----
+
+%a = "test.op"() : () -> tensor<4xf32>
+%s = cim.segment 1 attributes {pool = array<i64: 9, 4>} -> tensor<4xf32> {
+  %b = cim.vector "relu" %a : (tensor<4xf32>) -> tensor<4xf32>
+  cim.yield %b : tensor<4xf32>
+}
+// CHECK: cim.segment 1: 'pool' must be array<i64: lo, hi> with 0 <= lo <= hi
+
+// -----
+
+%a = "test.op"() : () -> tensor<4xf32>
+%s = cim.segment 2 attributes {places = {a = "sram"}} -> tensor<4xf32> {
+  %b = cim.vector "relu" %a : (tensor<4xf32>) -> tensor<4xf32>
+  cim.yield %b : tensor<4xf32>
+}
+// CHECK: cim.segment 2: 'places' maps tensor names to one of pool, gb, dram, hold_in, hold_out

@@ -1,9 +1,16 @@
 """xDSL plugin entry point: makes the `cim` and `metaop` dialects, CMSwitch's passes and
 the `cmsasm` target visible to `xdsl-opt` and `cmswitch-opt`.  Everything is registered
-lazily (name -> function that imports), so startup stays cheap."""
+lazily (name -> function that imports), so startup stays cheap.
+
+Plain `xdsl-opt` re-raises a pass's diagnostic unless ``--verify-diagnostics`` is given;
+loading this plugin installs an exception hook that prints a `CMSwitchError` as one
+``error:`` line instead of a traceback (the exit status stays 1), and says how to
+read an ``.onnx`` file, which xdsl-opt has no frontend for.  Other exceptions go to
+the hook that was there before."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from xdsl.ir import Dialect
@@ -60,6 +67,24 @@ ALL_PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "cim-allocate": _allocate,
     "cim-to-metaop": _to_metaop,
 }
+
+def _diagnose(kind, error, trace, previous=sys.excepthook) -> None:
+    """`sys.excepthook`: one line for CMSwitch's diagnostics (see the module docstring)."""
+    from cmswitch.errors import CMSwitchError
+
+    if isinstance(error, CMSwitchError):
+        print(f"error: {error}", file=sys.stderr)
+        return
+    if isinstance(error, ValueError) and "file extension 'onnx'" in str(error):
+        print("error: xdsl-opt has no ONNX frontend; import the model with "
+              "`cmswitch-opt MODEL.onnx -o MODEL.mlir`, or run cmswitch-opt, which takes "
+              "the same passes and reads .onnx directly", file=sys.stderr)
+        return
+    previous(kind, error, trace)
+
+
+if sys.excepthook is sys.__excepthook__:
+    sys.excepthook = _diagnose
 
 CMSWITCH_UNIVERSE = Universe(
     all_dialects=ALL_DIALECTS,

@@ -231,7 +231,7 @@ ONNX_CASES = {
                                        [vi("a", [2, 1, 4, 8]), vi("b", [3, 8, 5])],
                                        [vi("y", None)]), [], [("dynamic", 4, 8, 5, 1)]),
     "symbolic_batch_refused": (matmul_weight(["N", 8], [8, 16]), [],
-                               r"input 'x' has symbolic dim 'N' at axis 0; bind it with --dim N=VALUE"),
+                               r"input 'x' has symbolic dim 'N' at axis 0; bind it with --batch N or --dim N=VALUE"),
     "symbolic_batch_bound": (matmul_weight(["N", 8], [8, 16]), ["--batch", "3"],
                              [("weight", 3, 8, 16, 1)]),
     "symbolic_batch_dim": (matmul_weight(["N", 8], [8, 16]), ["--dim", "N=5"],
@@ -593,7 +593,7 @@ def test_model_too_big_for_partition_chunk(tmp_path):
 
 @pytest.mark.parametrize("value, message", [
     ("-1", "preload must be >= 0, got -1"),
-    ("true", "preload must be a number of weight ops, got true"),
+    ("true", "option preload needs an integer, got 'true'"),
 ])
 def test_bad_preload_option(value, message):
     source = Path(__file__).parent.parent / "filecheck/transforms/cim-segment-preload.mlir"

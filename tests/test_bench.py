@@ -103,7 +103,7 @@ def test_plot_writes_the_speedup_chart(fake, tmp_path):
 
 @pytest.mark.parametrize("args,code,message", [
     (["--models", "alexnet"], 1, "not a model of the set"),
-    (["--arch", "tpu"], 1, "error: unknown hardware 'tpu'"),
+    (["--arch", "tpu"], 2, "unknown hardware 'tpu'"),  # a usage error, like --strategy
     (["--json", "/no/such/folder/b.json"], 1, "does not exist"),
     (["--seq", "0"], 2, "must be a positive integer"),
 ])

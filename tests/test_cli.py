@@ -43,8 +43,6 @@ def bad_files(tmp_path):
      "field 'arrays'"),
     ("unknown key", ["cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", "{unknown}"],
      "field 'bogus'"),
-    ("unknown preset", ["cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", "tpu"],
-     "unknown hardware 'tpu'"),
     ("bad mlir", ["cmswitch", "compile", "{mlir}"], "bad.mlir"),
     ("opt garbage", ["cmswitch-opt", "{garbage}"], "not an ONNX model"),
     ("opt missing", ["cmswitch-opt", "/no/such.mlir"], "No such file"),
@@ -124,3 +122,38 @@ def test_summary_marks_segments_off_by_more_than_one_and_a_half():
     assert lines["0"].split()[-1] == "140"
     assert lines["2"].endswith("151 !") and lines["3"].endswith("60 !")
     assert "segments off by more than 1.5x (!): 2" in out.getvalue()
+
+
+@pytest.mark.parametrize("argv", [
+    ["cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", "dynaplsia"],
+    ["cmswitch-sim", str(MODELS / "resnet18.onnx"), "--arch", "dynaplsia"],
+    ["cmswitch", "sweep", "resnet18", "--arch", "dynaplsia"],
+])
+def test_an_unknown_preset_is_a_usage_error_with_the_nearest_name(argv):
+    """Issue 19: `--arch nosuch` exited 1 while `--strategy nosuch` exited 2."""
+    r = _run(BIN / argv[0], *argv[1:])
+    assert r.returncode == 2, r.stderr
+    assert "unknown hardware 'dynaplsia'" in r.stderr and "did you mean 'dynaplasia'?" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_misspelt_hardware_field_gets_the_nearest_name(tmp_path):
+    fields = (Path(__file__).parent.parent / "cmswitch/arch/presets/dynaplasia.yaml").read_text()
+    path = tmp_path / "hw.yaml"
+    path.write_text(fields.replace("name: dynaplasia", "name: mine")
+                    .replace("switch_cycles:", "switch_cycle:"))
+    r = _run(BIN / "cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", str(path))
+    assert r.returncode == 1
+    assert "unknown field 'switch_cycle' (did you mean 'switch_cycles'?)" in r.stderr
+
+
+def test_weights_that_do_not_fill_whole_cells_are_refused(tmp_path):
+    """cell_bits 3 with weight_bits 8: the cost model would store 8/3 cells a weight."""
+    fields = (Path(__file__).parent.parent / "cmswitch/arch/presets/dynaplasia.yaml").read_text()
+    path = tmp_path / "hw.yaml"
+    path.write_text(fields.replace("name: dynaplasia", "name: mine")
+                    .replace("cell_bits: 1 ", "cell_bits: 3 "))
+    r = _run(BIN / "cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", str(path))
+    assert r.returncode == 1
+    assert "8-bit weights do not fill whole 3-bit cells" in r.stderr
+

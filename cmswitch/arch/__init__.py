@@ -171,6 +171,19 @@ def derived_name(base: str, changed: dict[str, Any]) -> str:
     return base + "".join(f".{k}-{_number_text(v)}" for k, v in sorted(changed.items()))
 
 
+def check_spec(spec: str) -> str:
+    """`spec` if it names a preset or an existing file, else CMSwitchError with the
+    nearest preset name (a usage error for the command lines: exit 2)."""
+    if (PRESET_DIR / f"{spec}.yaml").is_file() or Path(spec).is_file():
+        return spec
+    import difflib
+
+    near = difflib.get_close_matches(spec, preset_names(), n=1)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    raise CMSwitchError(f"unknown hardware '{spec}': not a preset "
+                        f"({', '.join(preset_names())}) nor a file{hint}")
+
+
 def preset_names() -> list[str]:
     """Names of the shipped presets, sorted."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -185,6 +198,12 @@ def _validate(data: Any, origin: str) -> Arch:
         # An unknown key first: a misspelt key also shows up as a missing field.
         err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
         field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            import difflib
+
+            near = difflib.get_close_matches(field, list(Arch.model_fields), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise CMSwitchError(f"{origin}: unknown field '{field}'{hint}") from None
         raise CMSwitchError(f"{origin}: field '{field}': {err['msg']}") from None
     given = [key for key in ENERGY_FIELDS if getattr(arch, key) is not None]
     if given and len(given) != len(ENERGY_FIELDS):
@@ -192,6 +211,11 @@ def _validate(data: Any, origin: str) -> Arch:
         raise CMSwitchError(
             f"{origin}: field '{missing[0]}': the energy fields are given all or none "
             f"({len(given)} of {len(ENERGY_FIELDS)} given; missing: {', '.join(missing)})")
+    if arch.weight_bits % arch.cell_bits:
+        raise CMSwitchError(
+            f"{origin}: field 'cell_bits': {arch.weight_bits}-bit weights do not fill whole "
+            f"{arch.cell_bits}-bit cells (weight_bits must be a multiple of cell_bits; the "
+            f"cost model stores a weight in weight_bits / cell_bits cells)")
     if arch.weights_per_row == 0:
         raise CMSwitchError(
             f"{origin}: field 'weight_bits': {arch.weight_bits}-bit weights do not fit "

@@ -26,6 +26,7 @@ from statistics import geometric_mean
 from typing import Any
 
 from cmswitch.errors import CMSwitchError
+from cmswitch.tools import arch_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = ROOT / "models"
@@ -376,7 +377,7 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
                         f"{CNN_BATCH})")
     b.add_argument("--quick", action="store_true",
                    help="a small subset: " + ", ".join(QUICK_MODELS))
-    b.add_argument("--arch", nargs="+", default=None, metavar="PRESET|FILE",
+    b.add_argument("--arch", nargs="+", default=None, metavar="PRESET|FILE", type=arch_spec,
                    help=f"run every model on these hardware descriptions (default: {DEFAULT_ARCH}, "
                         f"and {PRIME_ARCH} for {', '.join(PRIME_MODELS)})")
     b.add_argument("--batch", type=_positive, default=TRANSFORMER_BATCH,

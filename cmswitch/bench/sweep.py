@@ -507,6 +507,8 @@ def add_sweep_parser(sub):
     """Register the `sweep` subcommand on an argparse subparsers object."""
     import argparse
 
+    from cmswitch.tools import arch_spec
+
     def positive(text: str) -> int:
         if not text.isdigit() or int(text) <= 0:
             raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -525,7 +527,7 @@ def add_sweep_parser(sub):
     s.add_argument("--config", metavar="FILE",
                    help="a YAML/JSON sweep file: models, strategies, arch, batch, seq, "
                         "solver, grid {field: [values]} or points [{field: value}, ...]")
-    s.add_argument("--arch", default=None, metavar="PRESET|FILE",
+    s.add_argument("--arch", default=None, metavar="PRESET|FILE", type=arch_spec,
                    help="the base hardware the fields are changed on (default dynaplasia)")
     s.add_argument("--strategies", nargs="+", metavar="STRATEGY", default=None,
                    help="strategies per point (default cmswitch)")

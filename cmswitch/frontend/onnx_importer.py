@@ -339,6 +339,10 @@ def _bind_dims(model: onnx.ModelProto, dims: dict[str, int], label: str,
             else:
                 what = f"symbolic dim '{param}'" if param else "an unnamed dynamic dim"
                 hint = f"--dim {param}=VALUE" if param else "--batch N (axis 0 only)"
+                if param and axis == 0:
+                    hint = f"--batch N or {hint}"
+                elif param and "seq" in param.lower():
+                    hint = f"--seq L or {hint}"
                 raise CMSwitchError(
                     f"{label}: input '{vi.name}' has {what} at axis {axis}; bind it with {hint}"
                 )

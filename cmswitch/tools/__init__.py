@@ -68,3 +68,18 @@ def console(main: Callable[..., int]) -> Callable[..., int]:
             return 1
 
     return run
+
+
+def arch_spec(text: str) -> str:
+    """argparse type of ``--arch``: a preset name or an existing file.  An unknown name
+    is a usage error (exit 2, with the nearest preset), like an unknown ``--strategy``;
+    a file whose contents are wrong is an input error, found when it is read (exit 1)."""
+    import argparse
+
+    from cmswitch.arch import check_spec
+    from cmswitch.errors import CMSwitchError
+
+    try:
+        return check_spec(text)
+    except CMSwitchError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

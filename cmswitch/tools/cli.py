@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from cmswitch.tools import console
+from cmswitch.tools import arch_spec, console
 from cmswitch.api import STRATEGIES
 from cmswitch.errors import CMSwitchError
 
@@ -62,7 +62,8 @@ def print_summary(plan, out=sys.stdout, rows: int = 12, sim: dict | None = None)
         ops = s["operators"]
         span = ops[0] if len(ops) == 1 else f"{ops[0]}..{ops[-1]}"
         copies = sum(s["weight_copies"].values())
-        line = (f"{s['id']:>4} {len(ops):>4}  {span[:44]:<44} {s['compute_arrays']:>7} "
+        span = span if len(span) <= 44 else span[:43] + "…"
+        line = (f"{s['id']:>4} {len(ops):>4}  {span:<44} {s['compute_arrays']:>7} "
                 f"{s['memory_arrays']:>6} {copies:>6} {s['predicted_cycles']:>10}")
         if sim:
             line += f" {simulated.get(s['id'], 'n/a'):>10}" + (" !" if off(s) else "")
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a model to a meta-operator flow")
     c.add_argument("model", help="an .onnx or .mlir model, or a published configuration: "
                    "bert-base, bert-large, llama2-7b, opt-6.7b, opt-13b")
-    c.add_argument("--arch", default=None, help="hardware preset (dynaplasia, prime) or YAML/JSON file")
+    c.add_argument("--arch", default=None, type=arch_spec, metavar="PRESET|FILE", help="hardware preset (dynaplasia, prime) or YAML/JSON file")
     c.add_argument("--strategy", default="cmswitch", choices=list(STRATEGIES),
                    help="cmswitch (DP + MIP, dual-mode); all-compute baselines cimmlc, puma, "
                    "occ; ablations dp-compute-only, greedy-mip")

@@ -75,14 +75,18 @@ class CMSwitchOptMain(xDSLOptMain):
     def register_all_arguments(self, arg_parser: argparse.ArgumentParser) -> None:
         super().register_all_arguments(arg_parser)
         arg_parser.prog = "cmswitch-opt"
+        arg_parser.usage = ("cmswitch-opt [--PASS[=OPTION=VALUE,...]]... [--emit=asm] "
+                            "[-o OUT] [options] [INPUT.mlir|.onnx|.cmsasm]")
         arg_parser.formatter_class = argparse.RawDescriptionHelpFormatter
-        lines = ["CMSwitch passes (give them as --NAME[=opt=value,...], in order):"]
+        lines = ["CMSwitch passes (give them as --NAME[=option=value,...], run in order;",
+                 "options are spelt as below):"]
         for n in ALL_PASSES:
             lines.append(f"  --{n:<16} {_pass_summary(n)}")
             if _pass_options(n):
                 lines.append(f"  {'':<18} {_pass_options(n)}")
-        lines += ["", "  --emit=asm         print the .cmsasm flow (same as -t cmsasm)"]
-        arg_parser.epilog = "\n".join(lines)
+        lines += ["", "  --emit=asm         print the .cmsasm flow (same as -t cmsasm)", "",
+                  "xDSL's own options follow (-p also takes xDSL's generic passes)."]
+        arg_parser.description = "\n".join(lines)
 
 
 def _model_name(path: str | None) -> str:
@@ -91,6 +95,38 @@ def _model_name(path: str | None) -> str:
     from pathlib import Path
 
     return Path(path).stem
+
+
+def check_pass_options(name: str, opts: str) -> None:
+    """``--NAME=k=v,...``: every option a field of the pass (kebab-case, as the help
+    spells it) with a value of its type.  Raises ValueError naming the option, with
+    the nearest name for a typo (a usage error, exit 2)."""
+    import dataclasses
+    import difflib
+
+    fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(ALL_PASSES[name]())
+              if f.name != "name"}
+    for item in filter(None, opts.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--{name}: option '{item}' needs a value ({key}=VALUE)")
+        if key not in fields:
+            near = difflib.get_close_matches(key.replace("_", "-"), list(fields), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ValueError(f"--{name}: unknown option '{key}' (options: "
+                             f"{', '.join(fields)}){hint}")
+        kind = str(fields[key].type)
+        text = value.strip('"')
+        if "bool" in kind:
+            if text not in ("true", "false"):
+                raise ValueError(f"--{name}: option {key} is true or false, got '{value}'")
+        elif "float" in kind:
+            try:
+                float(text)
+            except ValueError:
+                raise ValueError(f"--{name}: option {key} needs a number, got '{value}'") from None
+        elif "int" in kind and not text.lstrip("-").isdigit():
+            raise ValueError(f"--{name}: option {key} needs an integer, got '{value}'")
 
 
 def split_pass_flags(argv: Sequence[str]) -> list[str]:
@@ -106,6 +142,7 @@ def split_pass_flags(argv: Sequence[str]) -> list[str]:
         arg = args[i]
         name, _, opts = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
         if name in ALL_PASSES:
+            check_pass_options(name, opts)
             flags.append(f"{name}{{{opts.replace(',', ' ')}}}" if opts else name)
         elif arg == "--emit=asm":
             rest += ["-t", "cmsasm"]
@@ -124,7 +161,11 @@ def split_pass_flags(argv: Sequence[str]) -> list[str]:
 @console
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `cmswitch-opt`; returns the exit code."""
-    args = split_pass_flags(sys.argv[1:] if argv is None else argv)
+    try:
+        args = split_pass_flags(sys.argv[1:] if argv is None else argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args = [a for a in args if a != "-"]  # stdin is the default input
     try:
         driver = CMSwitchOptMain(description="CMSwitch modular optimizer driver", args=args)

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from cmswitch.tools import console
+from cmswitch.tools import arch_spec, console
 from cmswitch.errors import CMSwitchError
 from cmswitch.sim.simulator import simulate
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="cmswitch-sim",
         description="Execute a .cmsasm meta-operator flow: check its rules and time it.")
     parser.add_argument("flow", metavar="FLOW.cmsasm", help="the flow to simulate")
-    parser.add_argument("--arch", metavar="PRESET|FILE",
+    parser.add_argument("--arch", metavar="PRESET|FILE", type=arch_spec,
                         help="hardware to run on instead of the flow's .arch header")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser

@@ -52,11 +52,19 @@ class Plan:
     #: the allocated `cim` module the flow was lowered from (a copy, kept only when
     #: `compile(..., keep_module=True)`; functional mode reads operator semantics there)
     module: ModuleOp | None = None
+    solver: str = "glpk"
+    """The MIP solver of the chosen segments (`cim-allocate`)."""
+    batch: int | None = None
+    """The batch the compile bound (``--batch``; None: the model's own)."""
+    seq: int | None = None
+    """The sequence length the compile bound (``--seq``; None: the model's own)."""
 
     def report(self) -> dict[str, Any]:
         """The JSON report of `cmswitch compile` (cycles are integers)."""
         return {
             "model": self.model, "arch": self.arch.name, "strategy": self.strategy,
+            "solver": self.solver, "batch": self.batch, "seq": self.seq,
+            "hardware": self.arch.header_fields(),
             "predicted_cycles": self.predicted_cycles,
             "lower_bound_cycles": self.lower_bound_cycles,
             "compile_seconds": round(self.compile_seconds, 3),
@@ -214,6 +222,14 @@ def lower_bound(graph: Graph, arch: Arch) -> int:
                      weights / arch.weight_write_bw_bytes))
 
 
+def _op_type(op) -> str:
+    """An operator row's type: the `cim` op (``conv2d``, ``matmul``, ``dyn_matmul``) or
+    a vector op's kind (``vector.relu``)."""
+    kind = op.attributes.get("kind") or op.properties.get("kind")
+    name = op.name.removeprefix("cim.")
+    return f"{name}.{kind.data}" if name == "vector" and isinstance(kind, StringAttr) else name
+
+
 def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict]]:
     index = {o.op: o for o in graph.ops}
     hw_cells = arch.rows * arch.weights_per_row
@@ -235,7 +251,8 @@ def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict
             "solver_status": attrs["solver_status"].data,
         })
         for g in members:
-            row = {"name": g.name, "segment": seg_id, "kind": g.cost.kind}
+            row = {"name": g.name, "segment": seg_id, "kind": g.cost.kind,
+                   "op": _op_type(g.op)}
             node = g.op.attributes.get(NODE_ATTR)
             if isinstance(node, StringAttr):
                 row["node"] = node.data
@@ -407,5 +424,5 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
         compile_seconds=time.perf_counter() - start, flow=text.getvalue(),
         mip={"solves": cache.priced, "cache_hits": cache.hits, "segment_mips": cache.mips},
         chunk_arrays=chunk,
-        module=kept,
+        module=kept, solver=solver, batch=batch, seq=seq,
     )

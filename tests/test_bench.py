@@ -15,6 +15,7 @@ import cmswitch.bench.evaluate as ev
 from cmswitch.api import STRATEGIES
 from cmswitch.errors import CMSwitchError
 from cmswitch.tools.cli import main
+from report_schema import validate
 
 BIN = Path(sys.executable).parent
 ROW_KEYS = {"model", "arch", "batch", "seq", "cycles", "speedup_vs_cimmlc",
@@ -120,6 +121,7 @@ def test_resnet18_for_real(tmp_path):
                         str(out), "--plot", str(tmp_path / "pics")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
+    validate(doc, "bench")
     (row,) = doc["rows"]
     assert ROW_KEYS <= set(row)
     assert set(row["cycles"]) == set(STRATEGIES)

@@ -252,6 +252,15 @@ def test_pareto_front_by_hand():
     assert pareto_front(points) == [0, 1, 3]
 
 
+def test_the_sweep_json_is_a_valid_report(on_cluster):
+    from report_schema import validate
+
+    rows, _ = on_cluster
+    doc = json.loads(sw.to_json(rows, ["arrays", "switch_cycles"]))
+    validate(doc, "sweep")
+    assert doc["params"] == ["arrays", "switch_cycles"]
+
+
 def test_plots_are_written(on_cluster, tmp_path):
     from cmswitch.plot import sweep_plots
 

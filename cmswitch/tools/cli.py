@@ -109,6 +109,34 @@ def _check_no_clash(model: str, *outputs: str | None) -> None:
         seen[target] = out
 
 
+def csv_tables(report: dict) -> dict[str, str]:
+    """The compile report's tables as CSV texts: ``segments.csv`` (one row per
+    segment) and ``operators.csv`` (one row per operator), every key a column in
+    first-seen order; a list or mapping cell (a segment's operators, its weight copies)
+    is written as JSON.  With the report's ``simulated`` segments (``--simulate``),
+    segments gain ``simulated_cycles``."""
+    import csv
+    import io
+
+    simulated = {int(s["id"]): s["cycles"]
+                 for s in (report.get("simulated_segments") or [])}
+    tables = {"segments.csv": [dict(s, **({"simulated_cycles": simulated.get(s["id"])}
+                                           if simulated else {}))
+                               for s in report["segments"]],
+              "operators.csv": report["operators"]}
+    out = {}
+    for name, rows in tables.items():
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else
+                             ("" if v is None else v) for k, v in row.items()})
+        out[name] = text.getvalue()
+    return out
+
+
 def _emit(path: str | None, text: str) -> None:
     """Write `text` to `path` ("-": stdout; None: nowhere) atomically: into a temporary
     file beside it, renamed over it once complete, so a failed write leaves the old
@@ -193,14 +221,24 @@ def _compile(args: argparse.Namespace) -> int:
         report["simulated_cycles"] = sim["cycles"]
         report["prediction_error"] = round(plan.predicted_cycles / sim["cycles"] - 1, 4)
         report["simulated_energy"] = sim["energy"]
+        report["simulated_segments"] = [{"id": s["id"], "cycles": s["cycles"]}
+                                        for s in sim["segments"]]
     _emit(args.output, plan.flow)
     _emit(args.json, json.dumps(report, indent=1) + "\n")
+    if args.csv:
+        from pathlib import Path
+
+        from cmswitch.plot import ensure_folder
+
+        folder = ensure_folder(args.csv)
+        for name, text in csv_tables(report).items():
+            _emit(str(Path(folder) / name), text)
     if args.plot:
         from cmswitch.plot import plot_plan
 
         for path in plot_plan(plan, args.plot):
             print(f"wrote {path}", file=sys.stderr)
-    if args.summary or not (args.output or args.json or args.functional):
+    if args.summary or not (args.output or args.json or args.csv or args.functional):
         print_summary(plan, text_out, sim=sim)
     if args.simulate:
         print(f"simulated cycles: {report['simulated_cycles']}   predicted / simulated - 1: "
@@ -262,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic dimension")
     c.add_argument("-o", "--output", help="write the .cmsasm flow here (- for stdout)")
     c.add_argument("--json", help="write the JSON report here (- for stdout)")
+    c.add_argument("--csv", metavar="DIR", help="write segments.csv and operators.csv "
+                   "(the report's tables, one row per segment / operator) into this folder")
     c.add_argument("--chunk-arrays", type=_positive(int), default=None, metavar="N",
                    help="arrays per piece of operators split by cim-partition (default: "
                    "cmswitch tries half and whole chip, keeps the faster prediction)")

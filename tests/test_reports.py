@@ -1,0 +1,71 @@
+"""Every report the tools write validates against docs/report.schema.json, and the
+compile tables (`--csv DIR`) rebuild the report's totals without summing by hand in
+the report (issue 19).  The bench and sweep documents are validated where those tools
+run (tests/test_bench.py, tests/test_sweep.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import MODELS
+from report_schema import validate
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def compiled_reports(tmp_path_factory):
+    """ResNet-18 and BERT-base compiled with --simulate, --json and --csv."""
+    out = {}
+    for model in ("resnet18", "bert_base"):
+        folder = tmp_path_factory.mktemp(model)
+        r = subprocess.run([str(BIN / "cmswitch"), "compile", str(MODELS / f"{model}.onnx"),
+                            "--simulate", "--quiet", "-o", str(folder / "flow.cmsasm"),
+                            "--json", str(folder / "report.json"), "--csv", str(folder)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        out[model] = folder
+    return out
+
+
+@pytest.mark.parametrize("model", ["resnet18", "bert_base"])
+def test_compile_and_sim_reports_validate(compiled_reports, model):
+    folder = compiled_reports[model]
+    report = json.loads((folder / "report.json").read_text())
+    validate(report, "compile")
+    assert report["hardware"]["name"] == report["arch"] == "dynaplasia"
+    assert report["solver"] == "glpk"
+    r = subprocess.run([str(BIN / "cmswitch-sim"), str(folder / "flow.cmsasm"), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    sim = json.loads(r.stdout)
+    validate(sim, "simulate")
+    assert sim["cycles"] == report["simulated_cycles"]
+
+
+def test_a_report_missing_a_field_is_invalid(compiled_reports):
+    report = json.loads((compiled_reports["resnet18"] / "report.json").read_text())
+    del report["hardware"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate(report, "compile")
+
+
+@pytest.mark.parametrize("model", ["resnet18", "bert_base"])
+def test_csv_tables_rebuild_the_report(compiled_reports, model):
+    folder = compiled_reports[model]
+    report = json.loads((folder / "report.json").read_text())
+    segments = list(csv.DictReader((folder / "segments.csv").open()))
+    operators = list(csv.DictReader((folder / "operators.csv").open()))
+    # the README's totals from the tables alone
+    assert sum(int(s["predicted_cycles"]) for s in segments) == report["predicted_cycles"]
+    assert sum(int(s["simulated_cycles"]) for s in segments) == report["simulated_cycles"]
+    assert [o["name"] for o in operators] == [o["name"] for o in report["operators"]]
+    assert {o["op"] for o in operators} >= {"matmul"}
+    assert json.loads(segments[0]["operators"]) == report["segments"][0]["operators"]

@@ -145,3 +145,31 @@ def test_sim_override_without_energy_makes_energy_unknown(tmp_path):
     report = simulate(flow(), arch_override=_load_arch("dynaplasia"))
     assert report["energy"]["breakdown_pj"]["compute"] == pytest.approx(128 * 457.1)
     assert not math.isnan(report["energy"]["total_pj"])
+
+
+def test_work_is_attributed_to_operators_as_counted_by_hand():
+    """Issue 19: the simulator's per-operator rows for `BODY` (all statements
+    sequential, so each one's alone time is its exact time)."""
+    report = simulate(flow(), statements=True)
+    rows = {r["name"]: r for r in report["operators"]}
+    assert list(rows) == ["CM.switch", "mm", "x", "act", "y"]
+    # load_weight max(512/32 dram, 2*512/32 write) = 32; mvm ceil(128/2) x 8 = 512 (its
+    # ports: 4096 B / 32 B/cycle = 128, 2048 B / 32 = 64)
+    assert rows["mm"]["alone_cycles"] == 32 + 512 and rows["mm"]["statements"] == 2
+    assert rows["mm"]["bytes"] == {"dram": 512, "buffer": 2048, "arrays": 4096,
+                                   "weight_write": 1024}
+    assert rows["x"]["alone_cycles"] == 4096 // 32 and rows["x"]["bytes"]["arrays"] == 4096
+    # relu: 1024 ops / 64 = 16 < (1024 read + 1024 written) / 32 B/cycle = 64
+    assert rows["act"]["alone_cycles"] == 64 and rows["act"]["bytes"]["buffer"] == 2048
+    assert rows["y"]["alone_cycles"] == 32 and rows["CM.switch"]["alone_cycles"] == 1
+    assert report["cycles"] == 1 + 32 + 128 + 512 + 64 + 32
+    assert rows["mm"]["mvm_ops"] == 2 * 128 * 32 * 16
+    # operators carry every event's energy; static power belongs to no statement
+    energy = report["energy"]
+    assert sum(r["energy_pj"] for r in rows.values()) == pytest.approx(
+        energy["total_pj"] - energy["breakdown_pj"]["static"])
+    assert rows["mm"]["energy_pj"] == pytest.approx(128 * 100 + (4096 + 2048 * 2 + 512 * 10
+                                                                 + 1024 * 3) * 8)
+    assert [s["name"] for s in report["statement_rows"]] == ["CM.switch", "mm", "x", "mm",
+                                                             "act", "y"]
+    assert "statement_rows" not in simulate(flow())

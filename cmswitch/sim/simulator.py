@@ -93,6 +93,16 @@ Counted from the same events that are timed, one category each (picojoules):
 
 The categories sum to the total, per segment and for the flow.  Efficiency: TOPS/W =
 ops / pJ with ops = 2 x `vectors*k*n` of every mvm (useful MACs, not array capacity).
+
+Attribution (issue 19)
+----------------------
+Each statement belongs to an operator: its `OP` (CIM.*, VEC.*), the tensor a MEM.*
+statement moves, or "CM.switch".  Per operator the report sums its statements, their
+`alone_cycles` (each statement's time as if it ran alone: exact for a sequential
+statement, a lower bound of its share of a `parallel` block, whose statements overlap),
+the bytes they move by where (dram, buffer, arrays, weight_write), their useful mvm ops
+and their energy.  A block's cycles stay the segment's; per-operator cycles inside a
+pipeline are not additive, so none are invented.
 """
 
 from __future__ import annotations
@@ -130,14 +140,20 @@ _CATEGORIES = ("compute", "data", "weight_load", "switch")
 ENERGY_CATEGORIES = ("compute", "memory_arrays", "buffer", "dram", "programming",
                      "switching", "digital", "static")
 """Energy categories of a report, in order (see "Energy" above)."""
+_BYTE_KIND = {"gb": "buffer", "dram": "dram", "wport": "weight_write"}
+_BYTE_KINDS = ("dram", "buffer", "arrays", "weight_write")
+"""Where an operator row's bytes went: DRAM, the global buffer, memory-mode array ports,
+the weight-write port (programming)."""
 _PORT_ENERGY = {"gb": ("buffer", "buffer_pj_per_bit"), "dram": ("dram", "dram_pj_per_bit"),
                 "wport": ("programming", "weight_write_pj_per_bit")}
 
 
 def simulate(flow: str | os.PathLike, arch_override: dict | None = None,
-             trace: bool = False) -> dict:
+             trace: bool = False, statements: bool = False) -> dict:
     """Check and time a flow (its text, or a path); return the report dict.
 
+    The report's "operators" attribute work to operators (see "Attribution" in the
+    module docstring); with `statements`, "statement_rows" holds the same per statement.
     With `trace`, the report also holds "trace": one dict per statement, in flow order,
     {"segment", "line", "opcode", "op", "parallel" (line of its block or None),
     "start", "end"} with start/end in cycles from the start of the flow (floats; a
@@ -147,7 +163,7 @@ def simulate(flow: str | os.PathLike, arch_override: dict | None = None,
     """
     source = FlowSource(flow)
     accesses = _access_lines(iter_accesses(source.lines()))
-    machine = _Machine(source.name, accesses, arch_override, trace)
+    machine = _Machine(source.name, accesses, arch_override, trace, statements)
     for record in iter_records(source.lines(), source.name):
         machine.feed(record)
     return machine.report()
@@ -537,7 +553,7 @@ class _Machine:
     """Executes records one by one; see the module docstring for the semantics."""
 
     def __init__(self, name: str, accesses: dict, arch_override: dict | None,
-                 trace: bool = False) -> None:
+                 trace: bool = False, statements: bool = False) -> None:
         self.name = name
         self.accesses = accesses
         self.cursor: dict = {}
@@ -560,6 +576,8 @@ class _Machine:
         self.array_cycles = 0
         self.line = 0
         self.trace: list | None = [] if trace else None
+        self.op_rows: dict = {}      # operator (or moved tensor) -> its attribution row
+        self.statement_rows: list | None = [] if statements else None
 
     # -- errors and dispatch -------------------------------------------------------
 
@@ -707,42 +725,85 @@ class _Machine:
         handler = getattr(self, "do_" + st.kind.replace(".", "_"))
         touched: set = set()
         stream = handler(st, touched)
-        self.count_energy(st, stream)
+        energy = self.count_energy(st, stream)
         if self.block is not None:
+            probe = _Stream(st.line, stream.kind, stream.private)
+            probe.demands = dict(stream.demands)
+            self.attribute(st, stream, _ceil(_time_alone(probe, self.capacity)), energy)
             self.block.streams.append(stream)
             self.block.touched |= touched
             if self.trace is not None:
                 self.block.records.append(st)
             return
         cycles = _ceil(_time_alone(stream, self.capacity))
+        self.attribute(st, stream, cycles, energy)
         if self.trace is not None:
             origin = sum(self.totals.values())
             self.trace_span(st, origin, origin + cycles, None)
         self.charge(cycles, _attribute([stream], self.capacity), stream.array_cycles)
         self.retire(touched, st.line)
 
-    def count_energy(self, st: Statement, stream: _Stream) -> None:
+    def count_energy(self, st: Statement, stream: _Stream) -> float | None:
         """Charge the statement's events to its segment's energy categories (pJ) and its
-        useful MVM ops (2 per MAC) to the segment; see "Energy" in the module docstring."""
+        useful MVM ops (2 per MAC) to the segment; see "Energy" in the module docstring.
+        Returns the statement's energy (pJ; None without energy fields)."""
         seg = self.segment
         if st.kind == "CIM.mvm":
             seg.ops += 2 * st.vectors * st.k * st.n
         rates = self.energy
         if rates is None:
-            return
+            return None
         energy = seg.energy
+        total = 0.0
         if st.kind == "CIM.mvm":
-            energy["compute"] += stream.array_cycles // self.arch["mvm_cycles"] * rates["mvm_pj"]
+            part = stream.array_cycles // self.arch["mvm_cycles"] * rates["mvm_pj"]
+            energy["compute"] += part
+            total += part
         elif st.kind == "CM.switch":
-            energy["switching"] += (st.arrays.hi - st.arrays.lo) * rates["switch_pj"]
+            part = (st.arrays.hi - st.arrays.lo) * rates["switch_pj"]
+            energy["switching"] += part
+            total += part
         for resource, amount in stream.demands.items():
             if resource == "vec":
-                energy["digital"] += amount * rates["vector_op_pj"]
+                category, part = "digital", amount * rates["vector_op_pj"]
             elif type(resource) is tuple:
-                energy["memory_arrays"] += 8 * amount * rates["array_access_pj_per_bit"]
+                category, part = "memory_arrays", 8 * amount * rates["array_access_pj_per_bit"]
             else:
                 category, rate = _PORT_ENERGY[resource]
-                energy[category] += 8 * amount * rates[rate]
+                part = 8 * amount * rates[rate]
+            energy[category] += part
+            total += part
+        return total
+
+    def attribute(self, st: Statement, stream: _Stream, alone: int,
+                  energy: float | None) -> None:
+        """Add the statement to its operator's row (see "Attribution" in the module
+        docstring) and, when asked, keep its own row."""
+        name = ("CM.switch" if st.kind == "CM.switch" else
+                st.op or (st.reads[0].tensor if st.reads else st.opcode))
+        row = self.op_rows.get(name)
+        if row is None:
+            row = self.op_rows[name] = {
+                "name": name, "statements": 0, "alone_cycles": 0,
+                "bytes": dict.fromkeys(_BYTE_KINDS, 0.0), "mvm_ops": 0,
+                "energy_pj": None if energy is None else 0.0}
+        moved = dict.fromkeys(_BYTE_KINDS, 0.0)
+        for resource, amount in stream.demands.items():
+            if resource != "vec":
+                moved["arrays" if type(resource) is tuple else _BYTE_KIND[resource]] += amount
+        row["statements"] += 1
+        row["alone_cycles"] += alone
+        for kind, amount in moved.items():
+            row["bytes"][kind] += amount
+        ops = 2 * st.vectors * st.k * st.n if st.kind == "CIM.mvm" else 0
+        row["mvm_ops"] += ops
+        if energy is not None:
+            row["energy_pj"] += energy
+        if self.statement_rows is not None:
+            self.statement_rows.append({
+                "line": st.line, "segment": self.segment.record.id, "opcode": st.opcode,
+                "name": name, "parallel": self.block.line if self.block else None,
+                "alone_cycles": alone, "bytes": moved, "mvm_ops": ops, "energy_pj": energy})
 
     def do_CM_switch(self, st: Statement, touched: set) -> _Stream:
         lo, hi = self.check_range(st.arrays)
@@ -1122,6 +1183,9 @@ class _Machine:
             },
             "segments": self.segments,
             "energy": self.energy_report(cycles),
+            "operators": list(self.op_rows.values()),
+            **({"statement_rows": self.statement_rows}
+               if self.statement_rows is not None else {}),
             "statements": self.statements,
             "arch_fields": {**self.arch, **(self.energy or {})},
             **({"trace": self.trace} if self.trace is not None else {}),

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         override = _load_arch(args.arch) if args.arch else None
-        report = simulate(args.flow, arch_override=override)
+        report = simulate(args.flow, arch_override=override, statements=args.statements)
     except (CMSwitchError, OSError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("flow", metavar="FLOW.cmsasm", help="the flow to simulate")
     parser.add_argument("--arch", metavar="PRESET|FILE", type=arch_spec,
                         help="hardware to run on instead of the flow's .arch header")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON "
+                        "(per segment, and per operator: statements, alone cycles, bytes by "
+                        "place, mvm ops, energy)")
+    parser.add_argument("--statements", action="store_true",
+                        help="with --json, also one row per statement (statement_rows)")
     return parser
 
 
@@ -82,9 +86,28 @@ def format_report(report: dict) -> str:
         share = value / cycles if cycles else 0.0
         lines.append(f"  {kind:<12}{value:>14}  {share:6.1%}")
     lines.extend(energy_lines(report.get("energy")))
+    lines.extend(_operator_lines(report.get("operators") or []))
     lines.append("")
     lines.extend(_segment_table(report["segments"]))
     return "\n".join(lines) + "\n"
+
+
+TOP_OPERATORS = 5
+"""Operators listed in the text report (by alone cycles); --json has all of them."""
+
+
+def _operator_lines(operators: list) -> list:
+    """The operators with the most alone cycles: where the flow's work is."""
+    if not operators:
+        return []
+    top = sorted(operators, key=lambda r: (-r["alone_cycles"], r["name"]))[:TOP_OPERATORS]
+    lines = [f"busiest operators (alone cycles; --json has all {len(operators)}):"]
+    for row in top:
+        moved = sum(row["bytes"].values())
+        energy = "" if row["energy_pj"] is None else f"  {row['energy_pj'] * 1e-6:.4g} uJ"
+        lines.append(f"  {row['name'][:40]:<40}{row['alone_cycles']:>12}  "
+                     f"{moved / 1e6:.3g} MB{energy}")
+    return lines
 
 
 def energy_lines(energy: dict | None) -> list:

@@ -172,7 +172,8 @@ def segment_map(flow: str | os.PathLike, path: str | os.PathLike, title: str = "
     return segments
 
 
-def segment_trace(flow: str | os.PathLike, segment: str | None = None) -> tuple[str, list[dict]]:
+def segment_trace(flow: str | os.PathLike, segment: int | str | None = None
+                  ) -> tuple[int, list[dict]]:
     """Simulate a flow with the trace on and return ``(segment id, spans)``: the
     segment's statements with "start"/"end" in cycles from the segment's start, and
     "text" (the statement as written).  `segment` None picks the segment with the most
@@ -183,10 +184,10 @@ def segment_trace(flow: str | os.PathLike, segment: str | None = None) -> tuple[
     ids = [seg["id"] for seg in report["segments"]]
     if segment is None:
         segment = max(report["segments"], key=lambda seg: seg["cycles"])["id"]
-    if str(segment) not in ids:
+    if not str(segment).isdigit() or int(segment) not in ids:
         raise CMSwitchError(f"timeline: no segment '{segment}' (the flow has {len(ids)}: "
                             f"{ids[0]}..{ids[-1]})")
-    segment = str(segment)
+    segment = int(segment)
     spans = [dict(span) for span in report["trace"] if span["segment"] == segment]
     if not spans:
         return segment, []

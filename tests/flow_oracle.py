@@ -256,6 +256,8 @@ def read_flow(text: str):
         elif head == ".segment":
             if arch is None or segment is not None:
                 raise Violation(number, ".segment without .arch or nested")
+            if len(tokens) < 2 or not (tokens[1].isascii() and tokens[1].isdigit()):
+                raise Violation(number, ".segment ID is not a decimal integer")
             _fields(tokens[2:], number, {"ops", "predicted"}, set())
             segment = []
         elif head == ".end":

@@ -91,7 +91,7 @@ def test_trace_off_changes_nothing_and_adds_no_key():
 
 def test_array_modes_follow_the_flow_addresses():
     segments = array_modes(MAP_FLOW)
-    assert [s["id"] for s in segments] == ["0", "1"]
+    assert [s["id"] for s in segments] == [0, 1]
     assert segments[0]["modes"] == (["compute"] * 2 + ["idle"] * 2 + ["memory"] * 2
                                     + ["idle-memory"] * 2 + ["idle"] * 2)
     assert segments[1]["modes"] == (["compute"] + ["idle"] * 3 + ["idle-memory"] * 4
@@ -128,7 +128,7 @@ def test_pictures_are_written(tmp_path):
     rows = [{"model": "m", "arch": "a", "batch": 1, "seq": None, "speedup": {"b": 2.0}}]
     speedup_bars(rows, ["b"], tmp_path / "bars.png")
     assert len(segments) == 2
-    assert segment == "0" and [s["start"] for s in spans][:2] == [0, 1]
+    assert segment == 0 and [s["start"] for s in spans][:2] == [0, 1]
     for name in ("map.png", "time.png", "bars.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

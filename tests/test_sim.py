@@ -263,8 +263,8 @@ def mutate(old: str, new: str) -> str:
 def test_valid_flow_runs():
     report = simulate(VALID)
     assert report["model"] == "mut" and report["arch"] == "dynaplasia"
-    assert [seg["id"] for seg in report["segments"]] == ["0", "1"]
-    assert [seg["predicted"] for seg in report["segments"]] == [2000, 1000]
+    assert [seg["id"] for seg in report["segments"]] == [0, 1]
+    assert [seg["predicted_cycles"] for seg in report["segments"]] == [2000, 1000]
     assert sum(seg["cycles"] for seg in report["segments"]) == report["cycles"]
     assert sum(report["breakdown"].values()) == report["cycles"]
     assert report["segments"][0]["compute_arrays"] == 3
@@ -444,7 +444,7 @@ def test_cli_json_report(flow_file, capsys):
                 "utilization", "statements", "model", "arch"):
         assert key in report
     assert set(report["breakdown"]) == {"compute", "data", "weight_load", "switch"}
-    for key in ("id", "ops", "cycles", "predicted", "compute_arrays", "memory_arrays"):
+    for key in ("id", "ops", "cycles", "predicted_cycles", "compute_arrays", "memory_arrays"):
         assert key in report["segments"][0]
     assert report["cycles"] == simulate(VALID)["cycles"]
 

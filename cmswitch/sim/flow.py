@@ -89,7 +89,7 @@ class TensorDecl:
 @dataclass(slots=True, frozen=True)
 class SegmentBegin:
     line: int
-    id: str
+    id: int
     ops: tuple
     predicted: int | None
 
@@ -515,7 +515,9 @@ def _parse_segment(tokens: list, line: int) -> SegmentBegin:
     ops_text = fields.get("ops", str, default="", required=False)
     ops = tuple(_name(op, "operator") for op in ops_text.split(",")) if ops_text else ()
     predicted = fields.get("predicted", _int, required=False)
-    return SegmentBegin(line, _name(tokens[1], "segment"), ops, predicted)
+    if not _DIGITS.match(tokens[1]) or len(tokens[1]) > 16:
+        raise _Fail(f".segment: the ID is a decimal integer (ASCII digits), got {tokens[1]!r}")
+    return SegmentBegin(line, int(tokens[1]), ops, predicted)
 
 
 def _parse_end(tokens: list, line: int) -> SegmentEnd:

@@ -672,7 +672,7 @@ class _Machine:
         util = seg.array_cycles / (arrays * seg.cycles) if seg.cycles else 0.0
         row = {
             "id": seg.record.id, "line": seg.record.line, "ops": list(seg.record.ops),
-            "cycles": seg.cycles, "predicted": seg.record.predicted,
+            "cycles": seg.cycles, "predicted_cycles": seg.record.predicted,
             "compute_arrays": len(seg.compute_arrays), "memory_arrays": seg.memory_arrays,
             "utilization": util,
         }
@@ -1168,7 +1168,8 @@ class _Machine:
                           f"{decl.nbytes} bytes are stored to dram", decl.line)
         cycles = sum(self.totals.values())
         arrays = self.arch["arrays"]
-        predicted = [seg["predicted"] for seg in self.segments if seg["predicted"] is not None]
+        predicted = [seg["predicted_cycles"] for seg in self.segments
+                     if seg["predicted_cycles"] is not None]
         return {
             "model": self.model,
             "arch": self.arch_name,

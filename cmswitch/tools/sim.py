@@ -132,7 +132,7 @@ def _segment_table(segments: list) -> list:
               f"{'util':>8}  ops")
     rows = [header]
     for seg in segments[:MAX_SEGMENT_ROWS]:
-        predicted = "-" if seg["predicted"] is None else str(seg["predicted"])
+        predicted = "-" if seg["predicted_cycles"] is None else str(seg["predicted_cycles"])
         ops = ",".join(seg["ops"])
         if len(ops) > 40:
             ops = ops[:37] + "..."

@@ -65,6 +65,8 @@ def test_glpk_and_highs_give_the_same_flow(model, tmp_path):
     # the solve counters may differ: a candidate's stage-1 optimum, equal up to the
     # solvers' tolerances, can fall either side of the DP's pruning bound
     assert report_g.pop("mip")["solves"] > 0 and report_h.pop("mip")["solves"] > 0
+    # each report names the solver it ran; everything else is the same
+    assert (report_g.pop("solver"), report_h.pop("solver")) == ("glpk", "highs")
     assert json.dumps(report_g) == json.dumps(report_h)
 
 

@@ -270,3 +270,37 @@ def test_plots_are_written(on_cluster, tmp_path):
         f"{stem}.{ext}" for stem in ("sweep_arrays", "sweep_switch_cycles", "pareto")
         for ext in ("png", "svg"))
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_a_cached_point_carries_the_asking_sweeps_fields(on_cluster, tmp_path):
+    """The same hardware reached through another field (global_buffer_bytes at its
+    default is the 96-array, 1-cycle point) comes from the cache labelled by this
+    sweep's field, not by the sweep that computed it (a new user's report)."""
+    from cmswitch.plot import sweep_plots
+
+    rows, cache = on_cluster
+    again = sw.sweep(["resnet18"], {"global_buffer_bytes": [81920]},
+                     scheduler="tcp://127.0.0.1:1", cache=cache)
+    (row,) = again
+    assert row["cached"] and row["global_buffer_bytes"] == 81920
+    assert "arrays" not in row and "switch_cycles" not in row
+    assert row["cycles"] == next(r["cycles"] for r in rows
+                                 if (r["arrays"], r["switch_cycles"]) == (96, 1))
+    assert sweep_plots(again, ["global_buffer_bytes"], tmp_path)  # no KeyError
+
+
+def test_a_relative_model_path_is_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    model = Path(__file__).resolve().parent.parent / "models" / "resnet18.onnx"
+    (tmp_path / "m.onnx").write_bytes(model.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    (point,) = sw.points_of(["m.onnx"], ["cmswitch"], None, {"arrays": [96]})
+    assert point.model == str(tmp_path / "m.onnx")
+
+
+def test_sweep_usage_errors_exit_2(capsys):
+    assert cli_main(["sweep", "resnet18", "--set", "arrayz=4", "--quiet"]) == 2
+    assert "did you mean 'arrays'?" in capsys.readouterr().err
+    assert cli_main(["sweep", "--set", "arrays=48", "--quiet"]) == 2
+    with pytest.raises(SystemExit) as info:  # argparse: an unknown strategy
+        cli_main(["sweep", "resnet18", "--strategies", "cmswitc"])
+    assert info.value.code == 2

@@ -181,6 +181,8 @@ def points_of(models: list[str], strategies: list[str], arch=None,
                                 f"(available: {', '.join(STRATEGIES)})")
     for model in models:
         _check_model(model)
+    # a file is named by its absolute path, so workers started elsewhere find it
+    models = [str(Path(m).resolve()) if _is_file_model(m) else m for m in models]
     if points is None:
         keys = list(grid or {})
         points = [dict(zip(keys, combo)) for combo in
@@ -196,6 +198,13 @@ def points_of(models: list[str], strategies: list[str], arch=None,
                               tuple(hw.header_fields().items()), batch, seq, solver)
                 out.append(Point(**{**asdict(point), "key": point_key(point)}))
     return out
+
+
+def _is_file_model(model: str) -> bool:
+    from cmswitch.bench.evaluate import MODELS
+    from cmswitch.frontend.configs import CONFIGS
+
+    return model not in MODELS and model not in CONFIGS and Path(model).is_file()
 
 
 def _check_model(model: str) -> None:
@@ -320,7 +329,10 @@ def execute(points: list[Point], cache: Cache, scheduler: str | None = None,
         if row is None:
             todo.append(i)
             continue
-        rows[i] = {**row, "cached": True}
+        # the cache holds results; the labels (swept fields) are the asking point's,
+        # since another sweep may have computed the same hardware under other fields
+        rows[i] = {**_row_head(point), **{k: row.get(k) for k in RESULT_COLUMNS},
+                   "batch": row.get("batch"), "seq": row.get("seq"), "cached": True}
         if on_row:
             on_row(point, rows[i])
     if todo:
@@ -443,6 +455,11 @@ def read_config(path: str) -> dict[str, Any]:
     points = data.get("points")
     if points is not None and not (isinstance(points, list) and points):
         raise CMSwitchError(f"{path}: 'points' is a list of mappings of hardware fields")
+    for key in ("batch", "seq"):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value <= 0):
+            raise CMSwitchError(f"{path}: '{key}' must be a positive integer, got {value!r}")
     for key in ("models", "strategies"):
         value = data.get(key)
         if isinstance(value, str):
@@ -450,6 +467,14 @@ def read_config(path: str) -> dict[str, Any]:
         elif value is not None and not isinstance(value, list):
             raise CMSwitchError(f"{path}: '{key}' is a list of names")
     return data
+
+
+def _usage(message: str) -> int:
+    """A command-line mistake (a bad --set field or value, no model): exit 2."""
+    import sys
+
+    print(f"cmswitch sweep: error: {message}", file=sys.stderr)
+    return 2
 
 
 def run_cli(args) -> int:
@@ -461,17 +486,27 @@ def run_cli(args) -> int:
 
     config = read_config(args.config) if args.config else {}
     grid = dict(config.get("grid") or {})
-    for key, values in parse_set(args.set or []).items():
-        grid[key] = values
+    try:
+        for key, values in parse_set(args.set or []).items():
+            grid[key] = values
+    except CMSwitchError as error:
+        return _usage(str(error))
     models = args.models or config.get("models") or []
     strategies = args.strategies or config.get("strategies") or ["cmswitch"]
     for out in (args.csv, args.json):
         if out and out != "-" and not Path(out).resolve().parent.is_dir():
             raise CMSwitchError(f"{out}: folder {Path(out).resolve().parent} does not exist")
-    chosen = points_of(models, strategies, args.arch or config.get("arch"),
-                       grid or None, config.get("points"),
-                       args.batch or config.get("batch"), args.seq or config.get("seq"),
-                       args.solver or config.get("solver") or "glpk")
+        if out and out != "-" and Path(out).is_dir():
+            raise CMSwitchError(f"{out}: is a folder; give a file name")
+    try:
+        chosen = points_of(models, strategies, args.arch or config.get("arch"),
+                           grid or None, config.get("points"),
+                           args.batch or config.get("batch"), args.seq or config.get("seq"),
+                           args.solver or config.get("solver") or "glpk")
+    except CMSwitchError as error:
+        if args.config:  # the points came (at least partly) from the file: an input error
+            raise
+        return _usage(str(error))
     params = list(grid) if grid else list(dict.fromkeys(
         k for p in config.get("points") or [] for k in p))
     with tqdm(total=len(chosen), file=sys.stderr, unit="point", dynamic_ncols=True,
@@ -529,8 +564,11 @@ def add_sweep_parser(sub):
                         "solver, grid {field: [values]} or points [{field: value}, ...]")
     s.add_argument("--arch", default=None, metavar="PRESET|FILE", type=arch_spec,
                    help="the base hardware the fields are changed on (default dynaplasia)")
+    from cmswitch.api import STRATEGIES
+
     s.add_argument("--strategies", nargs="+", metavar="STRATEGY", default=None,
-                   help="strategies per point (default cmswitch)")
+                   choices=list(STRATEGIES), help="strategies per point (default cmswitch): "
+                   + ", ".join(STRATEGIES))
     s.add_argument("--batch", type=positive, default=None,
                    help="batch (transformers default 4; ONNX files with a dynamic batch)")
     s.add_argument("--seq", type=positive, default=None,

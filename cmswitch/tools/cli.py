@@ -191,6 +191,11 @@ def _warn_unproven(plan) -> None:
 def _compile(args: argparse.Namespace) -> int:
     from cmswitch.api import compile as compile_model
 
+    try:
+        dims = _dims(args)
+    except CMSwitchError as error:  # a malformed --dim: a usage error, like --batch 0
+        print(f"cmswitch compile: error: {error}", file=sys.stderr)
+        return 2
     if args.output == "-" and args.json == "-":
         raise CMSwitchError("-o - and --json - both want stdout; send one to a file")
     _check_writable(args.output)
@@ -209,7 +214,7 @@ def _compile(args: argparse.Namespace) -> int:
 
     with quiet(args.quiet):
         plan = compile_model(args.model, arch=args.arch, strategy=args.strategy,
-                             solver=args.solver, dims=_dims(args),
+                             solver=args.solver, dims=dims,
                              time_limit=args.time_limit, batch=args.batch, seq=args.seq,
                              keep_module=args.functional, chunk_arrays=args.chunk_arrays,
                              jobs=args.jobs or 0)

@@ -117,6 +117,14 @@ def check_pass_options(name: str, opts: str) -> None:
                              f"{', '.join(fields)}){hint}")
         kind = str(fields[key].type)
         text = value.strip('"')
+        if key == "arch":
+            from cmswitch.arch import check_spec
+            from cmswitch.errors import CMSwitchError
+
+            try:
+                check_spec(text)
+            except CMSwitchError as error:
+                raise ValueError(f"--{name}: option arch: {error}") from None
         if "bool" in kind:
             if text not in ("true", "false"):
                 raise ValueError(f"--{name}: option {key} is true or false, got '{value}'")

@@ -580,8 +580,9 @@ def test_usage_errors_exit_2(argv, capsys):
 
 
 def test_dim_syntax_error(capsys):
+    """A malformed --dim is a usage error (exit 2), like --batch 0 (issue 19)."""
     code, err = run_cli(["compile", MODELS / "resnet18.onnx", "--dim", "N"], capsys)
-    assert code == 1 and "--dim expects NAME=POSITIVE_INT, got 'N'" in err
+    assert code == 2 and "--dim expects NAME=POSITIVE_INT, got 'N'" in err
 
 
 def test_model_too_big_for_partition_chunk(tmp_path):

@@ -157,3 +157,11 @@ def test_weights_that_do_not_fill_whole_cells_are_refused(tmp_path):
     assert r.returncode == 1
     assert "8-bit weights do not fill whole 3-bit cells" in r.stderr
 
+
+
+def test_statements_without_json_is_a_usage_error(tmp_path):
+    flow = tmp_path / "r.cmsasm"
+    r = _run(BIN / "cmswitch", "compile", str(MODELS / "resnet18.onnx"), "-o", str(flow), "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = _run(BIN / "cmswitch-sim", str(flow), "--statements")
+    assert r.returncode == 2 and "give --json too" in r.stderr

@@ -304,3 +304,8 @@ def test_sweep_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:  # argparse: an unknown strategy
         cli_main(["sweep", "resnet18", "--strategies", "cmswitc"])
     assert info.value.code == 2
+
+
+def test_a_value_given_twice_is_refused():
+    with pytest.raises(CMSwitchError, match="value 48 is given twice"):
+        sw.parse_set(["arrays=48,48"])

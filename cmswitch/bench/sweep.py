@@ -136,7 +136,11 @@ def parse_set(items: Iterable[str]) -> dict[str, list]:
         if key in grid:
             raise CMSwitchError(f"--set {key} given twice; list its values once: "
                                 f"--set {key}=A,B")
-        grid[key] = [parse_value(v) for v in parts]
+        values = [parse_value(v) for v in parts]
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if twice is not None:
+            raise CMSwitchError(f"--set {key}: value {twice} is given twice")
+        grid[key] = values
     return grid
 
 

@@ -21,7 +21,10 @@ MAX_SEGMENT_ROWS = 40
 
 @console
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.statements and not args.json:
+        parser.error("--statements adds rows to the JSON report: give --json too")
     try:
         override = _load_arch(args.arch) if args.arch else None
         report = simulate(args.flow, arch_override=override, statements=args.statements)

@@ -364,8 +364,8 @@ def sweep_figure(rows: list[dict[str, Any]], param: str, params: list[str]) -> F
         ax.grid(True, alpha=0.3)
         if values and min(values) > 0 and max(values) >= 8 * min(values):
             ax.set_xscale("log", base=2)
-        ax.ticklabel_format(axis="y", style="plain", useOffset=False) \
-            if ax.get_yscale() == "linear" else None
+        if ax.get_yscale() == "linear":
+            ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     ax_t.set_title(f"latency vs {param}")
     ax_e.set_title(f"energy vs {param}")
     handles, labels = ax_t.get_legend_handles_labels()

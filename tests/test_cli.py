@@ -137,26 +137,20 @@ def test_an_unknown_preset_is_a_usage_error_with_the_nearest_name(argv):
     assert "Traceback" not in r.stderr
 
 
-def test_a_misspelt_hardware_field_gets_the_nearest_name(tmp_path):
+@pytest.mark.parametrize("old, new, message", [
+    # a misspelt field gets the nearest name
+    ("switch_cycles:", "switch_cycle:",
+     "unknown field 'switch_cycle' (did you mean 'switch_cycles'?)"),
+    # cell_bits 3 with weight_bits 8: the cost model would store 8/3 cells a weight
+    ("cell_bits: 1 ", "cell_bits: 3 ", "8-bit weights do not fill whole 3-bit cells"),
+])
+def test_a_bad_hardware_file_is_refused_by_name(tmp_path, old, new, message):
     fields = (Path(__file__).parent.parent / "cmswitch/arch/presets/dynaplasia.yaml").read_text()
     path = tmp_path / "hw.yaml"
-    path.write_text(fields.replace("name: dynaplasia", "name: mine")
-                    .replace("switch_cycles:", "switch_cycle:"))
+    path.write_text(fields.replace("name: dynaplasia", "name: mine").replace(old, new))
     r = _run(BIN / "cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", str(path))
     assert r.returncode == 1
-    assert "unknown field 'switch_cycle' (did you mean 'switch_cycles'?)" in r.stderr
-
-
-def test_weights_that_do_not_fill_whole_cells_are_refused(tmp_path):
-    """cell_bits 3 with weight_bits 8: the cost model would store 8/3 cells a weight."""
-    fields = (Path(__file__).parent.parent / "cmswitch/arch/presets/dynaplasia.yaml").read_text()
-    path = tmp_path / "hw.yaml"
-    path.write_text(fields.replace("name: dynaplasia", "name: mine")
-                    .replace("cell_bits: 1 ", "cell_bits: 3 "))
-    r = _run(BIN / "cmswitch", "compile", str(MODELS / "resnet18.onnx"), "--arch", str(path))
-    assert r.returncode == 1
-    assert "8-bit weights do not fill whole 3-bit cells" in r.stderr
-
+    assert message in r.stderr
 
 
 def test_statements_without_json_is_a_usage_error(tmp_path):

@@ -123,9 +123,8 @@ def _range(text: str) -> tuple[int, int]:
 def _location(text: str) -> metaop.LocationAttr:
     """``dram``, ``gb`` or ``a[LO:HI]`` (read by `metaop.LocationAttr`)."""
     if text in ("dram", "gb"):
-        return metaop.LocationAttr.from_text(text)
-    _range(text)
-    return metaop.LocationAttr.from_text(text)
+        return metaop.LocationAttr.of(text)
+    return metaop.LocationAttr.arrays(*_range(text))
 
 
 def _tiles(text: str | None) -> tuple[int, int]:

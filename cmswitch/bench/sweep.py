@@ -31,7 +31,7 @@ import itertools
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -200,7 +200,7 @@ def points_of(models: list[str], strategies: list[str], arch=None,
             for strategy in strategies:
                 point = Point(model, strategy, tuple(params.items()),
                               tuple(hw.header_fields().items()), batch, seq, solver)
-                out.append(Point(**{**asdict(point), "key": point_key(point)}))
+                out.append(replace(point, key=point_key(point)))
     return out
 
 
@@ -215,7 +215,7 @@ def _check_model(model: str) -> None:
     from cmswitch.bench.evaluate import MODELS
     from cmswitch.frontend.configs import CONFIGS
 
-    if model in MODELS or model in CONFIGS or Path(model).is_file():
+    if model in MODELS or model in CONFIGS or _is_file_model(model):
         return
     raise CMSwitchError(f"unknown model '{model}': not a bundled model "
                         f"({', '.join(MODELS)}) nor a file")

@@ -74,6 +74,13 @@ data (port loads of MVM/VEC/MEM traffic), weight_load (all traffic of load_weigh
 write_operand), switch (switch time).  Ties go to compute, then data, weight_load,
 switch.  So a block is compute unless its data (or weight) traffic bounds it.
 
+Array counts of a segment (the same definitions as the compile report and the plots):
+`compute_arrays` = arrays an MVM of the segment runs on; `memory_arrays` = arrays the
+segment reads or places data in (and runs no MVM on), i.e. the memory arrays its plan
+uses; `memory_mode_peak` = the most arrays in memory mode at once during the segment,
+which also counts arrays an earlier segment left in memory mode until they switch back
+(so compute_arrays + memory_mode_peak can exceed the chip's arrays).
+
 Utilization: an MVM of `vectors` on `TKxTN`-tile copies keeps `vectors*mvm_cycles*TK*TN`
 array-cycles busy; a segment's utilization is that sum over `arrays * segment cycles`.
 
@@ -524,12 +531,13 @@ def _block_spans(streams: list, capacity) -> tuple:
 class _Segment:
     """Accumulators of one `.segment` (cycles, array-cycles of MVM work)."""
 
-    def __init__(self, record: SegmentBegin, memory_arrays: int) -> None:
+    def __init__(self, record: SegmentBegin, memory_mode: int) -> None:
         self.record = record
         self.cycles = 0
         self.array_cycles = 0
-        self.compute_arrays: set = set()
-        self.memory_arrays = memory_arrays
+        self.compute_arrays: set = set()   # arrays an mvm of the segment runs on
+        self.data_arrays: set = set()      # arrays the segment reads or places data in
+        self.memory_mode_peak = memory_mode
         self.energy = dict.fromkeys(ENERGY_CATEGORIES, 0.0)
         self.ops = 0
 
@@ -673,7 +681,9 @@ class _Machine:
         row = {
             "id": seg.record.id, "line": seg.record.line, "ops": list(seg.record.ops),
             "cycles": seg.cycles, "predicted_cycles": seg.record.predicted,
-            "compute_arrays": len(seg.compute_arrays), "memory_arrays": seg.memory_arrays,
+            "compute_arrays": len(seg.compute_arrays),
+            "memory_arrays": len(seg.data_arrays - seg.compute_arrays),
+            "memory_mode_peak": seg.memory_mode_peak,
             "utilization": util,
         }
         if self.energy is not None:
@@ -816,8 +826,8 @@ class _Machine:
         self.memory[lo:hi] = bytes([to_memory]) * (hi - lo)
         if to_memory:  # erases weights; memory-mode arrays hold no tiles anyway
             self.contents[lo:hi] = [None] * (hi - lo)
-        if self.segment.memory_arrays < self.memory_count:
-            self.segment.memory_arrays = self.memory_count
+        if self.segment.memory_mode_peak < self.memory_count:
+            self.segment.memory_mode_peak = self.memory_count
         return _Stream(st.line, "switch", self.arch["switch_cycles"], "switch")
 
     def do_CIM_load_weight(self, st: Statement, touched: set) -> _Stream:
@@ -997,6 +1007,7 @@ class _Machine:
     def use_data_arrays(self, loc: Loc, st: Statement, what: str) -> None:
         lo, hi = self.check_range(loc)
         self.need_mode(lo, hi, 1, f"{st.opcode} {what} {loc}", "CM.switch TOM")
+        self.segment.data_arrays.update(range(lo, hi))
         block = self.block
         if block is None:
             return
@@ -1194,5 +1205,8 @@ class _Machine:
                       "energy": "pJ (total_pj, breakdown_pj, segments' energy_pj); "
                                 "tops_per_watt = mvm ops / pJ",
                       "switch_share": "fraction of cycles",
+                      "compute_arrays": "arrays an mvm of the segment runs on",
+                      "memory_arrays": "arrays the segment reads or places data in",
+                      "memory_mode_peak": "most arrays in memory mode at once",
                       "utilization": "fraction of array-cycles doing MVM work"},
         }

@@ -132,7 +132,7 @@ def energy_lines(energy: dict | None) -> list:
 
 def _segment_table(segments: list) -> list:
     header = (f"{'segment':<10}{'cycles':>12}{'predicted':>12}{'compute':>9}{'memory':>8}"
-              f"{'util':>8}  ops")
+              f"{'mm-peak':>8}{'util':>8}  ops")
     rows = [header]
     for seg in segments[:MAX_SEGMENT_ROWS]:
         predicted = "-" if seg["predicted_cycles"] is None else str(seg["predicted_cycles"])
@@ -140,7 +140,8 @@ def _segment_table(segments: list) -> list:
         if len(ops) > 40:
             ops = ops[:37] + "..."
         rows.append(f"{seg['id']:<10}{seg['cycles']:>12}{predicted:>12}{seg['compute_arrays']:>9}"
-                    f"{seg['memory_arrays']:>8}{seg['utilization']:>8.1%}  {ops}")
+                    f"{seg['memory_arrays']:>8}{seg['memory_mode_peak']:>8}"
+                    f"{seg['utilization']:>8.1%}  {ops}")
     if len(segments) > MAX_SEGMENT_ROWS:
         rows.append(f"... {len(segments) - MAX_SEGMENT_ROWS} more segments (use --json for all)")
     return rows

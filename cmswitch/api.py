@@ -15,7 +15,8 @@ from xdsl.parser import Parser
 
 from cmswitch.arch import Arch, load_arch
 from cmswitch.cost.graph import Graph, build_graph
-from cmswitch.dialects.cim import SegmentOp
+from cmswitch.cost.model import alone_cycles
+from cmswitch.dialects.cim import HOLD_RANGE_ATTR, PLACES_ATTR, POOL_ATTR, SegmentOp
 from cmswitch.errors import CMSwitchError
 from cmswitch.dialects.cim import NODE_ATTR
 from cmswitch.dialects.cim import ARCH_ATTR, hardware_attr
@@ -81,11 +82,42 @@ class Plan:
                                 "compile with keep_module=True")
         return operators_of(self.module)
 
-    def simulate(self) -> dict[str, Any]:
-        """Run the flow in the independent simulator; returns its report."""
+    def simulate(self, statements: bool = False) -> dict[str, Any]:
+        """Run the flow in the independent simulator; returns its report (with
+        ``statement_rows`` when `statements`)."""
         from cmswitch.sim.simulator import simulate
 
-        return simulate(self.flow)
+        return simulate(self.flow, statements=statements)
+
+
+_LOADS = ("CIM.load_weight", "CIM.write_operand")
+
+
+def add_simulation(report: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
+    """The compile report with the simulator's measurements beside the prediction:
+    ``simulated_cycles``, ``prediction_error`` (predicted / simulated - 1),
+    ``simulated_energy``, ``simulated_segments`` ({id, cycles}) and, per operator row,
+    ``simulated_load_cycles`` / ``simulated_run_cycles``: the simulator's alone cycles
+    of the operator's weight or operand writes and of its MVMs or VEC statements (the
+    counterparts of ``predicted_load_cycles`` / ``predicted_run_cycles``; MEM moves
+    and switches are not an operator's).  `sim` must hold ``statement_rows``
+    (`Plan.simulate(statements=True)`); raises KeyError otherwise."""
+    alone: dict[str, dict[str, int]] = {}
+    for row in sim["statement_rows"]:
+        if not row["opcode"].startswith(("CIM.", "VEC.")):
+            continue
+        part = "load" if row["opcode"] in _LOADS else "run"
+        totals = alone.setdefault(row["name"], {"load": 0, "run": 0})
+        totals[part] += row["alone_cycles"]
+    out = dict(report)
+    out["operators"] = [dict(row, simulated_load_cycles=alone.get(row["name"], {}).get("load", 0),
+                             simulated_run_cycles=alone.get(row["name"], {}).get("run", 0))
+                        for row in report["operators"]]
+    out["simulated_cycles"] = sim["cycles"]
+    out["prediction_error"] = round(report["predicted_cycles"] / sim["cycles"] - 1, 4)
+    out["simulated_energy"] = sim["energy"]
+    out["simulated_segments"] = [{"id": s["id"], "cycles": s["cycles"]} for s in sim["segments"]]
+    return out
 
 
 def operators_of(module: ModuleOp):
@@ -232,8 +264,8 @@ def _op_type(op) -> str:
 
 def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict]]:
     index = {o.op: o for o in graph.ops}
-    hw_cells = arch.rows * arch.weights_per_row
     segments, operators = [], []
+    hold_in: tuple[int, int] | None = None  # the previous segment's hold range
     for seg in (o for o in func.body.block.ops if isinstance(o, SegmentOp)):
         members = [index[o] for o in seg.body.block.ops if o in index]
         attrs = seg.attributes
@@ -250,31 +282,68 @@ def _segment_rows(graph: Graph, func, arch: Arch) -> tuple[list[dict], list[dict
             "latency_cycles": attrs["latency_cycles"].value.data,
             "solver_status": attrs["solver_status"].data,
         })
-        for g in members:
-            row = {"name": g.name, "segment": seg_id, "kind": g.cost.kind,
-                   "op": _op_type(g.op)}
-            node = g.op.attributes.get(NODE_ATTR)
-            if isinstance(node, StringAttr):
-                row["node"] = node.data
-            if g.cost.arrays:
-                mem = g.op.attributes.get("memory")
-                lo_hi = mem.get_values() if mem else (0, 0)
-                row.update({
-                    "m": g.cost.m, "k": g.cost.k, "n": g.cost.n, "groups": g.cost.groups,
-                    "arrays_per_copy": g.cost.arrays,
-                    "copies": g.op.attributes["copies"].value.data,
-                    "memory_arrays": lo_hi[1] - lo_hi[0],
-                    "compute_cycles_one_copy": g.cost.compute,
-                    "feed_bytes": g.cost.feed, "weight_bytes": g.cost.weight_bytes,
-                    # weights per copy / cells of its arrays: depthwise convs are ~2%
-                    "cell_utilization": round(
-                        g.cost.groups * g.cost.k * g.cost.n
-                        / (g.cost.arrays * hw_cells), 4) if g.cost.kind == "weight" else None,
-                })
-            else:
-                row["vector_ops"] = g.cost.vector_ops
-            operators.append(row)
+        bandwidth = _place_bandwidths(seg, hold_in, arch)
+        places = {k: v.data for k, v in attrs[PLACES_ATTR].data.items()} \
+            if PLACES_ATTR in attrs else {}
+        operators += [_operator_row(graph, g, seg_id, places, bandwidth, arch)
+                      for g in members]
+        hold_in = seg.array_range(HOLD_RANGE_ATTR)
     return segments, operators
+
+
+def _place_bandwidths(seg: SegmentOp, hold_in: tuple[int, int] | None,
+                      arch: Arch) -> dict[str, float]:
+    """Bytes/cycle of each place a segment's tensors live in: its pool and hold ranges
+    (arrays x internal_bw_bits/8), the global buffer and DRAM."""
+    per_array = arch.internal_bw_bits / 8
+    width = {"pool": seg.array_range(POOL_ATTR), "hold_out": seg.array_range(HOLD_RANGE_ATTR),
+             "hold_in": hold_in}
+    bandwidth = {place: (r[1] - r[0]) * per_array for place, r in width.items() if r}
+    bandwidth.update(gb=arch.global_buffer_bw_bytes, dram=arch.external_bw_bytes)
+    return bandwidth
+
+
+def _operator_row(graph: Graph, g, seg_id: int, places: dict[str, str],
+                  bandwidth: dict[str, float], arch: Arch) -> dict[str, Any]:
+    """One operator row: names, type, shape and mapping, where its tensors live and the
+    bytes it puts on each place, and the cost model's alone cycles (`alone_cycles`)."""
+    row = {"name": g.name, "segment": seg_id, "kind": g.cost.kind, "op": _op_type(g.op)}
+    node = g.op.attributes.get(NODE_ATTR)
+    if isinstance(node, StringAttr):
+        row["node"] = node.data
+    tensors = [graph.tensors[t] for t in (*g.inputs, *g.outputs)]
+    row["tensor_places"] = {t.name: places.get(t.name, "dram") for t in tensors}
+    port_bytes: dict[str, float] = {}
+    copies = 1
+    if g.cost.arrays:
+        hw_cells = arch.rows * arch.weights_per_row
+        copies = g.op.attributes["copies"].value.data
+        row.update({
+            "m": g.cost.m, "k": g.cost.k, "n": g.cost.n, "groups": g.cost.groups,
+            "arrays_per_copy": g.cost.arrays, "copies": copies,
+            "compute_cycles_one_copy": g.cost.compute,
+            "feed_bytes": g.cost.feed, "weight_bytes": g.cost.weight_bytes,
+            # weights per copy / cells of its arrays: depthwise convs are ~2%
+            "cell_utilization": round(
+                g.cost.groups * g.cost.k * g.cost.n
+                / (g.cost.arrays * hw_cells), 4) if g.cost.kind == "weight" else None,
+        })
+        # the streamed input carries K of every K + N fed bytes, the output N
+        share = g.cost.k / (g.cost.k + g.cost.n)
+        streamed, out = graph.tensors[g.inputs[0]], graph.tensors[g.outputs[0]]
+        for tensor, nbytes in ((streamed, g.cost.feed * share), (out, g.cost.feed * (1 - share))):
+            place = row["tensor_places"][tensor.name]
+            port_bytes[place] = port_bytes.get(place, 0.0) + nbytes
+    else:
+        row["vector_ops"] = g.cost.vector_ops
+        for tensor in tensors:
+            place = row["tensor_places"][tensor.name]
+            port_bytes[place] = port_bytes.get(place, 0.0) + tensor.bytes
+    row["port_bytes"] = {place: round(v) for place, v in sorted(port_bytes.items())}
+    load, run = alone_cycles(g.cost, copies, port_bytes, bandwidth, arch)
+    row["predicted_load_cycles"] = round(load)
+    row["predicted_run_cycles"] = round(run)
+    return row
 
 
 def _apply_plan(module: ModuleOp, arch: Arch, strategy: str, solver: str,

@@ -1,13 +1,16 @@
-"""Pictures of compiled models (matplotlib, PNG files).
+"""Pictures of compiled models (matplotlib; every picture as PNG and SVG).
 
-- `segment_map`: per segment (x) and array (y), what the array does in that segment:
+- `segment_map`: per segment (x: simulated time, each segment as wide as it runs) and
+  array (y), what the array does in that segment:
   compute (holds weights the segment runs), memory (holds the segment's data), or
   nothing: idle in memory mode (switched to memory mode, but the segment stores nothing
   there) or idle in compute mode.
   The real array addresses come from the flow (`CIM.load_weight ... -> a[LO:HI]`,
   `CIM.mvm OP a[LO:HI]`, data locations `T@a[LO:HI]`), read with the simulator's parser.
 - `timeline`: one segment's statements as bars from their start to their end cycle, as
-  timed by the simulator (`simulate(..., trace=True)`).
+  timed by the simulator (`simulate(..., trace=True)`); any segment (`--plot-segment`).
+- `operator_chart`: per operator, its alone cycles as the cost model predicts them and
+  as the simulator measures its statements.
 - `speedup_bars`: speedup of cmswitch over each baseline, per model (bench rows).
 - `sweep_plots`: latency and energy against each swept hardware field, and the
   latency-energy Pareto front, of a `cmswitch sweep` (PNG and SVG).
@@ -27,6 +30,7 @@ from typing import Any
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import EngFormatter
 
 from cmswitch.errors import CMSwitchError
 from cmswitch.sim.flow import ArchDecl, FlowSource, SegmentBegin, SegmentEnd, Statement, iter_records
@@ -38,9 +42,6 @@ idle: compute mode, unused; idle-memory: memory mode, unused by the segment."""
 MODE_COLORS = {"idle": "#e6e6e6", "idle-memory": "#bcd7ea", "compute": "#d95f02",
                "memory": "#1b6fa8"}
 """RGB of each role in the segment map (hex)."""
-
-MAX_MAP_SEGMENTS = 64
-"""The segment map shows at most this many segments (the first ones) by default."""
 
 MAX_TIMELINE_ROWS = 60
 """The timeline shows at most this many statements of its segment."""
@@ -113,74 +114,147 @@ def mode_counts(modes: list[str]) -> dict[str, int]:
 # ----------------------------------------------------------------------------------
 # figures
 
+PAPER_WIDTH = 7.2
+"""Figure width in inches: a two-column-wide figure of a paper, fonts of 7-9 pt."""
+
+DPI = 200
+"""PNG resolution (dots per inch); SVG is vector."""
+
+MAX_MAP_LABELS = 14
+"""The segment map labels at most this many segments: the longest ones whose labels do
+not overlap a longer segment's label (so labels never collide; the others' arrays are
+still drawn)."""
+
+_LABEL_PT = 6.5
+"""Font size (pt) of the segment-map labels."""
+
+
+def _cycle_axis(ax, clock_mhz: float | None, label: str) -> None:
+    """Cycles on the bottom x axis in engineering notation (``200 k``, never an offset
+    like ``1e6``); seconds on a top axis when the clock is known."""
+    ax.xaxis.set_major_formatter(EngFormatter(sep=" "))
+    ax.set_xlabel(label, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if not clock_mhz:
+        return
+    hz = clock_mhz * 1e6
+    top = ax.secondary_xaxis("top", functions=(lambda c: c / hz, lambda t: t * hz))
+    top.xaxis.set_major_formatter(EngFormatter(unit="s", sep=" "))
+    top.tick_params(labelsize=7)
+    top.set_xlabel(f"time at {clock_mhz:g} MHz", fontsize=8)
+
+
+def _labelled(starts: list[float], widths: list[float], texts: list[str],
+              axes_points: float) -> list[int]:
+    """Indices of the segments to label, longest first then left to right, at most
+    `MAX_MAP_LABELS`: a label (centred on its segment, ~0.62 em per character at
+    `_LABEL_PT`) is kept when it does not overlap a kept one nor cross the ends of an
+    axes `axes_points` wide."""
+    total = max(sum(widths), 1.0)
+    width = [(max(map(len, t.split("\n"))) * 0.62 * _LABEL_PT + 3) / axes_points * total
+             for t in texts]
+    kept: list[int] = []
+    for i in sorted(range(len(starts)), key=lambda i: (-widths[i], i)):
+        if len(kept) == MAX_MAP_LABELS or widths[i] <= 0:
+            break
+        centre = starts[i] + widths[i] / 2
+        if centre < width[i] / 2 or centre + width[i] / 2 > total:
+            continue  # the label would cross the end of the axis
+        if all(abs(centre - (starts[j] + widths[j] / 2)) >= (width[i] + width[j]) / 2
+               for j in kept):
+            kept.append(i)
+    return sorted(kept)
+
 
 def segment_map_figure(segments: list[dict[str, Any]], title: str,
-                       max_segments: int = MAX_MAP_SEGMENTS) -> Figure:
-    """The segment map of `array_modes(...)` output: top, stacked bars of how many
-    arrays compute / store / sit unused in memory mode per segment; bottom, the map (x: segment, y: array address,
-    array 0 at the bottom; one cell per array, coloured by `MODE_COLORS`).  The map's
-    axes carry the label "map".  Shows the first `max_segments` segments."""
+                       clock_mhz: float | None = None) -> Figure:
+    """The segment map of `array_modes(...)` output whose rows also carry ``cycles``
+    (the segment's simulated cycles): x is time, each segment as wide as it runs.
+    Top, how many arrays compute / store data / sit in memory mode unused; bottom, the
+    map (y: array address, array 0 at the bottom; one cell per array and segment,
+    coloured by `MODE_COLORS`; its axes carry the label "map").
+    The longest segments (`_labelled`) get their id and compute/memory arrays.  Raises
+    CMSwitchError for no segments or a row without cycles."""
     if not segments:
         raise CMSwitchError("segment map: the flow has no segments")
-    shown = segments[:max_segments]
-    arrays = len(shown[0]["modes"])
-    grid = [[MODES.index(seg["modes"][i]) for seg in shown] for i in range(arrays)]
-    width = min(16.0, max(6.0, 0.22 * len(shown) + 2.0))
-    fig = Figure(figsize=(width, 7.5), layout="constrained")
-    counts_ax, map_ax = fig.subplots(2, 1, sharex=True, height_ratios=(1, 3))
-    xs = range(len(shown))
-    counts = [mode_counts(seg["modes"]) for seg in shown]
-    compute = [c["compute"] for c in counts]
-    memory = [c["memory"] for c in counts]
-    counts_ax.bar(xs, compute, width=0.8, color=MODE_COLORS["compute"], label="compute")
-    counts_ax.bar(xs, memory, width=0.8, bottom=compute, color=MODE_COLORS["memory"],
-                  label="memory")
-    counts_ax.bar(xs, [c["idle-memory"] for c in counts], width=0.8,
-                  bottom=[c + m for c, m in zip(compute, memory)],
-                  color=MODE_COLORS["idle-memory"], label="memory mode, unused")
-    if len(shown) <= 40:
-        for x, c, m, top in zip(xs, compute, memory, counts):
-            counts_ax.text(x, c + m + top["idle-memory"], f"{c}\n{m}", ha="center", va="bottom", fontsize=6,
-                           linespacing=0.9)
-    counts_ax.set_ylim(0, arrays * 1.35)
-    counts_ax.set_ylabel("arrays")
-    counts_ax.set_title("arrays per segment (labels: compute over memory)", fontsize=9)
+    if any("cycles" not in seg for seg in segments):
+        raise CMSwitchError("segment map: every segment needs its simulated cycles")
+    arrays = len(segments[0]["modes"])
+    widths = [float(seg["cycles"]) for seg in segments]
+    starts = [sum(widths[:i]) for i in range(len(widths))]
+    total = max(sum(widths), 1.0)
+    edges = [*starts, total]
+    grid = [[MODES.index(seg["modes"][i]) for seg in segments] for i in range(arrays)]
+    fig = Figure(figsize=(PAPER_WIDTH, 4.6), layout="constrained")
+    counts_ax, map_ax = fig.subplots(2, 1, sharex=True, height_ratios=(1, 2.2))
+    counts = [mode_counts(seg["modes"]) for seg in segments]
+    bottom = [0] * len(segments)
+    for mode in ("compute", "memory", "idle-memory"):
+        heights = [c[mode] for c in counts]
+        counts_ax.bar(starts, heights, width=widths, bottom=bottom, align="edge",
+                      color=MODE_COLORS[mode], linewidth=0)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    texts = [f"{seg['id']}\n{c['compute']}/{c['memory']}" for seg, c in zip(segments, counts)]
+    for i in _labelled(starts, widths, texts, (PAPER_WIDTH - 0.8) * 72):
+        centre = starts[i] + widths[i] / 2
+        counts_ax.plot([centre, centre], [bottom[i], arrays * 1.06], color="black",
+                       linewidth=0.4)  # labels sit above every bar: none hides one
+        counts_ax.text(centre, arrays * 1.07, texts[i], ha="center", va="bottom",
+                       fontsize=_LABEL_PT, linespacing=0.95)
+    counts_ax.set_ylim(0, arrays * 1.5)
+    counts_ax.set_ylabel("arrays", fontsize=8)
+    counts_ax.tick_params(labelsize=7)
+    counts_ax.set_title("labels: segment id, compute/memory arrays (the longest segments)",
+                        fontsize=7.5)
+    for ax in (counts_ax, map_ax):
+        ax.vlines(starts[1:], 0, 1, transform=ax.get_xaxis_transform(), color="white",
+                  linewidth=0.25)
     map_ax.set_label("map")
-    map_ax.imshow(grid, origin="lower", aspect="auto", interpolation="nearest",
-                  cmap=ListedColormap([MODE_COLORS[m] for m in MODES]), vmin=-0.5,
-                  vmax=len(MODES) - 0.5, extent=(-0.5, len(shown) - 0.5, -0.5, arrays - 0.5))
-    map_ax.set_xlabel("segment")
-    map_ax.set_ylabel("array address")
-    step = max(1, math.ceil(len(shown) / 32))
-    map_ax.set_xticks(list(xs)[::step], [str(seg["id"]) for seg in shown][::step], fontsize=7)
-    names = {"compute": "compute", "memory": "memory (stores data)",
-             "idle-memory": "idle, memory mode", "idle": "idle, compute mode"}
-    map_ax.legend(handles=[Patch(color=MODE_COLORS[m], label=names[m])
-                           for m in ("compute", "memory", "idle-memory", "idle")],
-                  loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    more = f" (first {len(shown)} of {len(segments)} segments)" if len(segments) > len(shown) else ""
-    fig.suptitle(title + more, fontsize=10)
+    map_ax.pcolormesh(edges, [y - 0.5 for y in range(arrays + 1)], grid, shading="flat",
+                      cmap=ListedColormap([MODE_COLORS[m] for m in MODES]), vmin=-0.5,
+                      vmax=len(MODES) - 0.5, rasterized=True)
+    map_ax.set_xlim(0, total)
+    map_ax.set_ylabel("array address", fontsize=8)
+    map_ax.tick_params(labelsize=7)
+    _cycle_axis(map_ax, None, "simulated cycles")
+    _cycle_axis(counts_ax, clock_mhz, "")
+    counts_ax.tick_params(labelbottom=False)
+    names = {"compute": "compute", "memory": "memory (holds the segment's data)",
+             "idle-memory": "memory mode, unused", "idle": "compute mode, unused"}
+    fig.legend(handles=[Patch(color=MODE_COLORS[m], label=names[m]) for m in
+                        ("compute", "memory", "idle-memory", "idle")],
+               loc="outside lower center", ncols=4, fontsize=7, frameon=False)
+    fig.suptitle(f"{title} ({len(segments)} segments)", fontsize=9)
     return fig
 
 
 def segment_map(flow: str | os.PathLike, path: str | os.PathLike, title: str = "",
-                max_segments: int = MAX_MAP_SEGMENTS) -> list[dict[str, Any]]:
-    """Draw the segment map of a flow into the PNG `path`; returns the `array_modes`
-    data it was drawn from.  Raises CMSwitchError for a bad flow."""
+                report: dict | None = None) -> list[dict[str, Any]]:
+    """Draw the segment map of a flow into `path` (PNG, and SVG beside it); returns the
+    `array_modes` rows it was drawn from, each with its simulated ``cycles``.  `report`:
+    the flow's simulator report if already run.  Raises CMSwitchError for a bad flow."""
+    from cmswitch.sim.simulator import simulate
+
     segments = array_modes(flow)
-    _save(segment_map_figure(segments, title or "segment map", max_segments), path)
+    report = report or simulate(flow)
+    for seg, timed in zip(segments, report["segments"]):
+        seg["cycles"] = timed["cycles"]
+    clock = report.get("arch_fields", {}).get("clock_mhz")
+    _save(segment_map_figure(segments, title or "segment map", clock), path)
     return segments
 
 
-def segment_trace(flow: str | os.PathLike, segment: int | str | None = None
-                  ) -> tuple[int, list[dict]]:
+def segment_trace(flow: str | os.PathLike, segment: int | str | None = None,
+                  report: dict | None = None) -> tuple[int, list[dict]]:
     """Simulate a flow with the trace on and return ``(segment id, spans)``: the
     segment's statements with "start"/"end" in cycles from the segment's start, and
     "text" (the statement as written).  `segment` None picks the segment with the most
-    simulated cycles.  Raises CMSwitchError for a bad flow or an unknown segment."""
+    simulated cycles; `report` is a simulator report with ``trace`` if already run.
+    Raises CMSwitchError for a bad flow or an unknown segment."""
     from cmswitch.sim.simulator import simulate
 
-    report = simulate(flow, trace=True)
+    if report is None or "trace" not in report:
+        report = simulate(flow, trace=True)
     ids = [seg["id"] for seg in report["segments"]]
     if segment is None:
         segment = max(report["segments"], key=lambda seg: seg["cycles"])["id"]
@@ -208,28 +282,44 @@ def _line_texts(flow: str | os.PathLike, lines: set[int]) -> dict[int, str]:
     return texts
 
 
-def _label(text: str, width: int = 46) -> str:
-    """A statement shortened to its opcode, operator and (for MEM) tensor."""
-    words = text.split()
-    keep = [w for w in words if "=" not in w and w not in ("->", "{", "}")]
-    label = " ".join(keep[:3])
-    return label if len(label) <= width else label[:width - 1] + "…"
+def short_name(name: str, width: int = 30) -> str:
+    """`name` cut in the middle to at most `width` characters (``layers.0…o_proj``):
+    the start says where in the model, the end which operator or piece."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
 
 
-def timeline_figure(spans: list[dict], title: str) -> Figure:
+def _label(text: str) -> str:
+    """A statement as its opcode and operator (CIM, VEC) or tensor and route (MEM):
+    ``CIM.mvm conv1``, ``MEM.load x dram→a[40:48]``; names shortened by `short_name`."""
+    words = [w for w in text.split() if w not in ("{", "}")]
+    if not words:
+        return text
+    opcode = words[0]
+    if opcode.startswith("MEM.") and len(words) >= 4 and "@" in words[1]:
+        tensor, src = words[1].split("@", 1)
+        return f"{opcode} {short_name(tensor, 22)} {src}→{words[3]}"
+    name = next((w for w in words[1:] if "=" not in w), "")
+    return f"{opcode} {short_name(name)}".strip()
+
+
+def timeline_figure(spans: list[dict], title: str, clock_mhz: float | None = None) -> Figure:
     """A Gantt chart of one segment: one bar per statement (top = first), from its start
-    to its end (cycles from the segment start), coloured by kind; the statements of a
-    `parallel` block overlap (the pipeline).  Shows at most MAX_TIMELINE_ROWS."""
+    to its end (cycles from the segment start; seconds on top with `clock_mhz`),
+    coloured by kind; the statements of a `parallel` block overlap (the pipeline).
+    Shows at most MAX_TIMELINE_ROWS.  Raises CMSwitchError for no statements."""
     if not spans:
         raise CMSwitchError("timeline: the segment has no statements")
     shown = spans[:MAX_TIMELINE_ROWS]
-    fig = Figure(figsize=(11, 1.2 + 0.32 * len(shown)), layout="constrained")
+    fig = Figure(figsize=(PAPER_WIDTH, 1.5 + 0.16 * len(shown)), layout="constrained")
     ax = fig.subplots()
     for row, span in enumerate(shown):
         family = span["opcode"].split(".")[0] if span["opcode"].startswith(("VEC", "MEM")) \
             else span["opcode"]
         length = max(span["end"] - span["start"], 0.0)
-        ax.barh(row, length, left=span["start"], height=0.6,
+        ax.barh(row, length, left=span["start"], height=0.7,
                 color=_KIND_COLORS.get(family, "#999999"))
     blocks: dict = {}
     for span in shown:
@@ -238,39 +328,118 @@ def timeline_figure(spans: list[dict], title: str) -> Figure:
             blocks[span["parallel"]] = (min(lo, span["start"]), max(hi, span["end"]))
     for lo, hi in blocks.values():
         ax.axvspan(lo, hi, color="#f2f2f2", zorder=0)
-    ax.set_yticks(range(len(shown)), [_label(s["text"]) for s in shown], fontsize=7,
+    ax.set_yticks(range(len(shown)), [_label(s["text"]) for s in shown], fontsize=6.5,
                   family="monospace")
-    ax.invert_yaxis()
-    ax.set_xlabel("cycles from the segment start")
-    ax.legend(handles=[Patch(color=c, label=k) for k, c in
-                       (("CM.switch", _KIND_COLORS["CM.switch"]),
-                        ("load_weight / write_operand", _KIND_COLORS["CIM.load_weight"]),
-                        ("CIM.mvm", _KIND_COLORS["CIM.mvm"]), ("VEC.*", _KIND_COLORS["VEC"]),
-                        ("MEM.*", _KIND_COLORS["MEM"]), ("parallel block", "#f2f2f2"))],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    ax.set_ylim(len(shown) - 0.5, -0.5)
+    ax.set_xlim(0, max(s["end"] for s in shown) or 1)
+    _cycle_axis(ax, clock_mhz, "simulated cycles from the segment start")
+    fig.legend(handles=[Patch(color=c, label=k) for k, c in
+                        (("CM.switch", _KIND_COLORS["CM.switch"]),
+                         ("load_weight / write_operand", _KIND_COLORS["CIM.load_weight"]),
+                         ("CIM.mvm", _KIND_COLORS["CIM.mvm"]), ("VEC.*", _KIND_COLORS["VEC"]),
+                         ("MEM.*", _KIND_COLORS["MEM"]), ("parallel block", "#f2f2f2"))],
+               loc="outside lower center", ncols=6, fontsize=6.5, frameon=False)
     more = f" (first {len(shown)} of {len(spans)} statements)" if len(spans) > len(shown) else ""
-    ax.set_title(title + more, fontsize=10)
+    fig.suptitle(title + more, fontsize=9)
     return fig
 
 
-def timeline(flow: str | os.PathLike, path: str | os.PathLike, segment: str | None = None,
-             title: str = "") -> tuple[str, list[dict]]:
-    """Draw one segment's pipeline timeline into the PNG `path` (the segment with the
-    most simulated cycles when `segment` is None); returns `segment_trace`'s data."""
-    segment, spans = segment_trace(flow, segment)
+def timeline(flow: str | os.PathLike, path: str | os.PathLike, segment: int | str | None = None,
+             title: str = "", report: dict | None = None) -> tuple[int, list[dict]]:
+    """Draw one segment's pipeline timeline into `path` (PNG, and SVG beside it): the
+    segment with the most simulated cycles when `segment` is None; returns
+    `segment_trace`'s data.  Raises CMSwitchError for an unknown segment."""
+    segment, spans = segment_trace(flow, segment, report)
+    clock = (report or {}).get("arch_fields", {}).get("clock_mhz") or _flow_clock(flow)
     name = f"{title}, " if title else ""
-    _save(timeline_figure(spans, f"{name}segment {segment}: statement start/end (simulated)"),
+    _save(timeline_figure(spans, f"{name}segment {segment}: statements as simulated", clock),
           path)
     return segment, spans
+
+
+def _flow_clock(flow: str | os.PathLike) -> float | None:
+    for record in iter_records(FlowSource(flow).lines(), "flow"):
+        if isinstance(record, ArchDecl):
+            value = record.fields.get("clock_mhz")
+            return float(value) if value is not None else None
+    return None
+
+
+MAX_OPERATOR_BARS = 24
+"""The operator chart shows this many operators (the most simulated cycles first); the
+rest are summed in its subtitle."""
+
+
+def operator_figure(rows: list[dict[str, Any]], title: str,
+                    clock_mhz: float | None = None) -> Figure:
+    """Per operator (compile report rows after `api.add_simulation`): its alone cycles
+    as the cost model predicts them (``predicted_load_cycles`` + ``_run_``) and as the
+    simulator measures its statements (``simulated_load_cycles`` + ``_run_``), two
+    stacked horizontal bars (load light, run dark), the `MAX_OPERATOR_BARS` operators
+    with the most simulated cycles; the rest are summed in the subtitle.  Raises CMSwitchError
+    for rows without simulated cycles."""
+    if not rows or any("simulated_run_cycles" not in r for r in rows):
+        raise CMSwitchError("operator chart: the report has no simulated operator cycles "
+                            "(compile with --simulate)")
+
+    def total(row, side):
+        return row[f"{side}_load_cycles"] + row[f"{side}_run_cycles"]
+
+    ranked = sorted(rows, key=lambda r: (-total(r, "simulated"), r["name"]))
+    shown, rest = ranked[:MAX_OPERATOR_BARS], ranked[MAX_OPERATOR_BARS:]
+    bars = [(short_name(r["name"], 34), r) for r in shown]
+    fig = Figure(figsize=(PAPER_WIDTH, 1.6 + 0.24 * len(bars)), layout="constrained")
+    ax = fig.subplots()
+    colours = {"predicted": ("#b3cde3", "#1b6fa8"), "simulated": ("#fdcdac", "#d95f02")}
+    for offset, side in ((-0.19, "predicted"), (0.19, "simulated")):
+        ys = [i + offset for i in range(len(bars))]
+        load = [r[f"{side}_load_cycles"] for _, r in bars]
+        run = [r[f"{side}_run_cycles"] for _, r in bars]
+        ax.barh(ys, load, height=0.36, color=colours[side][0],
+                label=f"{side}: weight / operand load")
+        ax.barh(ys, run, left=load, height=0.36, color=colours[side][1],
+                label=f"{side}: MVMs / digital unit")
+    ax.set_yticks(range(len(bars)), [name for name, _ in bars], fontsize=6.5,
+                  family="monospace")
+    ax.set_ylim(len(bars) - 0.5, -0.6)
+    ax.grid(True, axis="x", alpha=0.3)
+    _cycle_axis(ax, clock_mhz, "cycles of the operator's statements, each timed alone")
+    fig.legend(loc="outside lower center", ncols=2, fontsize=7, frameon=False)
+    if rest:  # a summed bar would dwarf the others: the sums go in words
+        ax.set_title(f"not shown: {len(rest)} more operators, "
+                     f"{_eng(sum(total(r, 'predicted') for r in rest))} cycles predicted, "
+                     f"{_eng(sum(total(r, 'simulated') for r in rest))} simulated",
+                     fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _eng(value: float) -> str:
+    """A cycle count in words: ``75``, ``200.5 k``, ``1.3 M``."""
+    return EngFormatter(places=0 if abs(value) < 1000 else 1, sep=" ")(value)
+
+
+def operator_chart(report: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """Draw `operator_figure` of a compile report with simulated operator cycles into
+    `path` (PNG, and SVG beside it)."""
+    clock = report.get("hardware", {}).get("clock_mhz")
+    _save(operator_figure(report["operators"], title or "operators", clock), path)
+
+
+def _model_label(name: str) -> str:
+    """A model name without its folder and .onnx suffix (bench rows may carry a path)."""
+    base = Path(str(name)).name
+    return base[:-5] if base.endswith(".onnx") else base
 
 
 def speedup_figure(rows: list[dict[str, Any]], baselines: list[str]) -> Figure:
     """Grouped bars: per bench row (model @ hardware), the speedup of cmswitch over
     each baseline (simulated cycles of the baseline / cmswitch's); a dashed line at 1
     and, last, the geometric mean over the rows."""
-    labels = [f"{r['model']}\n{r['arch']}" + (f"\nb{r['batch']} s{r['seq']}" if r.get("seq") else "")
+    labels = [f"{_model_label(r['model'])}\n{_model_label(r['arch'])}"
+              + (f"\nb{r['batch']} s{r['seq']}" if r.get("seq") else "")
               for r in rows] + ["geomean"]
-    fig = Figure(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.5), layout="constrained")
+    fig = Figure(figsize=(max(PAPER_WIDTH, 0.9 * len(labels) + 2), 3.8), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(baselines))
     for b, base in enumerate(baselines):
@@ -279,37 +448,61 @@ def speedup_figure(rows: list[dict[str, Any]], baselines: list[str]) -> Figure:
         values.append(geometric_mean(good) if good else None)
         xs = [x + (b - (len(baselines) - 1) / 2) * width for x in range(len(labels))]
         bars = ax.bar(xs, [v or 0.0 for v in values], width=width, label=f"vs {base}")
-        ax.bar_label(bars, labels=[f"{v:.2f}" if v else "n/a" for v in values], fontsize=6,
-                     padding=1)
+        ax.bar_label(bars, labels=[f"{v:.2f}" if v else "n/a" for v in values], fontsize=7,
+                     padding=1, rotation=90 if len(baselines) > 2 else 0)
     ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set_ylabel("speedup of cmswitch (x)")
-    ax.set_title("simulated speedup of cmswitch over each baseline", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_ylabel("speedup of cmswitch (x)", fontsize=8)
+    ax.margins(y=0.15)
+    ax.set_title("simulated speedup of cmswitch over each baseline", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
 def speedup_bars(rows: list[dict[str, Any]], baselines: list[str],
                  path: str | os.PathLike) -> None:
-    """Draw `speedup_figure` into the PNG `path`."""
+    """Draw `speedup_figure` into `path` (PNG, and SVG beside it)."""
     _save(speedup_figure(rows, baselines), path)
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> None:
-    fig.savefig(Path(path), dpi=110)
+def _save(fig: Figure, path: str | os.PathLike) -> list[Path]:
+    """Write the figure to `path` and as SVG beside it (same stem), byte-identical
+    from run to run (fixed SVG ids, no date); returns both paths."""
+    import matplotlib
+
+    png = Path(path)
+    svg = png.with_suffix(".svg")
+    with matplotlib.rc_context({"svg.hashsalt": "cmswitch"}):
+        fig.savefig(png, dpi=DPI)
+        fig.savefig(svg, metadata={"Date": None})
+    return [png, svg]
 
 
-def plot_plan(plan, folder: str | os.PathLike) -> list[Path]:
-    """Write a compiled plan's pictures into `folder` (created if missing):
-    ``MODEL_ARCH_STRATEGY_segments.png`` and ``..._timeline.png``; returns their
-    paths.  Raises CMSwitchError when the folder cannot be made."""
+def plot_plan(plan, folder: str | os.PathLike, segment: int | str | None = None) -> list[Path]:
+    """Write a compiled plan's pictures into `folder` (created if missing), each as
+    PNG and SVG: ``MODEL_ARCH_STRATEGY_segments`` (the segment map on a time axis),
+    ``..._timeline`` (segment `segment`'s statements; default the longest segment)
+    and ``..._operators`` (predicted vs simulated alone cycles per operator); returns
+    their paths.  The flow is simulated once.  Raises CMSwitchError when the folder
+    cannot be made or the segment does not exist."""
+    from cmswitch.api import add_simulation
+    from cmswitch.sim.simulator import simulate
+
     out = ensure_folder(folder)
     stem = _stem(f"{plan.model}_{plan.arch.name}_{plan.strategy}")
     title = f"{plan.model} on {plan.arch.name}, strategy {plan.strategy}"
-    seg_path, time_path = out / f"{stem}_segments.png", out / f"{stem}_timeline.png"
-    segment_map(plan.flow, seg_path, title=title)
-    timeline(plan.flow, time_path, title=title)
-    return [seg_path, time_path]
+    report = simulate(plan.flow, trace=True, statements=True)
+    segment_trace(plan.flow, segment, report)  # an unknown segment fails before any file
+    paths = []
+    seg_path, time_path, op_path = (out / f"{stem}_{kind}.png"
+                                    for kind in ("segments", "timeline", "operators"))
+    segment_map(plan.flow, seg_path, title=title, report=report)
+    timeline(plan.flow, time_path, segment=segment, title=title, report=report)
+    operator_chart(add_simulation(plan.report(), report), op_path,
+                   title=f"{title}: alone cycles per operator, cost model vs simulator")
+    for path in (seg_path, time_path, op_path):
+        paths += [path, path.with_suffix(".svg")]
+    return paths
 
 
 def ensure_folder(folder: str | os.PathLike) -> Path:
@@ -424,17 +617,10 @@ def sweep_plots(rows: list[dict[str, Any]], params: list[str],
                 folder: str | os.PathLike) -> list[Path]:
     """Write ``sweep_<field>.png/.svg`` per swept field and ``pareto.png/.svg`` into
     `folder` (created if missing); returns the paths."""
-    import matplotlib
-
     out = ensure_folder(folder)
     figures = [(f"sweep_{_stem(p)}", sweep_figure(rows, p, params)) for p in params]
     figures.append(("pareto", pareto_figure(rows, params)))
     paths = []
-    with matplotlib.rc_context({"svg.hashsalt": "cmswitch"}):  # byte-identical SVG ids
-        for stem, fig in figures:
-            for suffix in (".png", ".svg"):
-                path = out / f"{stem}{suffix}"
-                fig.savefig(path, dpi=110,
-                            metadata={"Date": None} if suffix == ".svg" else None)
-                paths.append(path)
+    for stem, fig in figures:
+        paths += _save(fig, out / f"{stem}.png")
     return paths

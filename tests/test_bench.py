@@ -129,9 +129,10 @@ def test_resnet18_for_real(tmp_path):
     assert all(c >= row["lower_bound_cycles"] for c in row["cycles"].values())
     assert doc["geomean_speedup_vs_cimmlc"] == pytest.approx(
         row["cycles"]["cimmlc"] / row["cycles"]["cmswitch"], rel=1e-4)
-    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == [
-        "resnet18_dynaplasia_cmswitch_segments.png", "resnet18_dynaplasia_cmswitch_timeline.png",
-        "speedups.png"]
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == sorted(
+        [f"resnet18_dynaplasia_cmswitch_{kind}.{ext}" for kind in
+         ("operators", "segments", "timeline") for ext in ("png", "svg")]
+        + ["speedups.png", "speedups.svg"])
     assert "| **geomean** |" in r.stdout
 
 

@@ -1,6 +1,8 @@
 """The optimizer's cost model against hand-computed values (default hardware: arrays of
 320 rows x 40 8-bit weights, mvm 8 cycles/vector, 8-bit activations)."""
 
+import pytest
+
 from cmswitch.arch import load_arch
 from cmswitch.cost.model import _weight_op_cost, groups_per_array, tiles_for, useful_copies
 
@@ -171,3 +173,27 @@ def test_a_conv_output_streams_pixel_vectors():
     assert graph.tensors[t_conv].bytes == 64 * 14 * 14
     assert graph.working_set(t_conv, 1) == 64 * 64
     assert graph.working_set(t_relu, 2) == 64 * 64
+
+
+def test_alone_cycles_of_conv1_by_hand():
+    from cmswitch.cost.model import OpCost, alone_cycles
+
+    c = _weight_op_cost("conv1", 112 * 112, 147, 64, 1, ARCH)
+    # load: max(9408 B / 32 B/cycle from DRAM, 3 copies * 9408 B / 32 B/cycle written)
+    #     = max(294, 882) = 882.
+    # run: compute 12544 * 8 / 3 copies = 33450.67; its 1,843,968 B of input im2col
+    # vectors on a 24-array pool (24 * 4 B/cycle = 96): 19208; output 802,816 B on the
+    # global buffer (32 B/cycle): 25088.  The compute is the slowest.
+    load, run = alone_cycles(c, 3, {"pool": 12544 * 147, "gb": 12544 * 64},
+                             {"pool": 96.0, "gb": 32.0}, ARCH)
+    assert load == 882
+    assert run == 12544 * 8 / 3
+    # with the output in DRAM at 32 B/cycle and one copy: compute 100352 > 25088
+    assert alone_cycles(c, 1, {"dram": 12544 * 64}, {"dram": 32.0}, ARCH) == (294, 100352)
+    # a relu of 802,816 elements: 802816 / 64 ops/cycle = 12544 on the digital unit, but
+    # its 1,605,632 B through a 4-array pool (16 B/cycle) take 100352
+    relu = OpCost(name="relu", kind="vector", vector_ops=802816)
+    assert alone_cycles(relu, 1, {}, {}, ARCH) == (0, 12544)
+    assert alone_cycles(relu, 1, {"pool": 1605632}, {"pool": 16.0}, ARCH) == (0, 100352)
+    with pytest.raises(ValueError, match="no bandwidth"):
+        alone_cycles(relu, 1, {"gb": 10}, {}, ARCH)

@@ -199,3 +199,36 @@ def data_cycles(cost: OpCost, memory_arrays: int, arch: Arch, gb_share: float = 
             raise ValueError(f"{cost.name}: no bandwidth to feed {cost.feed} bytes")
         return 0.0
     return cost.feed / bandwidth
+
+
+def alone_cycles(cost: OpCost, copies: int, port_bytes: dict[str, float],
+                 bandwidth: dict[str, float], arch: Arch) -> tuple[float, float]:
+    """The cost model's ``(load, run)`` cycles of one operator as if it ran alone
+    (the per-operator rows of the compile report and the operator chart; the segment
+    MIP prices the operators of a segment jointly instead, DESIGN.md §4).
+
+    load: a weight op reads one copy from DRAM and programs `copies` of them,
+    ``max(W/external_bw, d*W/weight_write_bw)`` (as `mip.load_cycles`); a dynamic
+    matmul writes its run-time operand once, ``W/weight_write_bw``; vector ops 0.
+    run: the slowest of its own time (``compute/d`` for MVMs, ``vector_ops /
+    vector_ops_per_cycle`` for the digital unit) and, per location, the bytes it moves
+    there (`port_bytes`, bytes) over that location's bandwidth (`bandwidth`,
+    bytes/cycle).  Raises ValueError for a location with bytes but no bandwidth or for
+    fewer than one copy of a matrix op."""
+    if cost.kind == "weight":
+        load = max(cost.weight_bytes / arch.external_bw_bytes,
+                   copies * cost.weight_bytes / arch.weight_write_bw_bytes)
+    elif cost.kind == "dynamic":
+        load = cost.weight_bytes / arch.weight_write_bw_bytes
+    else:
+        load = 0.0
+    run = compute_cycles(cost, copies) if cost.arrays else \
+        cost.vector_ops / arch.vector_ops_per_cycle
+    for place, nbytes in sorted(port_bytes.items()):
+        if not nbytes:
+            continue
+        if bandwidth.get(place, 0) <= 0:
+            raise ValueError(f"{cost.name}: {nbytes:g} bytes on {place}, which has no bandwidth")
+        run = max(run, nbytes / bandwidth[place])
+    return load, run
+

@@ -196,6 +196,9 @@ def _compile(args: argparse.Namespace) -> int:
     except CMSwitchError as error:  # a malformed --dim: a usage error, like --batch 0
         print(f"cmswitch compile: error: {error}", file=sys.stderr)
         return 2
+    if args.plot_segment is not None and not args.plot:
+        print("cmswitch compile: error: --plot-segment needs --plot DIR", file=sys.stderr)
+        return 2
     if args.output == "-" and args.json == "-":
         raise CMSwitchError("-o - and --json - both want stdout; send one to a file")
     _check_writable(args.output)
@@ -219,15 +222,17 @@ def _compile(args: argparse.Namespace) -> int:
                              keep_module=args.functional, chunk_arrays=args.chunk_arrays,
                              jobs=args.jobs or 0)
     _warn_unproven(plan)
+    ids = [s["id"] for s in plan.segments]
+    if args.plot_segment is not None and args.plot_segment not in ids:
+        raise CMSwitchError(f"--plot-segment {args.plot_segment}: no such segment (the plan "
+                            f"has {len(ids)}: {ids[0]}..{ids[-1]})")
     report = plan.report()
     sim = None
     if args.simulate:  # before anything is written: a failed run leaves no half output
-        sim = plan.simulate()
-        report["simulated_cycles"] = sim["cycles"]
-        report["prediction_error"] = round(plan.predicted_cycles / sim["cycles"] - 1, 4)
-        report["simulated_energy"] = sim["energy"]
-        report["simulated_segments"] = [{"id": s["id"], "cycles": s["cycles"]}
-                                        for s in sim["segments"]]
+        from cmswitch.api import add_simulation
+
+        sim = plan.simulate(statements=True)
+        report = add_simulation(report, sim)
     _emit(args.output, plan.flow)
     _emit(args.json, json.dumps(report, indent=1) + "\n")
     if args.csv:
@@ -241,7 +246,7 @@ def _compile(args: argparse.Namespace) -> int:
     if args.plot:
         from cmswitch.plot import plot_plan
 
-        for path in plot_plan(plan, args.plot):
+        for path in plot_plan(plan, args.plot, segment=args.plot_segment):
             print(f"wrote {path}", file=sys.stderr)
     if args.summary or not (args.output or args.json or args.csv or args.functional):
         print_summary(plan, text_out, sim=sim)
@@ -284,6 +289,13 @@ def _positive(kind):
     return convert
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmswitch", description=(
         "CMSwitch: dual-mode-aware DNN compiler for computing-in-memory accelerators"))
@@ -319,8 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--simulate", action="store_true",
                    help="also run the flow in cmswitch-sim: simulated cycles beside the "
                    "prediction (printed, and simulated_cycles / prediction_error in --json)")
-    c.add_argument("--plot", metavar="DIR", help="draw the segment map and one segment's "
-                   "pipeline timeline (PNG) into this folder")
+    c.add_argument("--plot", metavar="DIR", help="draw the segment map (on a time axis), "
+                   "one segment's pipeline timeline and the per-operator chart of predicted "
+                   "vs simulated cycles (PNG and SVG) into this folder")
+    c.add_argument("--plot-segment", type=_non_negative_int, default=None, metavar="N",
+                   help="with --plot: draw the timeline of segment N (default: the segment "
+                   "with the most simulated cycles)")
     c.add_argument("--functional", action="store_true",
                    help="run the flow on seeded random inputs (numpy) and compare with "
                    "onnxruntime (.onnx models with weights; docs/functional.md)")

@@ -580,10 +580,30 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+PARETO_LABEL_GAP = 0.08
+"""Pareto labels: a front point is labelled when it is at least this far (as a fraction
+of the points' latency and energy ranges) from the last labelled one."""
+
+
+def _spread(xy: list[tuple[float, float]], front: list[int]) -> list[int]:
+    """The front points to label, in front order: the first, then each one at least
+    `PARETO_LABEL_GAP` (normalised distance) from the last one kept."""
+    if not front:
+        return []
+    span = [max(max(p[k] for p in xy) - min(p[k] for p in xy), 1e-12) for k in (0, 1)]
+    kept = [front[0]]
+    for i in front[1:]:
+        last = xy[kept[-1]]
+        if math.hypot((xy[i][0] - last[0]) / span[0],
+                      (xy[i][1] - last[1]) / span[1]) >= PARETO_LABEL_GAP:
+            kept.append(i)
+    return kept
+
+
 def pareto_figure(rows: list[dict[str, Any]], params: list[str]) -> Figure:
     """Energy (uJ) against latency (ms) of every finished point with energy, one panel
     per model, the latency-energy Pareto front drawn as a line and its points labelled
-    with their swept fields."""
+    with their swept fields (`_spread`: close points share one label)."""
     done = [r for r in _finished(rows) if r.get("energy_pj") is not None]
     models = sorted({r["model"] for r in done})
     fig = Figure(figsize=(5.2 * max(1, min(3, len(models))), 4.4), layout="constrained")
@@ -597,11 +617,11 @@ def pareto_figure(rows: list[dict[str, Any]], params: list[str]) -> Figure:
         front = pareto_front(xy)
         ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], color="black",
                 linewidth=1, zorder=2, label="Pareto front")
-        for i in front:
+        for n, i in enumerate(_spread(xy, front)):
             text = " ".join(f"{p}={members[i].get(p)}" for p in params)
-            if text:
-                ax.annotate(text, xy[i], textcoords="offset points", xytext=(4, 4),
-                            fontsize="x-small")
+            if text:  # alternate above / below so neighbours' labels do not collide
+                ax.annotate(text, xy[i], textcoords="offset points",
+                            xytext=(4, 5 if n % 2 == 0 else -11), fontsize="x-small")
         ax.set_title(model)
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("energy (uJ)")

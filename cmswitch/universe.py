@@ -80,6 +80,11 @@ def _diagnose(kind, error, trace, previous=sys.excepthook) -> None:
               "`cmswitch-opt MODEL.onnx -o MODEL.mlir`, or run cmswitch-opt, which takes "
               "the same passes and reads .onnx directly", file=sys.stderr)
         return
+    if isinstance(error, ValueError) and str(error).startswith("Unrecognized passes"):
+        from cmswitch.tools.opt import _pipeline_hint
+
+        print(f"error: {error}{_pipeline_hint(str(error))}", file=sys.stderr)
+        return
     previous(kind, error, trace)
 
 

@@ -159,3 +159,23 @@ def test_statements_without_json_is_a_usage_error(tmp_path):
     assert r.returncode == 0, r.stderr
     r = _run(BIN / "cmswitch-sim", str(flow), "--statements")
     assert r.returncode == 2 and "give --json too" in r.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cim-segmnt"], "unknown pass --cim-segmnt; did you mean '--cim-segment'?"),
+    (["--cim-alocate=solver=highs"], "unknown pass --cim-alocate; did you mean '--cim-allocate'?"),
+    (["-p", "cim-segmnt"], "did you mean 'cim-segment'?"),
+    (["-p", "canonicalise"], "did you mean 'canonicalize'?"),  # xDSL's own passes too
+])
+def test_a_misspelt_pass_is_a_usage_error_with_the_nearest_name(argv, message):
+    r = _run(BIN / "cmswitch-opt", *argv, str(MODELS / "resnet18.onnx"))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plain_xdsl_opt_names_a_misspelt_pass_in_one_line(tmp_path):
+    mlir = tmp_path / "m.mlir"
+    mlir.write_text("builtin.module {}\n")
+    r = _run(BIN / "xdsl-opt", "-p", "cim-segmnt", str(mlir))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "error: Unrecognized passes: ['cim-segmnt']; did you mean 'cim-segment'?"]

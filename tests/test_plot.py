@@ -267,3 +267,14 @@ def test_operator_chart_ranks_operators_and_needs_simulated_cycles():
     with pytest.raises(CMSwitchError, match="compile with --simulate"):
         operator_figure([{"name": "a", "predicted_load_cycles": 0,
                           "predicted_run_cycles": 1}], "t")
+
+
+def test_pareto_labels_skip_points_too_close_to_the_last_labelled():
+    from cmswitch.plot import _spread
+
+    # ranges 10 (x) and 10 (y); gaps to the last kept point, normalised: (1,1)->(1.1,1.0)
+    # 0.01 (skipped), (1,1)->(2,0.5) 0.112 (kept), (2,0.5)->(2.5,0.4) 0.051 (skipped),
+    # (2,0.5)->(11,-9) 1.31 (kept)
+    xy = [(1, 1), (1.1, 1.0), (2, 0.5), (2.5, 0.4), (11, -9)]
+    assert _spread(xy, [0, 1, 2, 3, 4]) == [0, 2, 4]
+    assert _spread(xy, []) == []

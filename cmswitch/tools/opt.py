@@ -137,6 +137,30 @@ def check_pass_options(name: str, opts: str) -> None:
             raise ValueError(f"--{name}: option {key} needs an integer, got '{value}'")
 
 
+def nearest_pass(name: str) -> str | None:
+    """The registered pass nearest to a misspelt `name` (ours first, then xDSL's), or
+    None when nothing is close."""
+    import difflib
+
+    from xdsl.transforms import get_all_passes
+
+    for names in (list(ALL_PASSES), list(get_all_passes())):
+        near = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+        if near:
+            return near[0]
+    return None
+
+
+def _unknown_pass_flag(arg: str) -> str | None:
+    """The error for ``--NAME`` when NAME is no option of the driver but looks like
+    one of our passes (``cim-...`` or close to one), else None."""
+    name = arg[2:].partition("=")[0]
+    near = nearest_pass(name)
+    if not (name.startswith("cim-") or (near or "").startswith("cim-")):
+        return None
+    return f"unknown pass --{name}" + (f"; did you mean '--{near}'?" if near else "")
+
+
 def split_pass_flags(argv: Sequence[str]) -> list[str]:
     """Turn mlir-opt style ``--PASS[=OPTS]`` and ``--emit=asm`` flags into xDSL's
     ``-p``/``-t`` before argparse sees them (its optional-value options would swallow
@@ -159,11 +183,22 @@ def split_pass_flags(argv: Sequence[str]) -> list[str]:
             i += 1
         elif arg.startswith("--passes="):
             pipeline = arg.split("=", 1)[1]
+        elif arg.startswith("--") and _unknown_pass_flag(arg):
+            raise ValueError(_unknown_pass_flag(arg))
         else:
             rest.append(arg)
         i += 1
     full = ",".join(p for p in [pipeline, *flags] if p)
     return (["-p", full] if full else []) + ["-" if a == "-" else a for a in rest]
+
+
+def _pipeline_hint(message: str) -> str:
+    """The nearest pass name for xDSL's ``Unrecognized passes: ['NAME']``, or ''."""
+    import re
+
+    found = re.search(r"Unrecognized passes: \['([^']+)'", message)
+    near = nearest_pass(found.group(1)) if found else None
+    return f"; did you mean '{near}'?" if near else ""
 
 
 @console
@@ -180,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     except (ArgSpecParseError, ValueError, TypeError) as e:  # bad pipeline or pass option
-        print(f"error: bad pass pipeline: {e}", file=sys.stderr)
+        print(f"error: bad pass pipeline: {e}{_pipeline_hint(str(e))}", file=sys.stderr)
         return 2
     try:
         driver.run()

@@ -643,7 +643,7 @@ def test_a_failed_simulation_writes_neither_flow_nor_report(tmp_path, capsys, mo
     import cmswitch.api as api
     from cmswitch.errors import CMSwitchError
 
-    def broken(self):
+    def broken(self, statements=False):
         raise CMSwitchError("<flow>: line 3: simulated failure")
 
     monkeypatch.setattr(api.Plan, "simulate", broken)

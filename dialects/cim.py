@@ -195,6 +195,52 @@ def _check_positive(name: str, values: Sequence[int], length: int) -> None:
         raise VerifyException(f"'{name}' entries must be positive, got {list(values)}")
 
 
+SHAPE_PRESERVING = frozenset({
+    "neg", "sqrt", "reciprocal", "exp", "erf", "tanh", "sigmoid", "relu", "clip", "gelu",
+    "silu", "cos", "sin", "isnan", "not", "cast", "softmax", "layernorm", "rmsnorm",
+    "batchnorm", "instance_norm", "lrn", "leaky_relu", "prelu", "elu", "selu", "celu",
+    "softplus", "softsign", "abs", "hard_sigmoid", "hard_swish", "log_softmax", "log",
+    "group_norm", "identity"})
+"""Vector kinds whose (first) result has the shape of their first input."""
+
+BROADCASTING = frozenset({"add", "sub", "mul", "div", "pow", "max", "min", "equal", "less",
+                          "greater", "and", "or", "where", "psum_add", "sum", "mean"})
+"""Vector kinds whose operands broadcast (numpy rules) to their result."""
+
+RESHAPING = frozenset({"reshape", "flatten", "squeeze", "unsqueeze"})
+"""Vector kinds that keep the elements and change only the shape."""
+
+
+def _check_vector_shapes(kind: str, ins: list[tuple[int, ...]],
+                         outs: list[tuple[int, ...]]) -> None:
+    """Raise VerifyException when a `cim.vector`'s result shape cannot be what its kind
+    computes from its inputs: `SHAPE_PRESERVING` kinds keep the first input's shape,
+    every operand of a `BROADCASTING` kind broadcasts to the result, `RESHAPING` kinds and
+    ``transpose`` keep the element count, ``concat`` outputs the sum of its inputs'
+    elements.  Kinds without an operand (constants folded in) are not checked."""
+    if not ins:
+        return
+    out = outs[0]
+    if kind in SHAPE_PRESERVING and out != ins[0]:
+        raise VerifyException(f"'{kind}' keeps its input's shape {list(ins[0])}, but the "
+                              f"result is {list(out)}")
+    if kind in BROADCASTING:
+        for x in ins:  # each operand broadcasts to the result (a folded constant may
+            # have widened it, so the result may be larger than the operands' broadcast)
+            fits = len(x) <= len(out) and all(
+                d in (1, o) for d, o in zip(reversed(x), reversed(out)))
+            if not fits:
+                raise VerifyException(f"'{kind}' operand {list(x)} does not broadcast to "
+                                      f"the result {list(out)}")
+    if kind in RESHAPING | {"transpose"} and prod(out) != prod(ins[0]):
+        raise VerifyException(f"'{kind}' keeps the {prod(ins[0])} elements of "
+                              f"{list(ins[0])}, but the result {list(out)} has {prod(out)}")
+    if kind == "concat" and prod(out) != sum(prod(x) for x in ins):
+        raise VerifyException(f"'concat' of {[list(x) for x in ins]} has "
+                              f"{sum(prod(x) for x in ins)} elements, but the result "
+                              f"{list(out)} has {prod(out)}")
+
+
 def _check_weight_slice(op: IRDLOperation, k: int, n: int) -> None:
     """`weight_slice = array<i64: k0, k1, n0, n1>`: the part of the parent weight matrix
     (im2col rows k0..k1, columns n0..n1) this operator holds after `cim-partition`."""
@@ -441,6 +487,8 @@ class VectorOp(IRDLOperation):
             )
         if not self.outputs:
             raise VerifyException("cim.vector must produce at least one result")
+        _check_vector_shapes(self.kind.data, [tensor_shape(x) for x in self.inputs],
+                             [tensor_shape(y) for y in self.outputs])
 
 
 @irdl_op_definition

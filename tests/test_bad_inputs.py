@@ -716,3 +716,50 @@ def test_names_outside_the_flow_grammar_are_renamed(tmp_path):
     r = _run(BIN / "cmswitch", "compile", path, "-o", tmp_path / "f.cmsasm", "--simulate")
     assert r.returncode == 0, r.stderr
     assert "$" not in (tmp_path / "f.cmsasm").read_text()
+
+
+# --------------------------------------------------------------------------- size limits
+
+
+def _relu_chain(n: int) -> bytes:
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"r{i}") for i in range(n)]
+    return model(nodes, [vi("t0", [1, 64])], [vi(f"t{n}", [1, 64])])
+
+
+def test_a_long_chain_of_vector_ops_is_cut_into_bounded_segments():
+    """Without a matrix op there is no array budget to end a segment: runs of vector
+    ops get a start every MAX_VECTOR_RUN operators and candidates hold at most
+    MAX_SEGMENT_OPS (a 20,000-Relu chain was one segment and took minutes)."""
+    from cmswitch.api import compile as compile_model
+    from cmswitch.frontend.onnx_importer import import_onnx
+    from cmswitch.transforms.segments import MAX_SEGMENT_OPS, MAX_VECTOR_RUN, segment_starts
+    from cmswitch.cost.graph import build_graph
+    from cmswitch.transforms.common import main_func
+    from cmswitch.arch import load_arch
+
+    module = import_onnx(_relu_chain(600), name="chain")
+    starts = segment_starts(build_graph(main_func(module), load_arch("dynaplasia")))
+    assert starts == [*range(0, 600, MAX_VECTOR_RUN), 600]  # 0, 64, ..., 576, then the end
+    for strategy in ("cmswitch", "cimmlc"):
+        plan = compile_model(import_onnx(_relu_chain(600), name="chain"), strategy=strategy,
+                             jobs=1)
+        sizes = [len(s["operators"]) for s in plan.segments]
+        assert sum(sizes) == 600 and max(sizes) <= MAX_SEGMENT_OPS, (strategy, sizes)
+
+
+def test_weights_that_would_make_too_many_pieces_are_refused_before_any_piece(tmp_path):
+    # 10^6 x 10^6 weights: 3125 row tiles x 25000 column tiles of 320 x 40 = 78.1 M
+    # arrays per copy; half-chip pieces of 48 arrays (48 row tiles x 1 column tile) cut
+    # K into ceil(3125 / 48) = 66 ranges and N into 25000: 1.65 M pieces > 200,000.
+    mlir = tmp_path / "big.mlir"
+    mlir.write_text("""builtin.module {
+  func.func @main(%x : tensor<1x1000000xf32>) -> tensor<1x1000000xf32> {
+    %y = cim.matmul %x {weight = "w"} : tensor<1x1000000xf32> -> tensor<1x1000000xf32>
+    func.return %y : tensor<1x1000000xf32>
+  }
+}
+""")
+    r = _run(BIN / "cmswitch", "compile", mlir, "-o", tmp_path / "big.cmsasm", "--quiet")
+    err = _clean_error(r)
+    assert "would be cut into 1650000 pieces, more than cim-partition's limit of 200000" in err
+    assert not (tmp_path / "big.cmsasm").exists()

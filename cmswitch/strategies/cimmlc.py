@@ -29,12 +29,12 @@ from cmswitch.cost.graph import Graph, SegmentProblem, segment_problem
 from cmswitch.dialects.cim import Conv2dOp, tensor_shape
 from cmswitch.errors import CMSwitchError
 from cmswitch.solver.mip import Allocation, evaluate_allocation
-from cmswitch.transforms.segments import SegmentChoice, segment_starts
+from cmswitch.transforms.segments import MAX_SEGMENT_OPS, SegmentChoice, segment_starts
 
 
 def greedy_segments(graph: Graph, arch: Arch) -> list[tuple[int, int]]:
     """(first, last) operator ranges: pack consecutive units while one weight copy of
-    each fits the arrays.  Raises CMSwitchError if one operator alone does not fit."""
+    each fits the arrays (and the segment holds at most `MAX_SEGMENT_OPS` operators).  Raises CMSwitchError if one operator alone does not fit."""
     starts = segment_starts(graph)
     ranges: list[tuple[int, int]] = []
     begin, used = starts[0], 0
@@ -43,7 +43,8 @@ def greedy_segments(graph: Graph, arch: Arch) -> list[tuple[int, int]]:
         if need > arch.arrays:
             raise CMSwitchError(f"operator at index {starts[u]} needs {need} arrays for one "
                                 f"weight copy, the chip has {arch.arrays}: run cim-partition first")
-        if used + need > arch.arrays and starts[u] > begin:
+        too_long = starts[u + 1] - begin > MAX_SEGMENT_OPS
+        if (used + need > arch.arrays or too_long) and starts[u] > begin:
             ranges.append((begin, starts[u] - 1))
             begin, used = starts[u], 0
         used += need

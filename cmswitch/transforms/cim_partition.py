@@ -165,6 +165,28 @@ def _refuse_unsplittable(op: Operation, arch: Arch) -> None:
         f"cim-partition does not split {what}s")
 
 
+MAX_PIECES = 200_000
+"""The most weight pieces `cim-partition` makes for one model.  Each piece is an
+operator the segment DP prices, so compile time grows with them; at batch 1 on
+`dynaplasia` (half-chip pieces) LLaMA2-7B makes 13,931 and OPT-13B 24,379, so a
+70B-class model fits too.  More is refused before any piece is made (issue 15: a
+10^6 x 10^6 MatMul would make 1.6 million)."""
+
+
+def _refuse_too_many_pieces(plans: list) -> None:
+    """Raise ModelTooLargeError when the split `plans` ((op, _Plan) pairs) would make
+    more than `MAX_PIECES` pieces, naming the operator that makes the most."""
+    counts = [(len(p.k_ranges) * len(p.n_ranges), op) for op, p in plans]
+    total = sum(c for c, _ in counts)
+    if total <= MAX_PIECES:
+        return
+    most, op = max(counts, key=lambda item: item[0])
+    raise ModelTooLargeError(
+        f"the model's weights would be cut into {total} pieces, more than cim-partition's "
+        f"limit of {MAX_PIECES} ('{_base(op)}' alone makes {most}); compile it for a chip "
+        f"with more arrays, or a smaller model")
+
+
 @dataclass(frozen=True)
 class CimPartitionPass(ModulePass):
     """Split operators larger than the chip into pieces of at most `max-arrays`
@@ -184,10 +206,13 @@ class CimPartitionPass(ModulePass):
         if limit > arch.arrays:
             raise CMSwitchError(f"cim-partition: max-arrays={limit} exceeds the chip's {arch.arrays} arrays")
         func = main_func(op)
+        plans = []
         for inner in list(func.walk()):
             _refuse_unsplittable(inner, arch)
-            if not isinstance(inner, (Conv2dOp, MatmulOp)):
-                continue
-            plan = _plan_for(inner, arch, limit)
-            if plan is not None:
-                _split(inner, plan)
+            if isinstance(inner, (Conv2dOp, MatmulOp)):
+                plan = _plan_for(inner, arch, limit)
+                if plan is not None:
+                    plans.append((inner, plan))
+        _refuse_too_many_pieces(plans)
+        for inner, plan in plans:
+            _split(inner, plan)

@@ -57,7 +57,12 @@ from cmswitch.solver.mip import (
     solve_cache,
 )
 from cmswitch.transforms.common import check_options, main_func, resolve_arch
-from cmswitch.transforms.segments import SegmentChoice, segment_starts, write_segments
+from cmswitch.transforms.segments import (
+    MAX_SEGMENT_OPS,
+    SegmentChoice,
+    segment_starts,
+    write_segments,
+)
 
 
 DEFAULT_WINDOW = 6
@@ -68,8 +73,9 @@ bounds it; this bound keeps the MIPs small for models of many small layers
 
 def _next_ends(graph: Graph, starts: list[int], arrays: int, window: int) -> list[list[int]]:
     """For each start position ``b``, the end positions ``c > b`` such that operators
-    ``starts[b]..starts[c]-1`` fit one weight copy each in the chip and hold at most
-    `window` matrix operators (0: no bound) — plus, beyond the window, CIM-MLC's
+    ``starts[b]..starts[c]-1`` fit one weight copy each in the chip, hold at most
+    `MAX_SEGMENT_OPS` operators (or are one run) and at most `window` runs
+    (0: no bound) — plus, beyond the window, CIM-MLC's
     segments (`cmswitch.strategies.cimmlc.greedy_segments`: from the first operator,
     the longest segment that fits, then the same from where it ends), so the DP's
     space contains the all-compute baseline's segmentation.  (A greedy packing from
@@ -82,9 +88,10 @@ def _next_ends(graph: Graph, starts: list[int], arrays: int, window: int) -> lis
         used, row = 0, []
         for c in range(b + 1, len(starts)):
             used += need[c - 1]
-            if used > arrays:
+            if used > arrays or (c > b + 1 and starts[c] - starts[b] > MAX_SEGMENT_OPS):
                 break
-            fills = c == len(need) or used + need[c] > arrays
+            fills = (c == len(need) or used + need[c] > arrays
+                     or starts[c + 1] - starts[b] > MAX_SEGMENT_OPS)
             if not window or c - b <= window or (b == greedy and fills):
                 row.append(c)
             if b == greedy and fills:

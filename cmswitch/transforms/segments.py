@@ -52,9 +52,26 @@ class SegmentChoice:
     """The mode switches the DP charged the segment (cycles, beside `alloc`)."""
 
 
+MAX_VECTOR_RUN = 64
+"""A run of more than this many operators without a matrix op (a matrix op and the
+vector ops after it, or vector ops alone) gets a segment start every MAX_VECTOR_RUN
+operators, so a long chain of vector ops is not one candidate (issue 15: a chain of
+20,000 Relus was one segment with a 20,000-tensor placement).  The bundled models'
+runs are at most 22 long, so their plans do not change."""
+
+MAX_SEGMENT_OPS = 256
+"""A candidate segment (DP, CIM-MLC's greedy packing) holds at most this many operators
+unless it is a single run of `segment_starts`.  Bounds each segment MIP's size; the
+bundled models' segments hold at most 50."""
+
+
 def segment_starts(graph: Graph) -> list[int]:
-    """Operator indices where a segment may begin: 0 and every matrix op."""
-    starts = [0] + [o.index for o in graph.ops if o.cost.arrays and o.index > 0]
+    """Operator indices where a segment may begin, then ``len(graph.ops)``: 0, every
+    matrix op, and every `MAX_VECTOR_RUN`-th operator of a longer run without one."""
+    starts = [0]
+    for op in graph.ops[1:]:
+        if op.cost.arrays or op.index - starts[-1] >= MAX_VECTOR_RUN:
+            starts.append(op.index)
     return starts + [len(graph.ops)]
 
 

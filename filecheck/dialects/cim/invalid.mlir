@@ -78,3 +78,33 @@
   cim.yield %b : tensor<4xf32>
 }
 // CHECK: cim.segment 2: 'places' maps tensor names to one of pool, gb, dram, hold_in, hold_out
+
+// -----
+
+// An element-wise kind keeps its input's shape.
+%a = "test.op"() : () -> tensor<1x16x16x16xf32>
+%b = cim.vector "relu" %a : (tensor<1x16x16x16xf32>) -> tensor<1x99x16x16xf32>
+// CHECK: 'relu' keeps its input's shape [1, 16, 16, 16], but the result is [1, 99, 16, 16]
+
+// -----
+
+// Operands of a broadcasting kind broadcast to the result (numpy rules).
+%a = "test.op"() : () -> tensor<1x512xf32>
+%b = "test.op"() : () -> tensor<7x3xf32>
+%c = cim.vector "add" %a, %b : (tensor<1x512xf32>, tensor<7x3xf32>) -> tensor<1x512xf32>
+// CHECK: 'add' operand [7, 3] does not broadcast to the result [1, 512]
+
+// -----
+
+// A concat outputs every element of its inputs.
+%a = "test.op"() : () -> tensor<1x2xf32>
+%b = "test.op"() : () -> tensor<1x2xf32>
+%c = cim.vector "concat" %a, %b : (tensor<1x2xf32>, tensor<1x2xf32>) -> tensor<1x3xf32>
+// CHECK: 'concat' of [[1, 2], [1, 2]] has 4 elements, but the result [1, 3] has 3
+
+// -----
+
+// A reshape keeps the element count.
+%a = "test.op"() : () -> tensor<2x2xf32>
+%b = cim.vector "reshape" %a : (tensor<2x2xf32>) -> tensor<3x3xf32>
+// CHECK: 'reshape' keeps the 4 elements of [2, 2], but the result [3, 3] has 9

@@ -59,6 +59,9 @@ class Plan:
     """The batch the compile bound (``--batch``; None: the model's own)."""
     seq: int | None = None
     """The sequence length the compile bound (``--seq``; None: the model's own)."""
+    lower_bound_terms: dict[str, int] = field(default_factory=dict)
+    """`lower_bound_terms`: the bound per resource (cycles); `lower_bound_cycles` is
+    their maximum."""
 
     def report(self) -> dict[str, Any]:
         """The JSON report of `cmswitch compile` (cycles are integers)."""
@@ -68,6 +71,9 @@ class Plan:
             "hardware": self.arch.header_fields(),
             "predicted_cycles": self.predicted_cycles,
             "lower_bound_cycles": self.lower_bound_cycles,
+            "lower_bound": {"cycles": self.lower_bound_cycles, "terms": self.lower_bound_terms,
+                            "binding": max(self.lower_bound_terms, default=None,
+                                           key=lambda k: self.lower_bound_terms[k])},
             "compile_seconds": round(self.compile_seconds, 3),
             "units": {"cycles": "clock cycles", "bytes": "bytes", "arrays": "arrays"},
             "mip": self.mip, "chunk_arrays": self.chunk_arrays, "segments": self.segments,
@@ -241,17 +247,40 @@ def _failing_op(module: ModuleOp) -> str:
     return ""
 
 
-def lower_bound(graph: Graph, arch: Arch) -> int:
-    """Cycles no schedule can beat, the largest of: the compute bound (array-cycles of
-    all MVM work, ``sum_i a_i * M_i * mvm_cycles``, over all arrays); the bandwidth
-    bound (weights, model inputs and outputs cross the chip boundary at
-    ``external_bw_bytes``); the programming bound (every weight is written into arrays
-    once at ``weight_write_bw_bytes``)."""
+LOWER_BOUND_TERMS = ("compute", "dram", "weight_write", "digital")
+"""The terms of `lower_bound_terms`, in the order reports list them."""
+
+
+def lower_bound_terms(graph: Graph, arch: Arch) -> dict[str, int]:
+    """Cycles no schedule can beat, one term per resource every schedule must use
+    (issue 17; each is a bound, so their maximum is one):
+
+    - compute: array-cycles of all MVM work, ``sum_i a_i * M_i * mvm_cycles`` (dynamic
+      matmuls: every instance), over all arrays;
+    - dram: the bytes that must cross the chip boundary — weights, model inputs and
+      outputs — at ``external_bw_bytes``;
+    - weight_write: every weight and every run-time operand of a dynamic matmul (K^T
+      and V of attention) is written into arrays once, at ``weight_write_bw_bytes``;
+    - digital: every digital-unit operation (softmax, GELU, norms, copying moves,
+      partial sums...) at ``vector_ops_per_cycle``.
+
+    Rounded up to whole cycles."""
+    import math
+
     work = sum(o.cost.arrays * o.cost.compute for o in graph.ops if o.cost.arrays)
     weights = sum(o.cost.weight_bytes for o in graph.ops if o.cost.kind == "weight")
+    operands = sum(o.cost.weight_bytes for o in graph.ops if o.cost.kind == "dynamic")
     boundary = weights + sum(t.bytes for t in graph.tensors if t.producer is None or t.is_output)
-    return round(max(work / arch.arrays, boundary / arch.external_bw_bytes,
-                     weights / arch.weight_write_bw_bytes))
+    ops = sum(o.cost.vector_ops for o in graph.ops)
+    terms = {"compute": work / arch.arrays, "dram": boundary / arch.external_bw_bytes,
+             "weight_write": (weights + operands) / arch.weight_write_bw_bytes,
+             "digital": ops / arch.vector_ops_per_cycle}
+    return {k: math.ceil(terms[k] - 1e-9) for k in LOWER_BOUND_TERMS}
+
+
+def lower_bound(graph: Graph, arch: Arch) -> int:
+    """The largest of `lower_bound_terms` (cycles)."""
+    return max(lower_bound_terms(graph, arch).values())
 
 
 def _op_type(op) -> str:
@@ -479,7 +508,8 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     func = main_func(module)
     graph = build_graph(func, hw)
     segments, operators = _segment_rows(graph, func, hw)
-    bound = lower_bound(graph, hw)
+    terms = lower_bound_terms(graph, hw)
+    bound = max(terms.values())
     predicted = sum(s["predicted_cycles"] for s in segments)
     kept = module.clone() if keep_module else None
     CimToMetaopPass().apply(ctx, module)
@@ -489,7 +519,7 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     return Plan(
         model=name.data if isinstance(name, StringAttr) else "model", arch=hw,
         strategy=strategy, segments=segments, operators=operators,
-        predicted_cycles=predicted, lower_bound_cycles=bound,
+        predicted_cycles=predicted, lower_bound_cycles=bound, lower_bound_terms=terms,
         compile_seconds=time.perf_counter() - start, flow=text.getvalue(),
         mip={"solves": cache.priced, "cache_hits": cache.hits, "segment_mips": cache.mips},
         chunk_arrays=chunk,

@@ -111,6 +111,7 @@ def test_summary_marks_segments_off_by_more_than_one_and_a_half():
              "weight_copies": {}, "predicted_cycles": 100} for k in range(4)]
     plan = SimpleNamespace(model="m", arch=load_arch("dynaplasia"), strategy="cmswitch",
                            segments=segs, predicted_cycles=400, lower_bound_cycles=100,
+                           lower_bound_terms={"compute": 100, "dram": 1},
                            mip={"solves": 0, "cache_hits": 0, "segment_mips": 0},
                            compile_seconds=0.0)
     sim = {"segments": [{"id": str(k), "cycles": c} for k, c in enumerate((140, 100, 151, 60))]}

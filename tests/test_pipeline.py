@@ -250,3 +250,30 @@ def test_preloading_is_faster_in_the_simulator_on_the_hand_made_chain(tmp_path):
         assert r.returncode == 0, r.stderr
         cycles[preload] = simulate(flow.read_text())["cycles"]
     assert cycles[1] < 0.8 * cycles[0], cycles
+
+
+def test_lower_bound_terms_by_hand():
+    """x (4x320) @ w (320x40) then Softmax, on dynaplasia (96 arrays of 320 rows x 40
+    8-bit weights, 8 cycles per MVM, 32 B/cycle DRAM and weight writes, 64 digital ops
+    per cycle):
+    compute      1 array x 4 vectors x 8 cycles = 32 array-cycles / 96 arrays -> 1;
+    dram         weights 12800 + input 1280 + output 160 = 14240 B / 32 -> 445;
+    weight_write 12800 B / 32 = 400;
+    digital      softmax 5 ops x 160 elements = 800 / 64 = 12.5 -> 13."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cmswitch.frontend.onnx_importer import import_onnx
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Softmax", ["h"], ["y"], name="sm", axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 320])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 40])],
+                              [numpy_helper.from_array(np.zeros((320, 40), np.float32), "w")])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    plan = compile_model(import_onnx(data, name="tiny"), jobs=1)
+    assert plan.lower_bound_terms == {"compute": 1, "dram": 445, "weight_write": 400, "digital": 13}
+    assert plan.lower_bound_cycles == 445
+    report = plan.report()["lower_bound"]
+    assert report == {"cycles": 445, "binding": "dram", "terms": plan.lower_bound_terms}
+    assert plan.simulate()["cycles"] >= 445

@@ -76,6 +76,9 @@ def print_summary(plan, out=sys.stdout, rows: int = 12, sim: dict | None = None)
     out.write(f"segments: {len(plan.segments)}   predicted cycles: {plan.predicted_cycles}   "
               f"lower bound: {plan.lower_bound_cycles}   "
               f"ratio: {plan.predicted_cycles / max(plan.lower_bound_cycles, 1):.2f}x\n")
+    if plan.lower_bound_terms:
+        terms = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in plan.lower_bound_terms.items())
+        out.write(f"lower bound terms (cycles): {terms}\n")
     out.write(f"segments priced: {plan.mip['solves']} (cache hits {plan.mip['cache_hits']}), "
               f"segment MIPs solved: {plan.mip['segment_mips']}   "
               f"compile time: {plan.compile_seconds:.1f} s\n")

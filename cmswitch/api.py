@@ -59,6 +59,8 @@ class Plan:
     """The batch the compile bound (``--batch``; None: the model's own)."""
     seq: int | None = None
     """The sequence length the compile bound (``--seq``; None: the model's own)."""
+    options: ConfigOptions = field(default_factory=lambda: ConfigOptions())
+    """The layers, phase and KV-cache length a published configuration was built with."""
     lower_bound_terms: dict[str, int] = field(default_factory=dict)
     """`lower_bound_terms`: the bound per resource (cycles); `lower_bound_cycles` is
     their maximum."""
@@ -68,6 +70,8 @@ class Plan:
         return {
             "model": self.model, "arch": self.arch.name, "strategy": self.strategy,
             "solver": self.solver, "batch": self.batch, "seq": self.seq,
+            "layer_count": self.options.layers, "phase": self.options.phase,
+            "kv_len": self.options.kv_len,
             "hardware": self.arch.header_fields(),
             "predicted_cycles": self.predicted_cycles,
             "lower_bound_cycles": self.lower_bound_cycles,
@@ -78,6 +82,7 @@ class Plan:
             "units": {"cycles": "clock cycles", "bytes": "bytes", "arrays": "arrays"},
             "mip": self.mip, "chunk_arrays": self.chunk_arrays, "segments": self.segments,
             "operators": self.operators, "layers": split_layers(self.operators),
+            **({"kv_cache": kv_cache(self.operators)} if self.options.phase == "decode" else {}),
         }
 
     def flow_operators(self):
@@ -94,6 +99,23 @@ class Plan:
         from cmswitch.sim.simulator import simulate
 
         return simulate(self.flow, statements=statements)
+
+
+def kv_cache(operators: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where a decode step's KV cache lives, from the operator rows: per cached tensor
+    (``layers.i.past_kT`` / ``past_v``, `cmswitch.frontend.configs`) its bytes, the
+    operator reading it, its segment and place ("pool": memory-mode arrays, "gb",
+    "dram"); and the total bytes per place."""
+    rows, totals = [], {}
+    for op in operators:
+        for tensor, place in op.get("tensor_places", {}).items():
+            if ".past_" not in tensor:
+                continue
+            nbytes = op["weight_bytes"] if op.get("kind") == "dynamic" else None
+            rows.append({"tensor": tensor, "bytes": nbytes, "operator": op["name"],
+                         "segment": op["segment"], "place": place})
+            totals[place] = totals.get(place, 0) + (nbytes or 0)
+    return {"tensors": rows, "bytes_by_place": dict(sorted(totals.items()))}
 
 
 _LOADS = ("CIM.load_weight", "CIM.write_operand")
@@ -188,13 +210,28 @@ def _all_dialects(ctx: Context) -> None:
         ctx.load_dialect(d)
 
 
+@dataclass(frozen=True)
+class ConfigOptions:
+    """What to build of a published configuration (`cmswitch.frontend.configs`):
+    the first `layers` layers (None: all), the `phase` ("prefill" or "decode") and,
+    for a decode step, the cached tokens `kv_len`.  ONNX and MLIR models take none."""
+
+    layers: int | None = None
+    phase: str = "prefill"
+    kv_len: int | None = None
+
+    def given(self) -> bool:
+        return self != ConfigOptions()
+
+
 def load_module(model: str | Path, dims: dict[str, int] | None = None,
-                batch: int | None = None, seq: int | None = None) -> ModuleOp:
+                batch: int | None = None, seq: int | None = None,
+                options: ConfigOptions = ConfigOptions()) -> ModuleOp:
     """Import an `.onnx` file, parse an `.mlir` file, or build a published transformer
     configuration by name (``llama2-7b``, ``opt-13b``, ``bert-base``, ...; `batch`
-    default 1, `seq` default 128) into a `cim` module.  For ONNX, `dims`, `batch`,
-    `seq` bind dynamic input dimensions.  Raises
-    CMSwitchError for a missing/unreadable/invalid file or an unused binding."""
+    default 1, `seq` default 128; `options` its layers, phase and KV-cache length) into
+    a `cim` module.  For ONNX, `dims`, `batch`, `seq` bind dynamic input dimensions.
+    Raises CMSwitchError for a missing/unreadable/invalid file or an unused binding."""
     from cmswitch.frontend.configs import CONFIGS
 
     path = Path(model)
@@ -203,7 +240,14 @@ def load_module(model: str | Path, dims: dict[str, int] | None = None,
 
         if dims:
             raise CMSwitchError(f"{model}: --dim applies to ONNX models; use --batch and --seq")
-        return build_transformer(str(model), batch or 1, seq or 128)
+        if options.phase == "decode" and seq is not None:
+            raise CMSwitchError(f"{model}: a decode step runs one token per sequence; "
+                                f"give --kv-len, not --seq")
+        return build_transformer(str(model), batch or 1, seq or 128, options.layers,
+                                 options.phase, options.kv_len)
+    if options.given():
+        raise CMSwitchError(f"{model}: --layers, --phase and --kv-len apply to the published "
+                            f"configurations ({', '.join(CONFIGS)})")
     if path.is_dir():
         raise CMSwitchError(f"{model}: is a directory, not a model file")
     if not path.is_file():
@@ -438,7 +482,8 @@ def compile(model: str | Path | ModuleOp, arch: str | Path | Arch | None = None,
             dims: dict[str, int] | None = None, time_limit: float | None = None,
             batch: int | None = None, seq: int | None = None,
             keep_module: bool = False, chunk_arrays: int | None = None,
-            jobs: int = 0, **overrides: Any) -> Plan:
+            jobs: int = 0, layers: int | None = None, phase: str = "prefill",
+            kv_len: int | None = None, **overrides: Any) -> Plan:
     """Compile a model (path to `.onnx`/`.mlir`, or a `cim` module) for a hardware
     preset, file or `Arch` object, with `overrides` of its fields (``arrays=48``;
     see `hardware`): cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
@@ -448,17 +493,20 @@ def compile(model: str | Path | ModuleOp, arch: str | Path | Arch | None = None,
     half the chip).  Raises CMSwitchError for bad input, unknown strategy or hardware,
     or a `chunk_arrays` outside 1..arrays.  `jobs`: worker processes for the chosen
     segments' MIPs (`cmswitch.solver.workers`; 0 = ``$CMSWITCH_JOBS`` or every core,
-    1 = in-process); the plan does not depend on it.  Every compile starts on an
+    1 = in-process); the plan does not depend on it.  `layers`, `phase`, `kv_len`: what
+    to build of a published configuration (`ConfigOptions`; ``phase="decode"``: one
+    decode step against a KV cache of `kv_len` tokens).  Every compile starts on an
     empty solve cache (`fresh_cache`): nothing priced by an earlier compile is reused."""
     from cmswitch.solver.mip import fresh_cache
 
     with fresh_cache() as cache:
         return _compile(model, arch, strategy, solver, dims, time_limit, batch, seq,
-                        keep_module, chunk_arrays, cache, jobs, overrides)
+                        keep_module, chunk_arrays, cache, jobs, overrides,
+                        ConfigOptions(layers, phase, kv_len))
 
 
 def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_module,
-             chunk_arrays, cache, jobs, overrides) -> Plan:
+             chunk_arrays, cache, jobs, overrides, options: ConfigOptions) -> Plan:
     from cmswitch.asm.printer import print_flow
     from cmswitch.transforms.cim_allocate import CimAllocatePass
     from cmswitch.transforms.cim_partition import CimPartitionPass
@@ -473,7 +521,7 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     if strategy in MIP_STRATEGIES:
         prestart(jobs)  # Pyomo loads in the workers while the model imports and the DP runs
     hw = hardware(arch, **overrides)  # a bad field fails before the model is read
-    module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq)
+    module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq, options)
     if isinstance(arch, Arch) or overrides:
         module.attributes[ARCH_ATTR] = hardware_attr(hw.header_fields())  # recorded inline
     elif arch:
@@ -523,5 +571,5 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
         compile_seconds=time.perf_counter() - start, flow=text.getvalue(),
         mip={"solves": cache.priced, "cache_hits": cache.hits, "segment_mips": cache.mips},
         chunk_arrays=chunk,
-        module=kept, solver=solver, batch=batch, seq=seq,
+        module=kept, solver=solver, batch=batch, seq=seq, options=options,
     )

@@ -180,3 +180,22 @@ def test_plain_xdsl_opt_names_a_misspelt_pass_in_one_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         "error: Unrecognized passes: ['cim-segmnt']; did you mean 'cim-segment'?"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["llama2-7b", "--phase", "decode"], "--phase decode needs --kv-len L"),
+    (["llama2-7b", "--kv-len", "8"], "--kv-len applies to --phase decode"),
+    (["llama2-7b", "--phase", "decode", "--kv-len", "8", "--seq", "4"], "give --kv-len, not --seq"),
+    ([str(MODELS / "resnet18.onnx"), "--layers", "2"], "apply to the published configurations"),
+])
+def test_decode_and_layer_option_mistakes_are_usage_errors(argv, message):
+    r = _run(BIN / "cmswitch", "compile", *argv, "--quiet")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_decode_summary_says_where_the_kv_cache_lives():
+    r = _run(BIN / "cmswitch", "compile", "llama2-7b", "--phase", "decode", "--kv-len", "16",
+             "--batch", "2", "--layers", "1", "--summary", "--quiet")
+    assert r.returncode == 0, r.stderr
+    # 2 cached tensors of 2 x 32 x 128 x 16 bytes
+    assert "decode step, KV cache of 16 tokens: 262144 B in" in r.stdout

@@ -10,6 +10,7 @@ from cmswitch.errors import CMSwitchError
 from cmswitch.frontend.configs import CONFIGS, build_transformer
 
 from conftest import MODELS
+from report_schema import validate
 
 
 def _matrix_ops(module):
@@ -97,3 +98,63 @@ def test_mlp_far_larger_than_the_chip_compiles(tmp_path):
     assert sum(op["k"] * op["n"] for op in pieces) == 16 * 4096 * 4096
     assert all(op["arrays_per_copy"] <= 96 for op in pieces)
     assert plan.simulate()["cycles"] >= plan.lower_bound_cycles
+
+
+# ----------------------------------------------------------------------------------
+# decode step and --layers (issue 17)
+
+
+def test_decode_step_shapes_follow_the_kv_cache_by_hand():
+    # LLaMA2-7B, 1 layer, batch 2, 16 cached tokens: 32 heads of d = 4096 / 32 = 128.
+    module = build_transformer("llama2-7b", batch=2, layers=1, phase="decode", kv_len=16)
+    main = module.body.block.first_op
+    args = [tuple(a.type.get_shape()) for a in main.body.block.args]
+    assert args == [(2, 1), (2, 32, 128, 16), (2, 32, 16, 128)]  # ids, past K^T, past V
+    outs = [tuple(t.get_shape()) for t in main.function_type.outputs.data]
+    assert outs == [(2, 1, 32000), (2, 32, 128, 1), (2, 32, 1, 128)]  # logits, new K^T, V
+    dyn = [(tuple(o.lhs.type.get_shape()), tuple(o.rhs.type.get_shape()))
+           for o in main.walk() if isinstance(o, DynMatmulOp)]
+    assert dyn == [((2, 32, 1, 128), (2, 32, 128, 16)),   # scores against the cache
+                   ((2, 32, 1, 128), (2, 32, 128, 1)),    # ... and against the new key
+                   ((2, 32, 1, 16), (2, 32, 16, 128))]    # context from the cached values
+    # every projection and the LM head see one token per sequence: M = 2
+    assert {tuple(o.input.type.get_shape())[:2] for o in main.walk()
+            if isinstance(o, MatmulOp)} == {(2, 1)}
+
+
+def test_decode_step_reports_its_kv_cache_and_an_honest_bound():
+    plan = compile_model("llama2-7b", batch=2, layers=1, phase="decode", kv_len=16, jobs=1)
+    report = plan.report()
+    validate(report, "compile")
+    assert (report["phase"], report["kv_len"], report["layer_count"]) == ("decode", 16, 1)
+    # each cached tensor: 2 x 32 x 128 x 16 = 131072 8-bit values
+    cache = report["kv_cache"]
+    assert [(t["tensor"], t["bytes"]) for t in cache["tensors"]] == [
+        ("layers.0.past_kT", 131072), ("layers.0.past_v", 131072)]
+    assert sum(cache["bytes_by_place"].values()) == 2 * 131072
+    # weight writes: q, k, v, o 4 x 4096^2 = 67,108,864; gate, up, down 3 x 4096 x 11008
+    # = 135,266,304; LM head 4096 x 32000 = 131,072,000; run-time operands: the two
+    # cached tensors and the new K^T (2 x 32 x 128 = 8192): 270,336.  In all 333,717,504
+    # bytes at 32 B/cycle = 10,428,672 cycles.
+    assert plan.lower_bound_terms["weight_write"] == 10_428_672
+    assert plan.simulate()["cycles"] >= plan.lower_bound_cycles
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "bert-base", "phase": "decode", "kv_len": 8}, "encoder: it has no decode phase"),
+    ({"name": "llama2-7b", "phase": "decode"}, "needs --kv-len"),
+    ({"name": "llama2-7b", "kv_len": 8}, "--kv-len applies to --phase decode"),
+    ({"name": "llama2-7b", "phase": "verify"}, "unknown phase 'verify'"),
+])
+def test_decode_options_are_checked(kwargs, message):
+    with pytest.raises(CMSwitchError, match=message):
+        build_transformer(**kwargs)
+
+
+def test_layers_keeps_the_first_layers():
+    full = _matrix_ops(load_module("bert-base"))
+    two = _matrix_ops(build_transformer("bert-base", layers=2))
+    # per BERT layer: q, k, v, o, fc1, fc2 and two dynamic matmuls
+    assert len(two) == 2 * 8 and len(full) == 12 * 8
+    plan = compile_model("bert-base", layers=2, jobs=1)
+    assert plan.report()["layer_count"] == 2

@@ -99,6 +99,42 @@ def _attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str) -> SSAV
     return b.linear(ctx, h, f"{p}.self_attn.o_proj.weight", f"{p}.attn_out")
 
 
+def _decode_attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str,
+                      past_kt: SSAValue, past_v: SSAValue) -> tuple[SSAValue, SSAValue, SSAValue]:
+    """Self-attention of one decode step: the new token's Q, K, V projections; scores of
+    Q against the KV cache (``past_kt``: keys stored transposed, ``(B, heads, d, L)``, as
+    the score matmul reads them) and against the new key; softmax over the ``L + 1``
+    scores; the context from the cached values (``past_v``, ``(B, heads, L, d)``) plus
+    the new value weighted by its probability; output projection.  Returns the output
+    and the new key (transposed, ``(B, heads, d, 1)``) and value (``(B, heads, 1, d)``)
+    the step appends to the cache.  The cache is read in place: no concat of the past
+    and the new key or value (the scores, ``L + 1`` per head, are concatenated)."""
+    bs, h, nh = b.batch, cfg.hidden, cfg.heads
+    d, kv = h // nh, past_v.type.get_shape()[2]
+    heads = []
+    for proj in ("q", "k", "v"):
+        y = b.linear(x, h, f"{p}.self_attn.{proj}_proj.weight", f"{p}.{proj}")
+        y = b.vec("reshape", [y], (bs, 1, nh, d), f"{p}.{proj}.heads")
+        y = b.vec("transpose", [y], (bs, nh, 1, d), f"{p}.{proj}.t")
+        if cfg.style == "llama" and proj in ("q", "k"):
+            y = b.vec("mul", [y], (bs, nh, 1, d), f"{p}.{proj}.rope")
+        heads.append(y)
+    q, k, v = heads
+    k_new = b.vec("transpose", [k], (bs, nh, d, 1), f"{p}.kT.new")
+    s_past = b.add(DynMatmulOp(q, past_kt, b.t(bs, nh, 1, kv)), f"{p}.scores.past")
+    s_new = b.add(DynMatmulOp(q, k_new, b.t(bs, nh, 1, 1)), f"{p}.scores.new")
+    scores = b.vec("concat", [s_past, s_new], (bs, nh, 1, kv + 1), f"{p}.scores", axis=-1)
+    probs = b.vec("softmax", [scores], (bs, nh, 1, kv + 1), f"{p}.probs", axis=-1)
+    p_past = b.vec("slice", [probs], (bs, nh, 1, kv), f"{p}.probs.past")
+    p_new = b.vec("slice", [probs], (bs, nh, 1, 1), f"{p}.probs.new")
+    c_past = b.add(DynMatmulOp(p_past, past_v, b.t(bs, nh, 1, d)), f"{p}.context.past")
+    c_new = b.vec("mul", [p_new, v], (bs, nh, 1, d), f"{p}.context.new")
+    ctx = b.vec("add", [c_past, c_new], (bs, nh, 1, d), f"{p}.context")
+    ctx = b.vec("transpose", [ctx], (bs, 1, nh, d), f"{p}.context.t")
+    ctx = b.vec("reshape", [ctx], (bs, 1, h), f"{p}.context.flat")
+    return b.linear(ctx, h, f"{p}.self_attn.o_proj.weight", f"{p}.attn_out"), k_new, v
+
+
 def _ffn(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str) -> SSAValue:
     shape = (b.batch, b.seq, cfg.ffn)
     if cfg.style == "llama":
@@ -110,6 +146,20 @@ def _ffn(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str) -> SSAValue:
     up = b.linear(x, cfg.ffn, f"{p}.fc1.weight", f"{p}.fc1")
     act = b.vec("gelu" if cfg.style == "bert" else "relu", [up], shape, f"{p}.act")
     return b.linear(act, cfg.hidden, f"{p}.fc2.weight", f"{p}.fc2")
+
+
+def _decode_layer(b: _Builder, cfg: TransformerConfig, x: SSAValue, i: int,
+                  past_kt: SSAValue, past_v: SSAValue) -> tuple[SSAValue, SSAValue, SSAValue]:
+    """One pre-norm decoder layer of a decode step; returns its output and the new key
+    and value for the cache."""
+    p = f"layers.{i}"
+    shape = (b.batch, 1, cfg.hidden)
+    kind = "rmsnorm" if cfg.style == "llama" else "layernorm"
+    h = b.vec(kind, [x], shape, f"{p}.norm1")
+    attn, k_new, v_new = _decode_attention(b, cfg, h, p, past_kt, past_v)
+    a = b.vec("add", [x, attn], shape, f"{p}.res1")
+    h = b.vec(kind, [a], shape, f"{p}.norm2")
+    return b.vec("add", [a, _ffn(b, cfg, h, p)], shape, f"{p}.res2"), k_new, v_new
 
 
 def _layer(b: _Builder, cfg: TransformerConfig, x: SSAValue, i: int) -> SSAValue:
@@ -127,20 +177,56 @@ def _layer(b: _Builder, cfg: TransformerConfig, x: SSAValue, i: int) -> SSAValue
     return b.vec("add", [a, _ffn(b, cfg, h, p)], shape, f"{p}.res2")
 
 
-def build_transformer(name: str, batch: int = 1, seq: int = 128,
-                      layers: int | None = None) -> ModuleOp:
-    """The `cim` module of a prefill pass of a published model.
+PHASES = ("prefill", "decode")
+"""What `build_transformer` compiles: the prefill pass over the whole prompt, or one
+decode step (one new token per sequence against a KV cache)."""
 
-    name: one of `CONFIGS`; batch, seq: input shape ``(batch, seq)`` of token ids;
-    layers: keep only the first `layers` layers (default: all).  Raises
-    CMSwitchError for an unknown name or a non-positive size."""
+
+def build_transformer(name: str, batch: int = 1, seq: int = 128,
+                      layers: int | None = None, phase: str = "prefill",
+                      kv_len: int | None = None) -> ModuleOp:
+    """The `cim` module of a published model: a prefill pass over ``(batch, seq)`` token
+    ids, or (``phase="decode"``) one decode step of ``batch`` sequences whose KV cache
+    holds `kv_len` earlier tokens (decoder styles only: llama, opt).
+
+    A decode step's function arguments are the new token ids ``(batch, 1)`` and, per
+    layer i, the cache ``layers.i.past_kT`` ``(batch, heads, d, kv_len)`` and
+    ``layers.i.past_v`` ``(batch, heads, kv_len, d)``; it returns the logits
+    ``(batch, 1, vocab)`` and, per layer, the new key and value to append.
+    layers: keep only the first `layers` layers (default: all).  Raises CMSwitchError
+    for an unknown name or phase, a non-positive size, a decode step of an encoder
+    (bert) or without `kv_len`."""
     cfg = CONFIGS.get(name)
     if cfg is None:
         raise CMSwitchError(f"unknown model '{name}': not a file nor a published "
                             f"configuration ({', '.join(CONFIGS)})")
+    if phase not in PHASES:
+        raise CMSwitchError(f"unknown phase '{phase}' (phases: {', '.join(PHASES)})")
     count = cfg.layers if layers is None else layers
     if min(batch, seq, count) <= 0:
         raise CMSwitchError(f"{name}: batch, seq and layers must be positive")
+    if phase == "prefill":
+        if kv_len is not None:
+            raise CMSwitchError(f"{name}: --kv-len applies to --phase decode")
+        return _prefill(cfg, batch, seq, count)
+    if cfg.style == "bert":
+        raise CMSwitchError(f"{name} is an encoder: it has no decode phase")
+    if kv_len is None or kv_len <= 0:
+        raise CMSwitchError(f"{name}: a decode step needs --kv-len L, the cached tokens (>= 1)")
+    return _decode(cfg, batch, count, kv_len)
+
+
+def _finish(b: _Builder, block: Block, outputs: list[SSAValue], name: str) -> ModuleOp:
+    block.add_ops(b.ops)
+    block.add_op(func.ReturnOp(*outputs))
+    main = func.FuncOp("main", ([a.type for a in block.args], [x.type for x in outputs]),
+                       Region(block))
+    module = ModuleOp([main])
+    module.attributes["cim.model"] = StringAttr(name)
+    return module
+
+
+def _prefill(cfg: TransformerConfig, batch: int, seq: int, count: int) -> ModuleOp:
     b = _Builder(batch, seq)
     block = Block(arg_types=[TensorType(i64, [batch, seq])])
     block.args[0].name_hint = "input_ids"
@@ -151,9 +237,26 @@ def build_transformer(name: str, batch: int = 1, seq: int = 128,
         x = b.vec("layernorm" if cfg.style == "opt" else "rmsnorm", [x],
                   (batch, seq, cfg.hidden), "final_norm")
         x = b.linear(x, cfg.vocab, "lm_head.weight", "logits")
-    block.add_ops(b.ops)
-    block.add_op(func.ReturnOp(x))
-    main = func.FuncOp("main", ([block.args[0].type], [x.type]), Region(block))
-    module = ModuleOp([main])
-    module.attributes["cim.model"] = StringAttr(name)
-    return module
+    return _finish(b, block, [x], cfg.name)
+
+
+def _decode(cfg: TransformerConfig, batch: int, count: int, kv_len: int) -> ModuleOp:
+    b = _Builder(batch, 1)
+    nh, d = cfg.heads, cfg.hidden // cfg.heads
+    types = [TensorType(i64, [batch, 1])]
+    for _ in range(count):
+        types += [TensorType(f32, [batch, nh, d, kv_len]), TensorType(f32, [batch, nh, kv_len, d])]
+    block = Block(arg_types=types)
+    block.args[0].name_hint = "input_ids"
+    for i in range(count):
+        block.args[1 + 2 * i].name_hint = f"layers.{i}.past_kT"
+        block.args[2 + 2 * i].name_hint = f"layers.{i}.past_v"
+    x = b.vec("gather", [block.args[0]], (batch, 1, cfg.hidden), "embed", table=cfg.vocab)
+    cache = []
+    for i in range(count):
+        x, k_new, v_new = _decode_layer(b, cfg, x, i, block.args[1 + 2 * i], block.args[2 + 2 * i])
+        cache += [k_new, v_new]
+    x = b.vec("layernorm" if cfg.style == "opt" else "rmsnorm", [x], (batch, 1, cfg.hidden),
+              "final_norm")
+    x = b.linear(x, cfg.vocab, "lm_head.weight", "logits")
+    return _finish(b, block, [x, *cache], f"{cfg.name}.decode")

@@ -76,6 +76,13 @@ def print_summary(plan, out=sys.stdout, rows: int = 12, sim: dict | None = None)
     out.write(f"segments: {len(plan.segments)}   predicted cycles: {plan.predicted_cycles}   "
               f"lower bound: {plan.lower_bound_cycles}   "
               f"ratio: {plan.predicted_cycles / max(plan.lower_bound_cycles, 1):.2f}x\n")
+    options = getattr(plan, "options", None)
+    if options is not None and options.phase == "decode":
+        from cmswitch.api import kv_cache
+
+        places = kv_cache(plan.operators)["bytes_by_place"]
+        where = ", ".join(f"{n} B in {p}" for p, n in places.items())
+        out.write(f"decode step, KV cache of {options.kv_len} tokens: {where}\n")
     if plan.lower_bound_terms:
         terms = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in plan.lower_bound_terms.items())
         out.write(f"lower bound terms (cycles): {terms}\n")
@@ -199,8 +206,9 @@ def _compile(args: argparse.Namespace) -> int:
     except CMSwitchError as error:  # a malformed --dim: a usage error, like --batch 0
         print(f"cmswitch compile: error: {error}", file=sys.stderr)
         return 2
-    if args.plot_segment is not None and not args.plot:
-        print("cmswitch compile: error: --plot-segment needs --plot DIR", file=sys.stderr)
+    usage = _usage_error(args)
+    if usage:
+        print(f"cmswitch compile: error: {usage}", file=sys.stderr)
         return 2
     if args.output == "-" and args.json == "-":
         raise CMSwitchError("-o - and --json - both want stdout; send one to a file")
@@ -223,7 +231,8 @@ def _compile(args: argparse.Namespace) -> int:
                              solver=args.solver, dims=dims,
                              time_limit=args.time_limit, batch=args.batch, seq=args.seq,
                              keep_module=args.functional, chunk_arrays=args.chunk_arrays,
-                             jobs=args.jobs or 0)
+                             jobs=args.jobs or 0, layers=args.layers, phase=args.phase,
+                             kv_len=args.kv_len)
     _warn_unproven(plan)
     ids = [s["id"] for s in plan.segments]
     if args.plot_segment is not None and args.plot_segment not in ids:
@@ -292,6 +301,25 @@ def _positive(kind):
     return convert
 
 
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """A combination of `cmswitch compile` options that cannot work, or None."""
+    import os
+
+    if args.plot_segment is not None and not args.plot:
+        return "--plot-segment needs --plot DIR"
+    if args.kv_len is not None and args.phase != "decode":
+        return "--kv-len applies to --phase decode"
+    if args.phase == "decode" and args.kv_len is None:
+        return "--phase decode needs --kv-len L (the tokens already in the KV cache)"
+    if args.phase == "decode" and args.seq is not None:
+        return "a decode step runs one token per sequence: give --kv-len, not --seq"
+    config_only = args.layers is not None or args.phase != "prefill"
+    if config_only and os.path.exists(args.model):
+        return ("--layers and --phase apply to the published configurations, not to a "
+                "model file")
+    return None
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -318,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seq", type=_positive(int), default=None,
                    help="bind a dynamic sequence dimension (a dim named *seq*)")
     c.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic dimension")
+    c.add_argument("--layers", type=_positive(int), default=None, metavar="N",
+                   help="published configurations: build only the first N layers")
+    c.add_argument("--phase", choices=("prefill", "decode"), default="prefill",
+                   help="published decoder configurations: the prefill pass (default) or "
+                   "one decode step (one token per sequence) against a KV cache")
+    c.add_argument("--kv-len", type=_positive(int), default=None, metavar="L",
+                   help="with --phase decode: tokens already in the KV cache")
     c.add_argument("-o", "--output", help="write the .cmsasm flow here (- for stdout)")
     c.add_argument("--json", help="write the JSON report here (- for stdout)")
     c.add_argument("--csv", metavar="DIR", help="write segments.csv and operators.csv "

@@ -130,7 +130,7 @@ def test_decode_step_reports_its_kv_cache_and_an_honest_bound():
     # each cached tensor: 2 x 32 x 128 x 16 = 131072 8-bit values
     cache = report["kv_cache"]
     assert [(t["tensor"], t["bytes"]) for t in cache["tensors"]] == [
-        ("layers.0.past_kT", 131072), ("layers.0.past_v", 131072)]
+        ("layers.0.past_kT.0", 131072), ("layers.0.past_v.0", 131072)]
     assert sum(cache["bytes_by_place"].values()) == 2 * 131072
     # weight writes: q, k, v, o 4 x 4096^2 = 67,108,864; gate, up, down 3 x 4096 x 11008
     # = 135,266,304; LM head 4096 x 32000 = 131,072,000; run-time operands: the two
@@ -158,3 +158,19 @@ def test_layers_keeps_the_first_layers():
     assert len(two) == 2 * 8 and len(full) == 12 * 8
     plan = compile_model("bert-base", layers=2, jobs=1)
     assert plan.report()["layer_count"] == 2
+
+
+def test_a_long_kv_cache_is_read_in_blocks():
+    # 2500 cached tokens: blocks of 1024, 1024 and 452; one score matmul and one context
+    # matmul per block, plus the new key's score
+    from cmswitch.frontend.configs import kv_blocks
+
+    assert kv_blocks(2500) == [1024, 1024, 452] and kv_blocks(1024) == [1024]
+    module = build_transformer("opt-6.7b", batch=1, layers=1, phase="decode", kv_len=2500)
+    main = module.body.block.first_op
+    names = [a.name_hint for a in main.body.block.args]
+    assert names == ["input_ids"] + [f"layers.0.past_{kind}.{j}" for j in range(3)
+                                     for kind in ("kT", "v")]
+    dyn = [tuple(o.output.type.get_shape()) for o in main.walk() if isinstance(o, DynMatmulOp)]
+    assert dyn == [(1, 32, 1, 1024), (1, 32, 1, 1024), (1, 32, 1, 452), (1, 32, 1, 1),
+                   (1, 32, 1, 128), (1, 32, 1, 128), (1, 32, 1, 128)]

@@ -99,18 +99,35 @@ def _attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str) -> SSAV
     return b.linear(ctx, h, f"{p}.self_attn.o_proj.weight", f"{p}.attn_out")
 
 
+KV_BLOCK = 1024
+"""Tokens per block of the KV cache (a paged cache, as vLLM keeps it): each block is
+its own tensor, so the scores against one block (``d x 1024`` keys) and the context
+from it (``1024 x d`` values) are matmuls whose operand fits a chip's arrays
+(`cim-partition` does not split run-time operands)."""
+
+
+def kv_blocks(kv_len: int) -> list[int]:
+    """Token counts of the cache blocks of a `kv_len`-token cache (`KV_BLOCK` each,
+    the last one shorter)."""
+    return [min(KV_BLOCK, kv_len - start) for start in range(0, kv_len, KV_BLOCK)]
+
+
 def _decode_attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str,
-                      past_kt: SSAValue, past_v: SSAValue) -> tuple[SSAValue, SSAValue, SSAValue]:
+                      cache: list[tuple[SSAValue, SSAValue]]
+                      ) -> tuple[SSAValue, SSAValue, SSAValue]:
     """Self-attention of one decode step: the new token's Q, K, V projections; scores of
-    Q against the KV cache (``past_kt``: keys stored transposed, ``(B, heads, d, L)``, as
-    the score matmul reads them) and against the new key; softmax over the ``L + 1``
-    scores; the context from the cached values (``past_v``, ``(B, heads, L, d)``) plus
-    the new value weighted by its probability; output projection.  Returns the output
-    and the new key (transposed, ``(B, heads, d, 1)``) and value (``(B, heads, 1, d)``)
-    the step appends to the cache.  The cache is read in place: no concat of the past
-    and the new key or value (the scores, ``L + 1`` per head, are concatenated)."""
+    Q against each block of the KV cache (`cache`: per block, keys stored transposed
+    ``(B, heads, d, n)`` as the score matmul reads them, and values ``(B, heads, n, d)``)
+    and against the new key; softmax over the ``L + 1`` scores; the context from each
+    block's values, summed, plus the new value weighted by its probability; output
+    projection.  Returns the output and the new key (transposed, ``(B, heads, d, 1)``)
+    and value (``(B, heads, 1, d)``) the step appends to the cache.  The cache is read
+    in place: no concat of the past and the new key or value (the scores, ``L + 1`` per
+    head, are concatenated)."""
     bs, h, nh = b.batch, cfg.hidden, cfg.heads
-    d, kv = h // nh, past_v.type.get_shape()[2]
+    d = h // nh
+    sizes = [v.type.get_shape()[2] for _, v in cache]
+    kv = sum(sizes)
     heads = []
     for proj in ("q", "k", "v"):
         y = b.linear(x, h, f"{p}.self_attn.{proj}_proj.weight", f"{p}.{proj}")
@@ -121,15 +138,20 @@ def _decode_attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str,
         heads.append(y)
     q, k, v = heads
     k_new = b.vec("transpose", [k], (bs, nh, d, 1), f"{p}.kT.new")
-    s_past = b.add(DynMatmulOp(q, past_kt, b.t(bs, nh, 1, kv)), f"{p}.scores.past")
-    s_new = b.add(DynMatmulOp(q, k_new, b.t(bs, nh, 1, 1)), f"{p}.scores.new")
-    scores = b.vec("concat", [s_past, s_new], (bs, nh, 1, kv + 1), f"{p}.scores", axis=-1)
+    parts = [b.add(DynMatmulOp(q, kt, b.t(bs, nh, 1, n)), f"{p}.scores.past.{j}")
+             for j, ((kt, _), n) in enumerate(zip(cache, sizes))]
+    parts.append(b.add(DynMatmulOp(q, k_new, b.t(bs, nh, 1, 1)), f"{p}.scores.new"))
+    scores = b.vec("concat", parts, (bs, nh, 1, kv + 1), f"{p}.scores", axis=-1)
     probs = b.vec("softmax", [scores], (bs, nh, 1, kv + 1), f"{p}.probs", axis=-1)
-    p_past = b.vec("slice", [probs], (bs, nh, 1, kv), f"{p}.probs.past")
+    ctx = None
+    for j, ((_, past_v), n) in enumerate(zip(cache, sizes)):
+        pj = b.vec("slice", [probs], (bs, nh, 1, n), f"{p}.probs.past.{j}")
+        cj = b.add(DynMatmulOp(pj, past_v, b.t(bs, nh, 1, d)), f"{p}.context.past.{j}")
+        ctx = cj if ctx is None else b.vec("add", [ctx, cj], (bs, nh, 1, d),
+                                           f"{p}.context.sum.{j}")
     p_new = b.vec("slice", [probs], (bs, nh, 1, 1), f"{p}.probs.new")
-    c_past = b.add(DynMatmulOp(p_past, past_v, b.t(bs, nh, 1, d)), f"{p}.context.past")
     c_new = b.vec("mul", [p_new, v], (bs, nh, 1, d), f"{p}.context.new")
-    ctx = b.vec("add", [c_past, c_new], (bs, nh, 1, d), f"{p}.context")
+    ctx = b.vec("add", [ctx, c_new], (bs, nh, 1, d), f"{p}.context")
     ctx = b.vec("transpose", [ctx], (bs, 1, nh, d), f"{p}.context.t")
     ctx = b.vec("reshape", [ctx], (bs, 1, h), f"{p}.context.flat")
     return b.linear(ctx, h, f"{p}.self_attn.o_proj.weight", f"{p}.attn_out"), k_new, v
@@ -149,14 +171,14 @@ def _ffn(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str) -> SSAValue:
 
 
 def _decode_layer(b: _Builder, cfg: TransformerConfig, x: SSAValue, i: int,
-                  past_kt: SSAValue, past_v: SSAValue) -> tuple[SSAValue, SSAValue, SSAValue]:
+                  cache: list[tuple[SSAValue, SSAValue]]) -> tuple[SSAValue, SSAValue, SSAValue]:
     """One pre-norm decoder layer of a decode step; returns its output and the new key
     and value for the cache."""
     p = f"layers.{i}"
     shape = (b.batch, 1, cfg.hidden)
     kind = "rmsnorm" if cfg.style == "llama" else "layernorm"
     h = b.vec(kind, [x], shape, f"{p}.norm1")
-    attn, k_new, v_new = _decode_attention(b, cfg, h, p, past_kt, past_v)
+    attn, k_new, v_new = _decode_attention(b, cfg, h, p, cache)
     a = b.vec("add", [x, attn], shape, f"{p}.res1")
     h = b.vec(kind, [a], shape, f"{p}.norm2")
     return b.vec("add", [a, _ffn(b, cfg, h, p)], shape, f"{p}.res2"), k_new, v_new
@@ -190,8 +212,9 @@ def build_transformer(name: str, batch: int = 1, seq: int = 128,
     holds `kv_len` earlier tokens (decoder styles only: llama, opt).
 
     A decode step's function arguments are the new token ids ``(batch, 1)`` and, per
-    layer i, the cache ``layers.i.past_kT`` ``(batch, heads, d, kv_len)`` and
-    ``layers.i.past_v`` ``(batch, heads, kv_len, d)``; it returns the logits
+    layer i and cache block j (`kv_blocks`: `KV_BLOCK` tokens each), the keys
+    ``layers.i.past_kT.j`` ``(batch, heads, d, n_j)`` and values ``layers.i.past_v.j``
+    ``(batch, heads, n_j, d)``; it returns the logits
     ``(batch, 1, vocab)`` and, per layer, the new key and value to append.
     layers: keep only the first `layers` layers (default: all).  Raises CMSwitchError
     for an unknown name or phase, a non-positive size, a decode step of an encoder
@@ -243,20 +266,25 @@ def _prefill(cfg: TransformerConfig, batch: int, seq: int, count: int) -> Module
 def _decode(cfg: TransformerConfig, batch: int, count: int, kv_len: int) -> ModuleOp:
     b = _Builder(batch, 1)
     nh, d = cfg.heads, cfg.hidden // cfg.heads
+    sizes = kv_blocks(kv_len)
     types = [TensorType(i64, [batch, 1])]
-    for _ in range(count):
-        types += [TensorType(f32, [batch, nh, d, kv_len]), TensorType(f32, [batch, nh, kv_len, d])]
+    names = ["input_ids"]
+    for i in range(count):
+        for j, n in enumerate(sizes):
+            types += [TensorType(f32, [batch, nh, d, n]), TensorType(f32, [batch, nh, n, d])]
+            names += [f"layers.{i}.past_kT.{j}", f"layers.{i}.past_v.{j}"]
     block = Block(arg_types=types)
-    block.args[0].name_hint = "input_ids"
-    for i in range(count):
-        block.args[1 + 2 * i].name_hint = f"layers.{i}.past_kT"
-        block.args[2 + 2 * i].name_hint = f"layers.{i}.past_v"
+    for arg, name in zip(block.args, names):
+        arg.name_hint = name
     x = b.vec("gather", [block.args[0]], (batch, 1, cfg.hidden), "embed", table=cfg.vocab)
-    cache = []
+    cache_out = []
+    per_layer = 2 * len(sizes)
     for i in range(count):
-        x, k_new, v_new = _decode_layer(b, cfg, x, i, block.args[1 + 2 * i], block.args[2 + 2 * i])
-        cache += [k_new, v_new]
+        args = block.args[1 + i * per_layer: 1 + (i + 1) * per_layer]
+        cache = [(args[2 * j], args[2 * j + 1]) for j in range(len(sizes))]
+        x, k_new, v_new = _decode_layer(b, cfg, x, i, cache)
+        cache_out += [k_new, v_new]
     x = b.vec("layernorm" if cfg.style == "opt" else "rmsnorm", [x], (batch, 1, cfg.hidden),
               "final_norm")
     x = b.linear(x, cfg.vocab, "lm_head.weight", "logits")
-    return _finish(b, block, [x, *cache], f"{cfg.name}.decode")
+    return _finish(b, block, [x, *cache_out], f"{cfg.name}.decode")

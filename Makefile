@@ -47,7 +47,7 @@ fuzz: install
 # 2-core machine (LLaMA2-7B and OPT-13B dominate); time grows with the strategy count.
 bench: install
 	@mkdir -p $(OUT)/bench
-	$(BIN)/cmswitch bench --json $(OUT)/bench/bench.json --plot $(OUT)/bench
+	$(BIN)/cmswitch bench --decode --json $(OUT)/bench/bench.json --plot $(OUT)/bench
 
 # Compile time and MIP solve counts, GLPK vs HiGHS (a printed table; takes a few minutes).
 bench-compile: install

@@ -148,3 +148,29 @@ def test_compile_bench_keeps_the_fastest_run_and_refuses_runs_that_differ():
     assert (best["compile_seconds"], best["wall_seconds"], best["peak_rss_mb"]) == (1.5, 2.5, 95)
     with pytest.raises(RuntimeError, match="runs differ"):
         best_of("m", "cmswitch", "glpk", [report(1.0, 1.0, 1), report(1.0, 1.0, 1, solves=8)])
+
+
+def test_decode_table_rows_by_hand(monkeypatch, tmp_path, capsys):
+    """--decode adds one decode step of LLaMA2-7B per batch x KV-cache length; made-up
+    cycles: cmswitch 1000, every baseline 1500 (speedup 1.5)."""
+    def run(w, strategy, plot_dir=None):
+        cycles = 1000 if strategy == "cmswitch" else 1500
+        extra = {"kv_cache_bytes_by_place": {"dram": 7}} if w.kv_len else {}
+        return {**extra, "cycles": cycles, "predicted_cycles": cycles,
+                "lower_bound_cycles": 900, "switch_share": 0.0, "compile_seconds": 1.0,
+                "segments": 2}
+
+    monkeypatch.setattr(ev, "run_strategy", run)
+    monkeypatch.setattr(ev, "main_workloads", lambda *a, **k: [])
+    out = tmp_path / "b.json"
+    assert main(["bench", "--models", "llama2-7b", "--decode", "--json", str(out),
+                 "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    rows = doc["decode"]["rows"]
+    assert [(r["batch"], r["kv_len"], r["phase"]) for r in rows] == [
+        (1, 128, "decode"), (1, 4096, "decode"), (16, 128, "decode"), (16, 4096, "decode")]
+    assert all(r["kv_cache_bytes_by_place"] == {"dram": 7} for r in rows)
+    assert doc["decode"]["geomean_speedup_vs_cimmlc"] == 1.5
+    table = capsys.readouterr().out
+    assert "| model | hw | batch | kv-len |" in table
+    assert "| llama2-7b | dynaplasia | 16 | 4096 | 1000 | 1500 |" in table

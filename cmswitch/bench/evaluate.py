@@ -9,7 +9,8 @@ compile seconds per strategy; then the geometric mean of the speedups.  `--json 
 writes the same, plus every strategy's predicted cycles and prediction error
 (predicted / simulated - 1), as ``{"rows": [...], "geomean_speedup_vs_cimmlc": x, ...}``
 (DESIGN.md §8), `--plot DIR` the charts (cmswitch/plot.py), `--sweep` adds the
-transformer sweep (batch x sequence).
+transformer sweep (batch x sequence), `--decode` the LLM decode step (batch x KV-cache
+length).
 
 Each compile starts with an empty segment-MIP cache, so compile seconds are those of a
 fresh `cmswitch compile` (less interpreter start-up), whatever ran before.
@@ -44,6 +45,12 @@ TRANSFORMER_SEQ = 512
 SWEEP_BATCHES = (4, 8, 16)
 SWEEP_SEQS = (32, 128, 512, 2048)
 """The transformer sweep (`--sweep`): every batch x every sequence length."""
+
+DECODE_MODELS = ("llama2-7b",)
+DECODE_BATCHES = (1, 16)
+DECODE_CONTEXTS = (128, 4096)
+"""The decode table (`--decode`): one decode step of each DECODE_MODELS model at every
+batch x KV-cache length (issue 17)."""
 
 DEFAULT_ARCH = "dynaplasia"
 PRIME_ARCH = "prime"
@@ -84,10 +91,14 @@ class Workload:
     arch: str
     batch: int
     seq: int | None
+    kv_len: int | None = None
+    """Set for a decode step (one token per sequence against a cache of kv_len)."""
 
     @property
     def label(self) -> str:
         shape = f"b{self.batch}" + (f" s{self.seq}" if self.seq else "")
+        if self.kv_len:
+            shape = f"b{self.batch} decode L{self.kv_len}"
         return f"{self.model.name} {shape} @ {self.arch}"
 
 
@@ -117,6 +128,16 @@ def sweep_workloads(models: list[str | Model], archs: list[str] | None) -> list[
             for b in SWEEP_BATCHES for s in SWEEP_SEQS]
 
 
+def decode_workloads(models: list[str | Model], archs: list[str] | None) -> list[Workload]:
+    """The decode table's rows: each DECODE_MODELS model among `models` at
+    DECODE_BATCHES x DECODE_CONTEXTS on the default hardware (or each of `archs`)."""
+    chosen = [MODELS[m] if isinstance(m, str) else m for m in models]
+    return [Workload(model, arch, b, None, kv)
+            for model in chosen if model.name in DECODE_MODELS
+            for arch in archs or [DEFAULT_ARCH]
+            for b in DECODE_BATCHES for kv in DECODE_CONTEXTS]
+
+
 def _model_input(w: Workload):
     """What `cmswitch.api.compile` takes: an ONNX path or a freshly built module (compile
     rewrites the module, so each strategy gets its own)."""
@@ -124,6 +145,8 @@ def _model_input(w: Workload):
         return str(MODELS_DIR / w.model.source)
     from cmswitch.frontend.configs import build_transformer
 
+    if w.kv_len:
+        return build_transformer(w.model.source, w.batch, 1, phase="decode", kv_len=w.kv_len)
     return build_transformer(w.model.source, w.batch, w.seq)
 
 
@@ -159,7 +182,12 @@ def run_strategy(w: Workload, strategy: str, plot_dir: Path | None = None) -> di
         from cmswitch.plot import plot_plan
 
         plot_plan(plan, plot_dir)
-    return {"cycles": report["cycles"], "predicted_cycles": plan.predicted_cycles,
+    extra = {}
+    if w.kv_len:
+        from cmswitch.api import kv_cache
+
+        extra["kv_cache_bytes_by_place"] = kv_cache(plan.operators)["bytes_by_place"]
+    return {**extra, "cycles": report["cycles"], "predicted_cycles": plan.predicted_cycles,
             "lower_bound_cycles": plan.lower_bound_cycles,
             "switch_share": report["switch_share"],
             "energy_pj": (report["energy"] or {}).get("total_pj"),
@@ -179,6 +207,9 @@ def make_row(w: Workload, results: dict[str, dict | str]) -> dict[str, Any]:
     bound = next((r["lower_bound_cycles"] for r in ok.values()), None)
     row = {
         "model": w.model.name, "arch": w.arch, "batch": w.batch, "seq": w.seq,
+        **({"phase": "decode", "kv_len": w.kv_len,
+            "kv_cache_bytes_by_place": ours.get("kv_cache_bytes_by_place") if ours else None}
+           if w.kv_len else {}),
         "cycles": {s: (ok[s]["cycles"] if s in ok else None) for s in results},
         "predicted_cycles": {s: (ok[s]["predicted_cycles"] if s in ok else None) for s in results},
         "prediction_error": {s: (round(ok[s]["predicted_cycles"] / ok[s]["cycles"] - 1, 4)
@@ -223,16 +254,18 @@ def _round(value: float | None) -> float | None:
 
 
 def markdown(doc: dict[str, Any], strategies: list[str], title: str) -> str:
-    """The Markdown table of `summarize(...)`'s document."""
+    """The Markdown table of `summarize(...)`'s document (decode rows: the KV-cache
+    length in the sequence column, headed ``kv-len``)."""
     baselines = [s for s in strategies if s != OURS]
-    head = (["model", "hw", "batch", "seq"] + [f"cycles {s}" for s in strategies]
+    decode = any(r.get("kv_len") for r in doc["rows"])
+    head = (["model", "hw", "batch", "kv-len" if decode else "seq"] + [f"cycles {s}" for s in strategies]
             + [f"speedup vs {b}" for b in baselines]
             + ["cmswitch predicted / simulated - 1", "latency / bound", "switch share",
                "cmswitch energy uJ"] + [f"energy saving vs {b}" for b in baselines]
             + ["compile s (" + " / ".join(strategies) + ")"])
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in doc["rows"]:
-        cells = [r["model"], r["arch"], str(r["batch"]), str(r["seq"] or "-")]
+        cells = [r["model"], r["arch"], str(r["batch"]), str(r.get("kv_len") or r["seq"] or "-")]
         cells += [_int(r["cycles"][s]) for s in strategies]
         cells += [_times(r["speedup"].get(b)) for b in baselines]
         error = r.get("prediction_error", {}).get(OURS)
@@ -326,12 +359,15 @@ def run(args: argparse.Namespace) -> int:
     models = _models_arg(args)
     main = main_workloads(models, archs, args.batch, args.seq)
     sweep = sweep_workloads(models, archs) if args.sweep else []
-    total = (len(main) + len(sweep)) * len(strategies)
+    decode = decode_workloads(models, archs) if args.decode else []
+    total = (len(main) + len(sweep) + len(decode)) * len(strategies)
     with tqdm(total=total, file=sys.stderr, unit="run", disable=args.no_progress or None,
               dynamic_ncols=True) as progress:
         with quiet():  # one bar, the bench's own: none per compile inside it
             rows, failures = run_table(main, strategies, progress, plot_dir)
             sweep_rows, sweep_failures = run_table(sweep, strategies, progress)
+            decode_rows, decode_failures = run_table(decode, strategies, progress)
+    failures += decode_failures
     doc = summarize(rows, baselines)
     doc.update({"strategies": strategies, "settings": {
         "cnn_batch": CNN_BATCH, "transformer_batch": args.batch, "transformer_seq": args.seq,
@@ -341,6 +377,8 @@ def run(args: argparse.Namespace) -> int:
                   "speedup": "baseline cycles / cmswitch cycles"}})
     if sweep:
         doc["sweep"] = summarize(sweep_rows, baselines)
+    if decode:
+        doc["decode"] = summarize(decode_rows, baselines)
     if plot_dir is not None:
         from cmswitch.plot import speedup_bars
 
@@ -354,6 +392,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(markdown(doc, strategies, "Simulated cycles, paper settings"))
         if sweep:
             sys.stdout.write("\n" + markdown(doc["sweep"], strategies, "Transformer sweep"))
+        if decode:
+            sys.stdout.write("\n" + markdown(doc["decode"], strategies,
+                                              "LLM decode step (one token per sequence)"))
         if args.json:
             Path(args.json).write_text(text)
     for message in failures + sweep_failures:
@@ -388,6 +429,11 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
                    help="add the transformer sweep: batch "
                         + ",".join(map(str, SWEEP_BATCHES)) + " x sequence "
                         + ",".join(map(str, SWEEP_SEQS)) + " (long)")
+    b.add_argument("--decode", action="store_true",
+                   help="add the decode table: one decode step of "
+                        + ", ".join(DECODE_MODELS) + " at batch "
+                        + ",".join(map(str, DECODE_BATCHES)) + " x KV cache "
+                        + ",".join(map(str, DECODE_CONTEXTS)) + " tokens")
     b.add_argument("--json", metavar="FILE", help="write the JSON document here (- for stdout)")
     b.add_argument("--plot", metavar="DIR", help="write the charts (PNG) into this folder")
     b.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",

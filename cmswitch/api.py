@@ -127,20 +127,26 @@ def add_simulation(report: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any
     ``simulated_energy``, ``simulated_segments`` ({id, cycles}) and, per operator row,
     ``simulated_load_cycles`` / ``simulated_run_cycles``: the simulator's alone cycles
     of the operator's weight or operand writes and of its MVMs or VEC statements (the
-    counterparts of ``predicted_load_cycles`` / ``predicted_run_cycles``; MEM moves
-    and switches are not an operator's).  `sim` must hold ``statement_rows``
+    counterparts of ``predicted_load_cycles`` / ``predicted_run_cycles``), and
+    ``simulated_move_cycles``: the MEM statements that move its output (which the
+    cost model prices in the segment's port rows, not per operator).  The three add up
+    to ``alone_cycles`` of the operator's row in ``cmswitch-sim --json``.  `sim` must hold ``statement_rows``
     (`Plan.simulate(statements=True)`); raises KeyError otherwise."""
     alone: dict[str, dict[str, int]] = {}
     for row in sim["statement_rows"]:
-        if not row["opcode"].startswith(("CIM.", "VEC.")):
+        if row["opcode"].startswith("MEM."):
+            part = "move"  # named by the tensor it moves: its producer's name
+        elif row["opcode"].startswith(("CIM.", "VEC.")):
+            part = "load" if row["opcode"] in _LOADS else "run"
+        else:
             continue
-        part = "load" if row["opcode"] in _LOADS else "run"
-        totals = alone.setdefault(row["name"], {"load": 0, "run": 0})
+        totals = alone.setdefault(row["name"], {"load": 0, "run": 0, "move": 0})
         totals[part] += row["alone_cycles"]
     out = dict(report)
-    out["operators"] = [dict(row, simulated_load_cycles=alone.get(row["name"], {}).get("load", 0),
-                             simulated_run_cycles=alone.get(row["name"], {}).get("run", 0))
-                        for row in report["operators"]]
+    out["operators"] = [
+        dict(row, **{f"simulated_{part}_cycles": alone.get(row["name"], {}).get(part, 0)
+                     for part in ("load", "run", "move")})
+        for row in report["operators"]]
     out["simulated_cycles"] = sim["cycles"]
     out["prediction_error"] = round(report["predicted_cycles"] / sim["cycles"] - 1, 4)
     out["simulated_energy"] = sim["energy"]
@@ -222,6 +228,13 @@ class ConfigOptions:
 
     def given(self) -> bool:
         return self != ConfigOptions()
+
+
+def _is_config(model: str) -> bool:
+    """Whether `model` names a published configuration (and no file of that name)."""
+    from cmswitch.frontend.configs import CONFIGS
+
+    return model in CONFIGS and not Path(model).exists()
 
 
 def load_module(model: str | Path, dims: dict[str, int] | None = None,
@@ -522,6 +535,9 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
         prestart(jobs)  # Pyomo loads in the workers while the model imports and the DP runs
     hw = hardware(arch, **overrides)  # a bad field fails before the model is read
     module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq, options)
+    if isinstance(model, str) and _is_config(model):  # the report names what was built
+        batch = batch or 1
+        seq = (seq or 128) if options.phase == "prefill" else None
     if isinstance(arch, Arch) or overrides:
         module.attributes[ARCH_ATTR] = hardware_attr(hw.header_fields())  # recorded inline
     elif arch:

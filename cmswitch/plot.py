@@ -145,25 +145,23 @@ def _cycle_axis(ax, clock_mhz: float | None, label: str) -> None:
 
 
 def _labelled(starts: list[float], widths: list[float], texts: list[str],
-              axes_points: float) -> list[int]:
-    """Indices of the segments to label, longest first then left to right, at most
-    `MAX_MAP_LABELS`: a label (centred on its segment, ~0.62 em per character at
-    `_LABEL_PT`) is kept when it does not overlap a kept one nor cross the ends of an
-    axes `axes_points` wide."""
+              axes_points: float) -> list[tuple[int, float]]:
+    """The segments to label and where each label's centre goes, left to right:
+    longest segments first, at most `MAX_MAP_LABELS`.  A label (~0.62 em per character
+    at `_LABEL_PT`) sits centred on its segment, moved inward where it would cross an
+    end of the axes (`axes_points` wide), and is kept when it overlaps no kept label."""
     total = max(sum(widths), 1.0)
     width = [(max(map(len, t.split("\n"))) * 0.62 * _LABEL_PT + 3) / axes_points * total
              for t in texts]
-    kept: list[int] = []
+    kept: dict[int, float] = {}
     for i in sorted(range(len(starts)), key=lambda i: (-widths[i], i)):
         if len(kept) == MAX_MAP_LABELS or widths[i] <= 0:
             break
-        centre = starts[i] + widths[i] / 2
-        if centre < width[i] / 2 or centre + width[i] / 2 > total:
-            continue  # the label would cross the end of the axis
-        if all(abs(centre - (starts[j] + widths[j] / 2)) >= (width[i] + width[j]) / 2
-               for j in kept):
-            kept.append(i)
-    return sorted(kept)
+        half = width[i] / 2
+        centre = min(max(starts[i] + widths[i] / 2, half), total - half)
+        if all(abs(centre - at) >= (width[i] + width[j]) / 2 for j, at in kept.items()):
+            kept[i] = centre
+    return sorted(kept.items())
 
 
 def segment_map_figure(segments: list[dict[str, Any]], title: str,
@@ -195,11 +193,11 @@ def segment_map_figure(segments: list[dict[str, Any]], title: str,
                       color=MODE_COLORS[mode], linewidth=0)
         bottom = [b + h for b, h in zip(bottom, heights)]
     texts = [f"{seg['id']}\n{c['compute']}/{c['memory']}" for seg, c in zip(segments, counts)]
-    for i in _labelled(starts, widths, texts, (PAPER_WIDTH - 0.8) * 72):
-        centre = starts[i] + widths[i] / 2
-        counts_ax.plot([centre, centre], [bottom[i], arrays * 1.06], color="black",
-                       linewidth=0.4)  # labels sit above every bar: none hides one
-        counts_ax.text(centre, arrays * 1.07, texts[i], ha="center", va="bottom",
+    for i, at in _labelled(starts, widths, texts, (PAPER_WIDTH - 0.8) * 72):
+        centre = starts[i] + widths[i] / 2  # the leader line starts at the segment
+        counts_ax.plot([centre, centre, at], [bottom[i], arrays * 1.03, arrays * 1.06],
+                       color="black", linewidth=0.4)  # labels above every bar
+        counts_ax.text(at, arrays * 1.07, texts[i], ha="center", va="bottom",
                        fontsize=_LABEL_PT, linespacing=0.95)
     counts_ax.set_ylim(0, arrays * 1.5)
     counts_ax.set_ylabel("arrays", fontsize=8)
@@ -315,12 +313,18 @@ def timeline_figure(spans: list[dict], title: str, clock_mhz: float | None = Non
     shown = spans[:MAX_TIMELINE_ROWS]
     fig = Figure(figsize=(PAPER_WIDTH, 1.5 + 0.16 * len(shown)), layout="constrained")
     ax = fig.subplots()
+    horizon = max(s["end"] for s in shown) or 1
+    families = set()
     for row, span in enumerate(shown):
         family = span["opcode"].split(".")[0] if span["opcode"].startswith(("VEC", "MEM")) \
             else span["opcode"]
+        families.add("CIM.load_weight" if family == "CIM.write_operand" else family)
         length = max(span["end"] - span["start"], 0.0)
-        ax.barh(row, length, left=span["start"], height=0.7,
-                color=_KIND_COLORS.get(family, "#999999"))
+        colour = _KIND_COLORS.get(family, "#999999")
+        ax.barh(row, length, left=span["start"], height=0.7, color=colour)
+        if length < horizon / 400:  # too short to see (a 1-cycle switch): a diamond
+            ax.plot([span["start"]], [row], marker="D", markersize=4, color=colour,
+                    clip_on=False, zorder=3)
     blocks: dict = {}
     for span in shown:
         if span["parallel"] is not None:
@@ -331,14 +335,17 @@ def timeline_figure(spans: list[dict], title: str, clock_mhz: float | None = Non
     ax.set_yticks(range(len(shown)), [_label(s["text"]) for s in shown], fontsize=6.5,
                   family="monospace")
     ax.set_ylim(len(shown) - 0.5, -0.5)
-    ax.set_xlim(0, max(s["end"] for s in shown) or 1)
+    ax.set_xlim(0, horizon)
     _cycle_axis(ax, clock_mhz, "simulated cycles from the segment start")
-    fig.legend(handles=[Patch(color=c, label=k) for k, c in
-                        (("CM.switch", _KIND_COLORS["CM.switch"]),
-                         ("load_weight / write_operand", _KIND_COLORS["CIM.load_weight"]),
-                         ("CIM.mvm", _KIND_COLORS["CIM.mvm"]), ("VEC.*", _KIND_COLORS["VEC"]),
-                         ("MEM.*", _KIND_COLORS["MEM"]), ("parallel block", "#f2f2f2"))],
-               loc="outside lower center", ncols=6, fontsize=6.5, frameon=False)
+    kinds = [(key, k) for key, k in (("CM.switch", "CM.switch"),
+                                     ("CIM.load_weight", "load_weight / write_operand"),
+                                     ("CIM.mvm", "CIM.mvm"), ("VEC", "VEC.*"), ("MEM", "MEM.*"))
+             if key in families]
+    handles = [Patch(color=_KIND_COLORS[key], label=k) for key, k in kinds]
+    if blocks:
+        handles.append(Patch(color="#f2f2f2", label="parallel block"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=6.5,
+               frameon=False)
     more = f" (first {len(shown)} of {len(spans)} statements)" if len(spans) > len(shown) else ""
     fig.suptitle(title + more, fontsize=9)
     return fig
@@ -385,7 +392,8 @@ def operator_figure(rows: list[dict[str, Any]], title: str,
     def total(row, side):
         return row[f"{side}_load_cycles"] + row[f"{side}_run_cycles"]
 
-    ranked = sorted(rows, key=lambda r: (-total(r, "simulated"), r["name"]))
+    ranked = sorted(range(len(rows)), key=lambda i: (-total(rows[i], "simulated"), i))
+    ranked = [rows[i] for i in ranked]  # ties in flow order (gelu:2 before gelu:10)
     shown, rest = ranked[:MAX_OPERATOR_BARS], ranked[MAX_OPERATOR_BARS:]
     bars = [(short_name(r["name"], 34), r) for r in shown]
     fig = Figure(figsize=(PAPER_WIDTH, 1.6 + 0.24 * len(bars)), layout="constrained")

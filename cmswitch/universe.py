@@ -80,6 +80,12 @@ def _diagnose(kind, error, trace, previous=sys.excepthook) -> None:
               "`cmswitch-opt MODEL.onnx -o MODEL.mlir`, or run cmswitch-opt, which takes "
               "the same passes and reads .onnx directly", file=sys.stderr)
         return
+    text = str(error)
+    ours = tuple(f"{name}:" for name in ALL_PASSES)
+    if isinstance(error, ValueError) and (text.startswith(ours) or
+                                          text.startswith("Provided arguments")):
+        print(f"error: bad pass option: {text}", file=sys.stderr)  # a pass's own check,
+        return                                                     # or xDSL's spec parser
     if isinstance(error, ValueError) and str(error).startswith("Unrecognized passes"):
         from cmswitch.tools.opt import _pipeline_hint
 

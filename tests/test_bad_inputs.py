@@ -518,7 +518,10 @@ def test_a_stopped_compile_stops_its_solver(jobs, signum, code, tmp_path):
     env = _fake_glpsol(tmp_path, "exec sleep 1000")
     proc = subprocess.Popen([str(BIN / "cmswitch"), "compile", str(MODELS / "resnet18.onnx"),
                              "-o", str(tmp_path / "r.cmsasm"), "--jobs", jobs],
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            # a shell's background job inherits SIGINT ignored; a user's
+                            # Ctrl-C reaches a foreground compile, so test that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not _pids(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -186,7 +186,13 @@ def test_plain_xdsl_opt_names_a_misspelt_pass_in_one_line(tmp_path):
     (["llama2-7b", "--phase", "decode"], "--phase decode needs --kv-len L"),
     (["llama2-7b", "--kv-len", "8"], "--kv-len applies to --phase decode"),
     (["llama2-7b", "--phase", "decode", "--kv-len", "8", "--seq", "4"], "give --kv-len, not --seq"),
-    ([str(MODELS / "resnet18.onnx"), "--layers", "2"], "apply to the published configurations"),
+    ([str(MODELS / "resnet18.onnx"), "--layers", "2"], "--layers applies to the published configurations"),
+    ([str(MODELS / "gpt2.onnx"), "--phase", "decode", "--kv-len", "4"],
+     "--phase applies to the published configurations"),
+    (["bert-base", "--layers", "13"], "bert-base has 12 layers; --layers 13 asks for more"),
+    (["bert-base", "--phase", "decode", "--kv-len", "4"], "an encoder: it has no decode phase"),
+    (["bert-base", "-o", "-", "--json", "-"], "both want stdout"),
+    (["bert-base", "--plot", "p", "--plot-segment", "abc"], "invalid int value: 'abc'"),
 ])
 def test_decode_and_layer_option_mistakes_are_usage_errors(argv, message):
     r = _run(BIN / "cmswitch", "compile", *argv, "--quiet")
@@ -199,3 +205,15 @@ def test_decode_summary_says_where_the_kv_cache_lives():
     assert r.returncode == 0, r.stderr
     # 2 cached tensors of 2 x 32 x 128 x 16 bytes
     assert "decode step, KV cache of 16 tokens: 262144 B in" in r.stdout
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cim-segment{window=-1}", "error: bad pass option: cim-segment: window must be >= 0, got -1"),
+    ("cim-segment{windw=3}", 'error: bad pass option: Provided arguments ["windw"] not found'),
+])
+def test_plain_xdsl_opt_reports_a_bad_pass_option_in_one_line(tmp_path, spec, message):
+    mlir = tmp_path / "m.mlir"
+    mlir.write_text("builtin.module {}\n")
+    r = _run(BIN / "xdsl-opt", "-p", spec, str(mlir))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith(message), r.stderr

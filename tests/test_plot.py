@@ -163,17 +163,25 @@ def test_time_axes_use_engineering_ticks_not_an_offset():
 
 def test_segment_map_labels_never_overlap():
     # 100 segments of 1 cycle on an axes 460 pt wide: a label "12\n39/16" is 5
-    # characters, (5 * 0.62 * 6.5 + 3) / 460 * 100 = 5.03 cycles wide.  Centres are at
-    # i + 0.5; the first label that does not cross the axis start is i = 3 (3.5 >=
-    # 2.52), then every 6th (5 apart would be 5.0 < 5.03), at most 14 labels.
+    # characters, w = (5 * 0.62 * 6.5 + 3) / 460 * 100 = 5.0326 cycles wide.  Segment 0's
+    # label would cross the axis start: it moves inward to w/2 = 2.5163.  The next label
+    # needs its centre i + 0.5 at least w past that: i = 8 (8.5); then every 6th
+    # (5 apart would be 5.0 < 5.03), up to 14 labels.
     starts, widths = list(range(100)), [1.0] * 100
     texts = ["12\n39/16"] * 100
-    assert _labelled(starts, widths, texts, 460) == [3 + 6 * k for k in range(14)]
+    chosen = _labelled(starts, widths, texts, 460)
+    assert [i for i, _ in chosen] == [0] + [8 + 6 * k for k in range(13)]
+    assert chosen[0][1] == pytest.approx((5 * 0.62 * 6.5 + 3) / 460 * 100 / 2)
+    assert chosen[1][1] == 8.5
     # a longer segment wins the place of its shorter neighbours
     widths[40] = 6.0
     starts = [sum(widths[:i]) for i in range(100)]
-    chosen = _labelled(starts, widths, texts, 460)
+    chosen = [i for i, _ in _labelled(starts, widths, texts, 460)]
     assert 40 in chosen and 39 not in chosen and 41 not in chosen
+    # the longest segment gets its label even when it ends the axis
+    widths = [1.0] * 20 + [50.0]
+    starts = [sum(widths[:i]) for i in range(21)]
+    assert 20 in [i for i, _ in _labelled(starts, widths, ["7\n1/2"] * 21, 460)]
 
 
 def test_pictures_are_written_as_png_and_svg(tmp_path):

@@ -102,18 +102,18 @@ def test_add_simulation_sums_each_operators_statements_by_hand():
 
     report = {"predicted_cycles": 900, "segments": [],
               "operators": [{"name": "fc"}, {"name": "relu"}, {"name": "idle"}]}
-    rows = [  # load 100 + 20, run 300; relu 50; a MEM move and a switch are nobody's
+    rows = [  # load 100 + 20, run 300; relu 50 and a move of 70; a switch is nobody's
         {"opcode": "CIM.load_weight", "name": "fc", "alone_cycles": 100},
         {"opcode": "CIM.load_weight", "name": "fc", "alone_cycles": 20},
         {"opcode": "CIM.mvm", "name": "fc", "alone_cycles": 300},
         {"opcode": "VEC.relu", "name": "relu", "alone_cycles": 50},
-        {"opcode": "MEM.store", "name": "relu", "alone_cycles": 70},
+        {"opcode": "MEM.store", "name": "relu", "alone_cycles": 70},  # moves relu's output
         {"opcode": "CM.switch", "name": "CM.switch", "alone_cycles": 1}]
     sim = {"cycles": 1000, "energy": None, "statement_rows": rows,
            "segments": [{"id": 0, "cycles": 1000}]}
     out = add_simulation(report, sim)
-    assert [(o["simulated_load_cycles"], o["simulated_run_cycles"]) for o in out["operators"]] \
-        == [(120, 300), (0, 50), (0, 0)]
+    assert [(o["simulated_load_cycles"], o["simulated_run_cycles"], o["simulated_move_cycles"])
+            for o in out["operators"]] == [(120, 300, 0), (0, 50, 70), (0, 0, 0)]
     assert out["prediction_error"] == -0.1 and out["simulated_segments"] == [{"id": 0, "cycles": 1000}]
     assert "simulated_run_cycles" not in report["operators"][0]  # the input is not changed
 
@@ -131,3 +131,10 @@ def test_operators_alone_cycles_predicted_as_simulated(compiled_reports, model):
             predicted = row[f"predicted_{part}_cycles"]
             simulated = row[f"simulated_{part}_cycles"]
             assert abs(predicted - simulated) <= 0.01 * simulated + 1, (row["name"], part)
+    # the three simulated parts are the simulator's own per-operator alone cycles
+    r = subprocess.run([str(BIN / "cmswitch-sim"), str(compiled_reports[model] / "flow.cmsasm"),
+                        "--json"], capture_output=True, text=True)
+    sim_rows = {o["name"]: o["alone_cycles"] for o in json.loads(r.stdout)["operators"]}
+    for row in report["operators"]:
+        parts = sum(row[f"simulated_{p}_cycles"] for p in ("load", "run", "move"))
+        assert parts == sim_rows.get(row["name"], 0), row["name"]

@@ -228,6 +228,8 @@ def build_transformer(name: str, batch: int = 1, seq: int = 128,
     count = cfg.layers if layers is None else layers
     if min(batch, seq, count) <= 0:
         raise CMSwitchError(f"{name}: batch, seq and layers must be positive")
+    if count > cfg.layers:
+        raise CMSwitchError(f"{name} has {cfg.layers} layers; --layers {count} asks for more")
     if phase == "prefill":
         if kv_len is not None:
             raise CMSwitchError(f"{name}: --kv-len applies to --phase decode")

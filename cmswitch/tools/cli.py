@@ -82,7 +82,8 @@ def print_summary(plan, out=sys.stdout, rows: int = 12, sim: dict | None = None)
 
         places = kv_cache(plan.operators)["bytes_by_place"]
         where = ", ".join(f"{n} B in {p}" for p, n in places.items())
-        out.write(f"decode step, KV cache of {options.kv_len} tokens: {where}\n")
+        tokens = f"{options.kv_len} token" + ("s" if options.kv_len != 1 else "")
+        out.write(f"decode step, KV cache of {tokens}: {where}\n")
     if plan.lower_bound_terms:
         terms = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in plan.lower_bound_terms.items())
         out.write(f"lower bound terms (cycles): {terms}\n")
@@ -313,10 +314,21 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--phase decode needs --kv-len L (the tokens already in the KV cache)"
     if args.phase == "decode" and args.seq is not None:
         return "a decode step runs one token per sequence: give --kv-len, not --seq"
-    config_only = args.layers is not None or args.phase != "prefill"
-    if config_only and os.path.exists(args.model):
-        return ("--layers and --phase apply to the published configurations, not to a "
-                "model file")
+    given = [flag for flag, on in (("--layers", args.layers is not None),
+                                   ("--phase", args.phase != "prefill")) if on]
+    if given and os.path.exists(args.model):
+        return (f"{' and '.join(given)} apply to the published configurations, not to a "
+                f"model file" if len(given) > 1 else
+                f"{given[0]} applies to the published configurations, not to a model file")
+    from cmswitch.frontend.configs import CONFIGS
+
+    cfg = CONFIGS.get(args.model)
+    if cfg is not None and args.layers is not None and args.layers > cfg.layers:
+        return f"{args.model} has {cfg.layers} layers; --layers {args.layers} asks for more"
+    if cfg is not None and args.phase == "decode" and cfg.style == "bert":
+        return f"{args.model} is an encoder: it has no decode phase"
+    if args.output == "-" and args.json == "-":
+        return "-o - and --json - both want stdout; send one to a file"
     return None
 
 
@@ -325,6 +337,9 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+_non_negative_int.__name__ = "int"  # argparse says "invalid int value: 'abc'"
 
 
 def build_parser() -> argparse.ArgumentParser:

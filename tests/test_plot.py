@@ -255,7 +255,12 @@ def test_any_segment_gets_its_timeline(tmp_path):
 ])
 def test_plot_segment_mistakes_are_refused_before_any_output(tmp_path, argv, message):
     argv = [a.format(tmp=tmp_path) for a in argv]
-    r = subprocess.run([str(BIN / "cmswitch"), "compile", str(MODELS / "resnet18.onnx"),
+    model = tmp_path / "relu.mlir"  # one segment: compiles in a moment
+    model.write_text("builtin.module {\n  func.func @main(%x : tensor<1x64xf32>) -> "
+                     "tensor<1x64xf32> {\n    %y = cim.vector \"relu\" %x : "
+                     "(tensor<1x64xf32>) -> tensor<1x64xf32>\n    func.return %y : "
+                     "tensor<1x64xf32>\n  }\n}\n")
+    r = subprocess.run([str(BIN / "cmswitch"), "compile", str(model),
                         "-o", str(tmp_path / "r.cmsasm"), "--quiet", *argv],
                        capture_output=True, text=True)
     assert r.returncode in (1, 2) and message in r.stderr

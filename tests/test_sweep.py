@@ -235,7 +235,8 @@ def test_a_failed_point_loses_no_finished_point(cluster, tmp_path):
     assert again[0]["cached"]
 
 
-def test_an_unreachable_scheduler_is_one_error(tmp_path, capsys):
+def test_an_unreachable_scheduler_is_one_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CMSWITCH_DASK_TIMEOUT", "1")  # nothing listens on port 1
     code = cli_main(["sweep", "resnet18", "--set", "arrays=48", "--quiet",
                      "--scheduler", "tcp://127.0.0.1:1", "--cache", str(tmp_path)])
     assert code == 1

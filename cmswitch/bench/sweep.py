@@ -299,16 +299,22 @@ class Cache:
                                 f"({error.strerror})") from None
 
 
+CONNECT_TIMEOUT = 10
+"""Seconds `cmswitch sweep --scheduler` waits for the scheduler to answer."""
+
+
 def _client(scheduler: str | None, jobs: int | None):
     """A dask.distributed Client: of the cluster at `scheduler`, or of a new
     `LocalCluster` on 127.0.0.1 (one single-threaded worker process per core, or
     `jobs`).  Returns (client, cluster or None).  Raises CMSwitchError when the
-    scheduler cannot be reached."""
+    scheduler cannot be reached within ``$CMSWITCH_DASK_TIMEOUT`` seconds (default
+    `CONNECT_TIMEOUT`)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
+        seconds = os.environ.get("CMSWITCH_DASK_TIMEOUT", str(CONNECT_TIMEOUT))
         try:
-            return Client(scheduler, timeout="10s"), None
+            return Client(scheduler, timeout=f"{seconds}s"), None
         except (OSError, TimeoutError, ValueError) as error:
             raise CMSwitchError(f"cannot reach the Dask scheduler at {scheduler}: "
                                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None

@@ -125,6 +125,9 @@ MAX_MAP_LABELS = 14
 not overlap a longer segment's label (so labels never collide; the others' arrays are
 still drawn)."""
 
+MAX_SEPARATED = 150
+"""The segment map draws white lines between segments up to this many segments."""
+
 _LABEL_PT = 6.5
 """Font size (pt) of the segment-map labels."""
 
@@ -204,9 +207,9 @@ def segment_map_figure(segments: list[dict[str, Any]], title: str,
     counts_ax.tick_params(labelsize=7)
     counts_ax.set_title("labels: segment id, compute/memory arrays (the longest segments)",
                         fontsize=7.5)
-    for ax in (counts_ax, map_ax):
+    for ax in (counts_ax, map_ax) if len(segments) <= MAX_SEPARATED else ():
         ax.vlines(starts[1:], 0, 1, transform=ax.get_xaxis_transform(), color="white",
-                  linewidth=0.25)
+                  linewidth=0.25)  # segment boundaries; hundreds would grey the map
     map_ax.set_label("map")
     map_ax.pcolormesh(edges, [y - 0.5 for y in range(arrays + 1)], grid, shading="flat",
                       cmap=ListedColormap([MODE_COLORS[m] for m in MODES]), vmin=-0.5,

@@ -253,10 +253,7 @@ def load_module(model: str | Path, dims: dict[str, int] | None = None,
 
         if dims:
             raise CMSwitchError(f"{model}: --dim applies to ONNX models; use --batch and --seq")
-        if options.phase == "decode" and seq is not None:
-            raise CMSwitchError(f"{model}: a decode step runs one token per sequence; "
-                                f"give --kv-len, not --seq")
-        return build_transformer(str(model), batch or 1, seq or 128, options.layers,
+        return build_transformer(str(model), batch or 1, seq, options.layers,
                                  options.phase, options.kv_len)
     if options.given():
         raise CMSwitchError(f"{model}: --layers, --phase and --kv-len apply to the published "
@@ -335,11 +332,6 @@ def lower_bound_terms(graph: Graph, arch: Arch) -> dict[str, int]:
     return {k: math.ceil(terms[k] - 1e-9) for k in LOWER_BOUND_TERMS}
 
 
-def lower_bound(graph: Graph, arch: Arch) -> int:
-    """The largest of `lower_bound_terms` (cycles)."""
-    return max(lower_bound_terms(graph, arch).values())
-
-
 def _op_type(op) -> str:
     """An operator row's type: the `cim` op (``conv2d``, ``matmul``, ``dyn_matmul``) or
     a vector op's kind (``vector.relu``)."""
@@ -399,7 +391,6 @@ def _operator_row(graph: Graph, g, seg_id: int, places: dict[str, str],
         row["node"] = node.data
     tensors = [graph.tensors[t] for t in (*g.inputs, *g.outputs)]
     row["tensor_places"] = {t.name: places.get(t.name, "dram") for t in tensors}
-    port_bytes: dict[str, float] = {}
     copies = 1
     if g.cost.arrays:
         hw_cells = arch.rows * arch.weights_per_row
@@ -416,15 +407,15 @@ def _operator_row(graph: Graph, g, seg_id: int, places: dict[str, str],
         })
         # the streamed input carries K of every K + N fed bytes, the output N
         share = g.cost.k / (g.cost.k + g.cost.n)
-        streamed, out = graph.tensors[g.inputs[0]], graph.tensors[g.outputs[0]]
-        for tensor, nbytes in ((streamed, g.cost.feed * share), (out, g.cost.feed * (1 - share))):
-            place = row["tensor_places"][tensor.name]
-            port_bytes[place] = port_bytes.get(place, 0.0) + nbytes
+        moved = [(graph.tensors[g.inputs[0]], g.cost.feed * share),
+                 (graph.tensors[g.outputs[0]], g.cost.feed * (1 - share))]
     else:
         row["vector_ops"] = g.cost.vector_ops
-        for tensor in tensors:
-            place = row["tensor_places"][tensor.name]
-            port_bytes[place] = port_bytes.get(place, 0.0) + tensor.bytes
+        moved = [(tensor, tensor.bytes) for tensor in tensors]
+    port_bytes: dict[str, float] = {}
+    for tensor, nbytes in moved:
+        place = row["tensor_places"][tensor.name]
+        port_bytes[place] = port_bytes.get(place, 0.0) + nbytes
     row["port_bytes"] = {place: round(v) for place, v in sorted(port_bytes.items())}
     load, run = alone_cycles(g.cost, copies, port_bytes, bandwidth, arch)
     row["predicted_load_cycles"] = round(load)
@@ -536,8 +527,10 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     hw = hardware(arch, **overrides)  # a bad field fails before the model is read
     module = model if isinstance(model, ModuleOp) else load_module(model, dims, batch, seq, options)
     if isinstance(model, str) and _is_config(model):  # the report names what was built
+        from cmswitch.frontend.configs import DEFAULT_SEQ
+
         batch = batch or 1
-        seq = (seq or 128) if options.phase == "prefill" else None
+        seq = (seq or DEFAULT_SEQ) if options.phase == "prefill" else None
     if isinstance(arch, Arch) or overrides:
         module.attributes[ARCH_ATTR] = hardware_attr(hw.header_fields())  # recorded inline
     elif arch:

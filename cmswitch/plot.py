@@ -256,13 +256,7 @@ def segment_trace(flow: str | os.PathLike, segment: int | str | None = None,
 
     if report is None or "trace" not in report:
         report = simulate(flow, trace=True)
-    ids = [seg["id"] for seg in report["segments"]]
-    if segment is None:
-        segment = max(report["segments"], key=lambda seg: seg["cycles"])["id"]
-    if not str(segment).isdigit() or int(segment) not in ids:
-        raise CMSwitchError(f"timeline: no segment '{segment}' (the flow has {len(ids)}: "
-                            f"{ids[0]}..{ids[-1]})")
-    segment = int(segment)
+    segment = chosen_segment(report, segment)
     spans = [dict(span) for span in report["trace"] if span["segment"] == segment]
     if not spans:
         return segment, []
@@ -273,6 +267,18 @@ def segment_trace(flow: str | os.PathLike, segment: int | str | None = None,
         span["end"] -= origin
         span["text"] = texts.get(span["line"], span["opcode"])
     return segment, spans
+
+
+def chosen_segment(report: dict, segment: int | str | None) -> int:
+    """The id of `segment` in a simulator report (None: the segment with the most
+    simulated cycles).  Raises CMSwitchError for a segment the flow does not have."""
+    ids = [seg["id"] for seg in report["segments"]]
+    if segment is None:
+        return max(report["segments"], key=lambda seg: seg["cycles"])["id"]
+    if not str(segment).isdigit() or int(segment) not in ids:
+        raise CMSwitchError(f"timeline: no segment '{segment}' (the flow has {len(ids)}: "
+                            f"{ids[0]}..{ids[-1]})")
+    return int(segment)
 
 
 def _line_texts(flow: str | os.PathLike, lines: set[int]) -> dict[int, str]:
@@ -359,20 +365,16 @@ def timeline(flow: str | os.PathLike, path: str | os.PathLike, segment: int | st
     """Draw one segment's pipeline timeline into `path` (PNG, and SVG beside it): the
     segment with the most simulated cycles when `segment` is None; returns
     `segment_trace`'s data.  Raises CMSwitchError for an unknown segment."""
+    from cmswitch.sim.simulator import simulate
+
+    if report is None or "trace" not in report:
+        report = simulate(flow, trace=True)
     segment, spans = segment_trace(flow, segment, report)
-    clock = (report or {}).get("arch_fields", {}).get("clock_mhz") or _flow_clock(flow)
+    clock = report["arch_fields"].get("clock_mhz")
     name = f"{title}, " if title else ""
     _save(timeline_figure(spans, f"{name}segment {segment}: statements as simulated", clock),
           path)
     return segment, spans
-
-
-def _flow_clock(flow: str | os.PathLike) -> float | None:
-    for record in iter_records(FlowSource(flow).lines(), "flow"):
-        if isinstance(record, ArchDecl):
-            value = record.fields.get("clock_mhz")
-            return float(value) if value is not None else None
-    return None
 
 
 MAX_OPERATOR_BARS = 24
@@ -395,8 +397,8 @@ def operator_figure(rows: list[dict[str, Any]], title: str,
     def total(row, side):
         return row[f"{side}_load_cycles"] + row[f"{side}_run_cycles"]
 
-    ranked = sorted(range(len(rows)), key=lambda i: (-total(rows[i], "simulated"), i))
-    ranked = [rows[i] for i in ranked]  # ties in flow order (gelu:2 before gelu:10)
+    # a stable sort: ties stay in flow order (gelu:2 before gelu:10)
+    ranked = sorted(rows, key=lambda r: -total(r, "simulated"))
     shown, rest = ranked[:MAX_OPERATOR_BARS], ranked[MAX_OPERATOR_BARS:]
     bars = [(short_name(r["name"], 34), r) for r in shown]
     fig = Figure(figsize=(PAPER_WIDTH, 1.6 + 0.24 * len(bars)), layout="constrained")
@@ -503,7 +505,7 @@ def plot_plan(plan, folder: str | os.PathLike, segment: int | str | None = None)
     stem = _stem(f"{plan.model}_{plan.arch.name}_{plan.strategy}")
     title = f"{plan.model} on {plan.arch.name}, strategy {plan.strategy}"
     report = simulate(plan.flow, trace=True, statements=True)
-    segment_trace(plan.flow, segment, report)  # an unknown segment fails before any file
+    chosen_segment(report, segment)  # an unknown segment fails before any file
     paths = []
     seg_path, time_path, op_path = (out / f"{stem}_{kind}.png"
                                     for kind in ("segments", "timeline", "operators"))

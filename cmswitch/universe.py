@@ -86,10 +86,10 @@ def _diagnose(kind, error, trace, previous=sys.excepthook) -> None:
                                           text.startswith("Provided arguments")):
         print(f"error: bad pass option: {text}", file=sys.stderr)  # a pass's own check,
         return                                                     # or xDSL's spec parser
-    if isinstance(error, ValueError) and str(error).startswith("Unrecognized passes"):
+    if isinstance(error, ValueError) and text.startswith("Unrecognized passes"):
         from cmswitch.tools.opt import _pipeline_hint
 
-        print(f"error: {error}{_pipeline_hint(str(error))}", file=sys.stderr)
+        print(f"error: {text}{_pipeline_hint(text)}", file=sys.stderr)
         return
     previous(kind, error, trace)
 

@@ -146,7 +146,7 @@ def _model_input(w: Workload):
     from cmswitch.frontend.configs import build_transformer
 
     if w.kv_len:
-        return build_transformer(w.model.source, w.batch, 1, phase="decode", kv_len=w.kv_len)
+        return build_transformer(w.model.source, w.batch, phase="decode", kv_len=w.kv_len)
     return build_transformer(w.model.source, w.batch, w.seq)
 
 

@@ -203,13 +203,44 @@ PHASES = ("prefill", "decode")
 """What `build_transformer` compiles: the prefill pass over the whole prompt, or one
 decode step (one new token per sequence against a KV cache)."""
 
+DEFAULT_SEQ = 128
+"""The prefill sequence length when none is given."""
 
-def build_transformer(name: str, batch: int = 1, seq: int = 128,
+
+def option_problem(name: str, layers: int | None = None, phase: str = "prefill",
+                   kv_len: int | None = None, seq: int | None = None) -> str | None:
+    """Why `layers`, `phase`, `kv_len` and a given `seq` (None: not given) cannot build
+    model `name`, as one line, or None.  The phase options are checked for any model;
+    the depth and the decoder-only decode step only for a name of `CONFIGS`.  The one
+    check of these options: `build_transformer` raises it, `cmswitch compile` prints
+    it as a usage error."""
+    if phase not in PHASES:
+        return f"{name}: unknown phase '{phase}' (phases: {', '.join(PHASES)})"
+    if kv_len is not None and phase != "decode":
+        return f"{name}: --kv-len applies to --phase decode"
+    if phase == "decode" and kv_len is None:
+        return f"{name}: --phase decode needs --kv-len L (the tokens already in the KV cache)"
+    if phase == "decode" and kv_len <= 0:
+        return f"{name}: --kv-len must be at least 1, got {kv_len}"
+    if phase == "decode" and seq is not None:
+        return f"{name}: a decode step runs one token per sequence: give --kv-len, not --seq"
+    cfg = CONFIGS.get(name)
+    if cfg is None:
+        return None
+    if layers is not None and layers > cfg.layers:
+        return f"{name} has {cfg.layers} layers; --layers {layers} asks for more"
+    if phase == "decode" and cfg.style == "bert":
+        return f"{name} is an encoder: it has no decode phase"
+    return None
+
+
+def build_transformer(name: str, batch: int = 1, seq: int | None = None,
                       layers: int | None = None, phase: str = "prefill",
                       kv_len: int | None = None) -> ModuleOp:
     """The `cim` module of a published model: a prefill pass over ``(batch, seq)`` token
-    ids, or (``phase="decode"``) one decode step of ``batch`` sequences whose KV cache
-    holds `kv_len` earlier tokens (decoder styles only: llama, opt).
+    ids (`seq` default `DEFAULT_SEQ`), or (``phase="decode"``, no `seq`) one decode step
+    of ``batch`` sequences whose KV cache holds `kv_len` earlier tokens (decoder styles
+    only: llama, opt).
 
     A decode step's function arguments are the new token ids ``(batch, 1)`` and, per
     layer i and cache block j (`kv_blocks`: `KV_BLOCK` tokens each), the keys
@@ -217,27 +248,20 @@ def build_transformer(name: str, batch: int = 1, seq: int = 128,
     ``(batch, heads, n_j, d)``; it returns the logits
     ``(batch, 1, vocab)`` and, per layer, the new key and value to append.
     layers: keep only the first `layers` layers (default: all).  Raises CMSwitchError
-    for an unknown name or phase, a non-positive size, a decode step of an encoder
-    (bert) or without `kv_len`."""
+    for an unknown name, a non-positive size, or options `option_problem` refuses."""
     cfg = CONFIGS.get(name)
     if cfg is None:
         raise CMSwitchError(f"unknown model '{name}': not a file nor a published "
                             f"configuration ({', '.join(CONFIGS)})")
-    if phase not in PHASES:
-        raise CMSwitchError(f"unknown phase '{phase}' (phases: {', '.join(PHASES)})")
+    problem = option_problem(name, layers, phase, kv_len, seq)
+    if problem:
+        raise CMSwitchError(problem)
     count = cfg.layers if layers is None else layers
+    seq = DEFAULT_SEQ if seq is None else seq
     if min(batch, seq, count) <= 0:
         raise CMSwitchError(f"{name}: batch, seq and layers must be positive")
-    if count > cfg.layers:
-        raise CMSwitchError(f"{name} has {cfg.layers} layers; --layers {count} asks for more")
     if phase == "prefill":
-        if kv_len is not None:
-            raise CMSwitchError(f"{name}: --kv-len applies to --phase decode")
         return _prefill(cfg, batch, seq, count)
-    if cfg.style == "bert":
-        raise CMSwitchError(f"{name} is an encoder: it has no decode phase")
-    if kv_len is None or kv_len <= 0:
-        raise CMSwitchError(f"{name}: a decode step needs --kv-len L, the cached tokens (>= 1)")
     return _decode(cfg, batch, count, kv_len)
 
 

@@ -211,8 +211,6 @@ def _compile(args: argparse.Namespace) -> int:
     if usage:
         print(f"cmswitch compile: error: {usage}", file=sys.stderr)
         return 2
-    if args.output == "-" and args.json == "-":
-        raise CMSwitchError("-o - and --json - both want stdout; send one to a file")
     _check_writable(args.output)
     _check_writable(args.json)
     _check_no_clash(args.model, args.output, args.json)
@@ -308,25 +306,17 @@ def _usage_error(args: argparse.Namespace) -> str | None:
 
     if args.plot_segment is not None and not args.plot:
         return "--plot-segment needs --plot DIR"
-    if args.kv_len is not None and args.phase != "decode":
-        return "--kv-len applies to --phase decode"
-    if args.phase == "decode" and args.kv_len is None:
-        return "--phase decode needs --kv-len L (the tokens already in the KV cache)"
-    if args.phase == "decode" and args.seq is not None:
-        return "a decode step runs one token per sequence: give --kv-len, not --seq"
+    from cmswitch.frontend.configs import option_problem
+
+    problem = option_problem(args.model, args.layers, args.phase, args.kv_len, args.seq)
+    if problem:
+        return problem
     given = [flag for flag, on in (("--layers", args.layers is not None),
                                    ("--phase", args.phase != "prefill")) if on]
     if given and os.path.exists(args.model):
         return (f"{' and '.join(given)} apply to the published configurations, not to a "
                 f"model file" if len(given) > 1 else
                 f"{given[0]} applies to the published configurations, not to a model file")
-    from cmswitch.frontend.configs import CONFIGS
-
-    cfg = CONFIGS.get(args.model)
-    if cfg is not None and args.layers is not None and args.layers > cfg.layers:
-        return f"{args.model} has {cfg.layers} layers; --layers {args.layers} asks for more"
-    if cfg is not None and args.phase == "decode" and cfg.style == "bert":
-        return f"{args.model} is an encoder: it has no decode phase"
     if args.output == "-" and args.json == "-":
         return "-o - and --json - both want stdout; send one to a file"
     return None

@@ -183,8 +183,8 @@ def split_pass_flags(argv: Sequence[str]) -> list[str]:
             i += 1
         elif arg.startswith("--passes="):
             pipeline = arg.split("=", 1)[1]
-        elif arg.startswith("--") and _unknown_pass_flag(arg):
-            raise ValueError(_unknown_pass_flag(arg))
+        elif arg.startswith("--") and (unknown := _unknown_pass_flag(arg)):
+            raise ValueError(unknown)
         else:
             rest.append(arg)
         i += 1

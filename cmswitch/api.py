@@ -59,6 +59,8 @@ class Plan:
     """The batch the compile bound (``--batch``; None: the model's own)."""
     seq: int | None = None
     """The sequence length the compile bound (``--seq``; None: the model's own)."""
+    dims: dict[str, int] = field(default_factory=dict)
+    """The named dynamic dims the compile bound (``--dim NAME=VALUE``)."""
     options: ConfigOptions = field(default_factory=lambda: ConfigOptions())
     """The layers, phase and KV-cache length a published configuration was built with."""
     lower_bound_terms: dict[str, int] = field(default_factory=dict)
@@ -581,4 +583,5 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
         mip={"solves": cache.priced, "cache_hits": cache.hits, "segment_mips": cache.mips},
         chunk_arrays=chunk,
         module=kept, solver=solver, batch=batch, seq=seq, options=options,
+        dims=dict(dims or {}),
     )

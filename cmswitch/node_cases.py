@@ -30,6 +30,7 @@ from cmswitch.errors import CMSwitchError
 
 CONSTANT_OPERANDS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+    "Attention": (6,),
     "CastLike": (1,),
     "Pad": (1, 3), "Tile": (1,), "Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4),
     "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "ReduceMean": (1,),
@@ -37,7 +38,9 @@ CONSTANT_OPERANDS: dict[str, tuple[int, ...]] = {
 }
 """Operator -> input indices made initializers: the weight and bias of the weight ops
 (MatMul's right operand, as in a Linear layer), the shape-like operands that decide
-an output shape, and CastLike's type-only target (an empty tensor in the cases)."""
+an output shape, Attention's ``nonpad_kv_seqlen`` (which keys are valid: the
+decomposition builds its padding mask at compile time), and CastLike's type-only
+target (an empty tensor in the cases)."""
 
 LOW_PRECISION = {onnx.TensorProto.FLOAT16: 1e-2, onnx.TensorProto.BFLOAT16: 2e-2}
 """Relative tolerance for cases whose expected outputs are float16 / bfloat16: the
@@ -73,9 +76,10 @@ def cases(ops: set[str] | None = None) -> list:
 
     from onnx.backend.test.case.node import collect_testcases
 
+    from cmswitch.frontend.decompose import DECOMPOSED_OPS
     from cmswitch.frontend.onnx_importer import MATRIX_OPS, VECTOR_OP_KINDS
 
-    wanted = ops or set(VECTOR_OP_KINDS) | set(MATRIX_OPS)
+    wanted = ops or set(VECTOR_OP_KINDS) | set(MATRIX_OPS) | set(DECOMPOSED_OPS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the generators divide by zero on purpose
         found = collect_testcases(None)

@@ -215,18 +215,16 @@ ISSUE_14_OPS = sorted({
     "Softplus", "Softsign", "Abs", "HardSigmoid", "HardSwish", "LogSoftmax", "Log", "Sum",
     "Mean", "Tile", "InstanceNormalization", "Clip", "GlobalMaxPool", "Gemm", "Conv",
     "ConvTranspose", "Resize", "GroupNormalization", "RMSNormalization",
-    "LayerNormalization", "MaxPool",
+    "LayerNormalization", "MaxPool", "Attention", "MatMul",
 })
-"""Operators issue 14 names (and Clip, GlobalMaxPool, Gemm, Conv, whose forms it
-fixed): every one of their node cases must match, except `REFUSED`."""
+"""Operators issue 14 names (and Clip, GlobalMaxPool, Gemm, Conv, MatMul, whose forms
+it fixed): every one of their node cases must match, except `REFUSED`."""
 
 REFUSED = {
     "test_batchnorm_epsilon_training_mode": "training mode: running statistics as outputs",
     "test_batchnorm_example_training_mode": "training mode: running statistics as outputs",
-    "test_convtranspose_1d": "only 2-D transposed convolutions",
-    "test_convtranspose_3d": "only 2-D transposed convolutions",
-    "test_convtranspose_group_2": "only group 1",
-    "test_convtranspose_group_2_image_3": "only group 1",
+    "test_convtranspose_3d": "only 1-D and 2-D transposed convolutions",
+    "test_matmul_1d_1d": "a rank-0 result",
 }
 
 
@@ -399,3 +397,36 @@ def test_bench_runs_a_users_model_with_a_dynamic_batch_at_batch_1(tmp_path):
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(out.read_text())["rows"]
     assert row["batch"] == 1
+
+
+def test_weights_computed_at_compile_time_are_rebuilt_for_functional_mode(tmp_path):
+    """The model zoo's `light` graphs (onnx/backend/test/data/light) compute every
+    weight with ConstantOfShape, and old exports feed a Gemm a Reshape of its weight:
+    the conv's weight here is ConstantOfShape (0.02 everywhere), its bias twice a
+    stored tensor, the Gemm's weight a Reshape of a flat initializer."""
+    nodes = [
+        helper.make_node("ConstantOfShape", ["w1_shape"], ["w1"], name="w1_fill",
+                         value=numpy_helper.from_array(np.array([0.02], np.float32))),
+        helper.make_node("Mul", ["b1_half", "two"], ["b1"], name="b1_double"),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv", kernel_shape=[3, 3]),
+        helper.make_node("Flatten", ["c"], ["f"], name="flatten"),
+        helper.make_node("Reshape", ["wf_flat", "wf_shape"], ["wf"], name="wf_view"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc"),
+    ]
+    inits = {"w1_shape": ([4], [4, 3, 3, 3]), "b1_half": ([4], "n"), "two": ([], "n"),
+             "wf_flat": ([4 * 4 * 4 * 5], "n"), "wf_shape": ([2], [64, 5])}
+    path = _model(tmp_path / "light_style.onnx", nodes, [("x", [1, 3, 6, 6])], [("y", [1, 5])],
+                  inits)
+    report = check_against_onnxruntime(path)
+    assert report["ok"], report
+    assert report["max_abs_error"] < 1e-3
+
+
+def test_nan_on_both_sides_matches_without_nan_error_figures(tmp_path):
+    """Log of a negative input is NaN in onnxruntime and in the flow alike: the outputs
+    match, and the error figures stay numbers (the finite elements' errors)."""
+    nodes = [helper.make_node("Log", ["x"], ["y"], name="log")]
+    path = _model(tmp_path / "log.onnx", nodes, [("x", [4, 8])], [("y", [4, 8])], {})
+    report = check_against_onnxruntime(path)
+    assert report["ok"], report
+    assert np.isfinite(report["max_abs_error"]) and np.isfinite(report["max_rel_error"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil, prod
 
-from xdsl.dialects.builtin import IntegerAttr
+from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Operation, SSAValue
 
 from cmswitch.arch import Arch
@@ -38,12 +38,18 @@ OPS_PER_ELEMENT: dict[str, int] = {
     # prelu a compare and a multiply; elu / celu / selu an exp (2) and a select, celu
     # and selu a scale more; softplus log(1 + exp x); softsign x / (1 + |x|);
     # hard_sigmoid a multiply-add and a clip; hard_swish that and a multiply;
-    # log_softmax as softmax plus a log; log as exp; group_norm as layernorm; resize
-    # a bilinear interpolation (4 neighbours weighted and summed).  lrn: `vector_ops`.
+    # log_softmax as softmax plus a log; log as exp; group_norm as layernorm.
+    # lrn and resize: `vector_ops`.
     "batchnorm": 2, "instance_norm": 8, "leaky_relu": 2, "prelu": 2, "elu": 3, "celu": 4,
     "selu": 4, "softplus": 4, "softsign": 4, "hard_sigmoid": 3, "hard_swish": 4,
-    "log_softmax": 7, "log": 2, "group_norm": 8, "resize": 4,
+    "log_softmax": 7, "log": 2, "group_norm": 8,
 }
+RESIZE_NEIGHBOURS = {"nearest": 1, "linear": 2, "cubic": 4}
+"""resize (ONNX Resize ``mode``): input elements read per output element along each
+resized axis — nearest copies one, linear weighs 2, cubic 4 (the cubic convolution
+kernel's support).  An output element costs one multiply-add per neighbour:
+``n ** axes`` over the axes whose size changes (bilinear on H and W: 4, bicubic: 16,
+nearest: 1, a copy)."""
 LRN_OPS_PER_WINDOW_ELEMENT = 1
 """lrn: one multiply-add per element of its ``size``-channel window (the square sum),
 plus `LRN_OPS_PER_ELEMENT` for ``(bias + alpha/size * sum)^beta`` and the divide."""
@@ -157,7 +163,21 @@ def vector_ops(op: VectorOp) -> int:
         size = op.attributes.get("size")
         window = size.value.data if isinstance(size, IntegerAttr) else 1
         return out_elems * (window * LRN_OPS_PER_WINDOW_ELEMENT + LRN_OPS_PER_ELEMENT)
+    if kind == "resize":
+        return out_elems * resize_ops_per_element(op)
     return out_elems * OPS_PER_ELEMENT.get(kind, 1)
+
+
+def resize_ops_per_element(op: VectorOp) -> int:
+    """Digital-unit operations per output element of a ``resize``:
+    ``RESIZE_NEIGHBOURS[mode] ** axes`` with ``axes`` the dimensions whose size the op
+    changes (at least 1); an unknown mode counts as linear."""
+    mode = op.attributes.get("mode")
+    name = mode.data if isinstance(mode, StringAttr) else "nearest"
+    per_axis = RESIZE_NEIGHBOURS.get(name, RESIZE_NEIGHBOURS["linear"])
+    src, dst = tensor_shape(op.inputs[0]), tensor_shape(op.outputs[0])
+    axes = sum(1 for a, b in zip(src, dst) if a != b) if len(src) == len(dst) else len(dst)
+    return per_axis ** max(axes, 1)
 
 
 def op_cost(op: Operation, name: str, arch: Arch) -> OpCost:

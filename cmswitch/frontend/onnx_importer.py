@@ -73,6 +73,7 @@ from cmswitch.dialects.cim import (
     conv_output_size,
 )
 from cmswitch.errors import CMSwitchError
+from cmswitch.frontend.onnx_util import CONTROL_FLOW_OPS, VALUE_VIEWS
 from cmswitch.frontend.onnx_util import constant_value as _constant_value
 from cmswitch.frontend.onnx_util import get_attr as _get_attr
 from cmswitch.frontend.onnx_util import node_name
@@ -127,9 +128,6 @@ MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 #: Operators whose output is a compile-time constant whenever shapes are static.
 SHAPE_OPS = frozenset({"Shape", "Size"})
-
-#: Operators never folded nor mapped: they carry subgraphs.
-CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 #: Constant inputs worth recording on a `cim.vector` as attributes (input index ->
 #: attribute name), read when the data is small and stored in the model.
@@ -452,12 +450,17 @@ def _check_supported(node: onnx.NodeProto, label: str, source: str) -> None:
 
 
 def _record_constant(node: onnx.NodeProto, ctx: _Ctx) -> None:
-    """Mark the outputs of a folded node as constants derived from the largest constant
-    input (ties: the first); `Constant` nodes are their own origin."""
+    """Mark the outputs of a folded node as constants.  Their origin — the tensor a
+    weight operator names as its ``weight``, and functional mode evaluates — is the
+    largest constant input's (ties: the first) for the `VALUE_VIEWS`; any other
+    folded node (`Constant`, ConstantOfShape, a scaled or dequantized weight) computes
+    new values and is its outputs' own origin."""
     origin, size = "", -1
     for name in node.input:
         if name and name in ctx.consts and ctx.sizes[name] > size:
             origin, size = ctx.consts[name], ctx.sizes[name]
+    if node.op_type not in VALUE_VIEWS:
+        origin = ""
     if node.op_type == "Constant" and node.output:
         value = _constant_value(node)
         if value is not None:
@@ -766,7 +769,8 @@ def _lower_product(node: onnx.NodeProto, ctx: _Ctx, label: str, trans_a: bool,
     * both activations: `cim.dyn_matmul` (1-D operands reshaped to 2-D first).
     * Gemm's C: a constant C sets the ``bias`` unit attribute on the matrix op; an
       activation C becomes a following ``add``.
-    Raises CMSwitchError for a constant operand that is a batch of matrices.
+    Raises CMSwitchError for a constant left operand that is a batch of matrices (a
+    constant right one arrives split into 2-D weights by `cmswitch.frontend.decompose`).
     """
     out_name = node.output[0]
     out_type = _tensor_type(ctx, out_name, f"output of node '{label}'")
@@ -797,7 +801,8 @@ def _lower_weight_product(node: onnx.NodeProto, ctx: _Ctx, label: str, trans_a: 
     if len(w_shape) > 2 and any(d != 1 for d in w_shape[:-2]):
         raise CMSwitchError(
             f"{ctx.label}: {node.op_type} node '{label}': constant operand '{const_name}' "
-            f"of shape {list(w_shape)} is a batch of matrices; only 2-D weights are supported"
+            f"of shape {list(w_shape)} is a batch of matrices; only a MatMul's right "
+            "operand may be one (a constant left operand must be 2-D)"
         )
     weight = ctx.consts[const_name]
     elem = out_type.element_type
@@ -891,8 +896,9 @@ def _lower_conv_transpose(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     with ``M = N*H*W``, ``K = Cin``, ``N = Cout*kh*kw`` on the channels-last input —
     and a `cim.vector` ``col2im`` adds the overlapping patches into the output
     (``y[n, c, h*s + i*d - pad, w*s + j*d - pad] += cols[n, h, w, c, i, j]``, plus the
-    constant bias, carried as its operand).  Raises CMSwitchError for a run-time
-    weight or bias, groups, or a rank other than 2-D."""
+    constant bias, carried as its operand).  1-D and grouped ones arrive rewritten
+    into this form (`cmswitch.frontend.decompose`).  Raises CMSwitchError for a
+    run-time weight or bias, groups left, or a rank other than 2-D."""
     x_name, w_name = node.input[0], node.input[1]
     if w_name not in ctx.consts or x_name in ctx.consts:
         raise CMSwitchError(f"{ctx.label}: ConvTranspose node '{label}' needs an activation "
@@ -908,8 +914,9 @@ def _lower_conv_transpose(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     shape = list(x.type.get_shape())  # type: ignore[union-attr]
     w_shape = _static_shape(ctx, w_name, f"weight of node '{label}'")
     if len(shape) != 4 or len(w_shape) != 4:
-        raise CMSwitchError(f"{ctx.label}: ConvTranspose node '{label}' is not 2-D; only "
-                            "2-D transposed convolutions are supported")
+        raise CMSwitchError(f"{ctx.label}: ConvTranspose node '{label}' is "
+                            f"{len(shape) - 2}-D; only 1-D and 2-D transposed convolutions "
+                            "are supported")
     out_type = _tensor_type(ctx, node.output[0], f"output of node '{label}'")
     n, cin, h, w = shape
     cout, kh, kw = w_shape[1], w_shape[2], w_shape[3]
@@ -1037,12 +1044,19 @@ def _check_view(ctx: _Ctx, node: onnx.NodeProto, where: str) -> None:
                             f"({math.prod(x)} elements) to {list(y)} ({math.prod(y)} elements)")
 
 
-def prepare_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+def prepare_model(model: onnx.ModelProto, label: str,
+                  bindings: tuple[dict[str, int], int | None, int | None] | None = None
+                  ) -> onnx.ModelProto:
     """The graph the importer lowers, from a decoded model: upgraded to `MIN_OPSET`
     (`_upgrade_opset`), model-local functions inlined, BatchNormalization and zero Pad
-    folded (`cmswitch.frontend.rewrites.fold_for_inference`).  Functional mode reads
-    its weights from the same graph.  Raises CMSwitchError as `_upgrade_opset`, or if
-    the functions cannot be inlined."""
+    folded (`cmswitch.frontend.rewrites.fold_for_inference`), dynamic dims bound by
+    ``bindings`` = ``(dims, batch, seq)`` (`_bind_dims`; None: left as they are), then
+    fused Attention,
+    1-D / grouped ConvTranspose and MatMuls against a constant batch of matrices
+    rewritten into mapped operators (`cmswitch.frontend.decompose`, which needs the
+    shapes it reads static).  Functional mode reads its weights from the same graph.
+    Raises CMSwitchError as those steps do, or if the functions cannot be inlined."""
+    from cmswitch.frontend.decompose import decompose
     from cmswitch.frontend.rewrites import fold_for_inference
 
     model = _upgrade_opset(model, label)
@@ -1051,7 +1065,10 @@ def prepare_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise CMSwitchError(f"{label}: cannot inline local functions: {_one_line(exc)}") from None
-    return fold_for_inference(model)
+    model = fold_for_inference(model)
+    if bindings is not None:
+        _bind_dims(model, bindings[0], label, bindings[1], bindings[2])
+    return decompose(model, label)
 
 
 def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None = None,
@@ -1075,11 +1092,10 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     label = (filename or name or "<bytes>") if is_bytes else os.fspath(source)
     label = str(label)
-    model = prepare_model(_read_model(source, label), label)
+    model = prepare_model(_read_model(source, label), label, (dims or {}, batch, seq))
     graph = model.graph
     model_name = name or (None if is_bytes else Path(label).stem) or graph.name or "model"
     ctx = _Ctx(label=label, opset=_default_opset(model))
-    _bind_dims(model, dims or {}, label, batch, seq)
     _check_single_assignment(graph, label)
     folded = _classify(graph, ctx)
     model = _infer(model, label)

@@ -6,6 +6,15 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto
 
+#: Operators never folded nor mapped: they carry subgraphs.
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+#: Operators whose output holds its first input's values, re-viewed: a weight the
+#: importer folds through them keeps that input's name (functional mode follows
+#: them from the name to the weight operator).
+VALUE_VIEWS = frozenset({"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                         "Transpose"})
+
 
 def get_attr(node: onnx.NodeProto, name: str, default):
     """The value of attribute `name` of `node` (`onnx.helper.get_attribute_value`), or

@@ -40,7 +40,7 @@ MISSING = "__folded_without_data__"
 """``location`` of a folded weight whose operands' data is not in the file."""
 
 
-def _has_data(t: TensorProto) -> bool:
+def has_data(t: TensorProto) -> bool:
     if t.data_location == TensorProto.EXTERNAL:
         return False
     if int(np.prod(t.dims)) == 0:
@@ -57,7 +57,7 @@ def _without_data(name: str, dims, data_type: int) -> TensorProto:
     return t
 
 
-def _tensor(name: str, value: np.ndarray | None, dims, data_type: int) -> TensorProto:
+def tensor(name: str, value: np.ndarray | None, dims, data_type: int) -> TensorProto:
     if value is None:
         return _without_data(name, dims, data_type)
     return numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(data_type)),
@@ -77,7 +77,7 @@ class _Graph:
 
     def array(self, name: str) -> np.ndarray | None:
         t = self.consts.get(name)
-        return None if t is None or not _has_data(t) else numpy_helper.to_array(t)
+        return None if t is None or not has_data(t) else numpy_helper.to_array(t)
 
     def fresh(self, base: str) -> str:
         name, k = base, 1
@@ -152,9 +152,9 @@ def _fold_batchnorm(g: _Graph, bn: onnx.NodeProto) -> bool:
         base = b.astype(np.float64) if b is not None else 0.0
         new_b = (base - mean.astype(np.float64)) * s + shift.astype(np.float64)
     w_out = w_name if g.own(w_name) else g.fresh(f"{w_name}_bn")
-    g.put(_tensor(w_out, new_w, w_dims, w_proto.data_type))
+    g.put(tensor(w_out, new_w, w_dims, w_proto.data_type))
     b_out = bias_name if g.own(bias_name) else g.fresh(f"{w_out}_bn_bias")
-    g.put(_tensor(b_out, new_b, [channels], w_proto.data_type))
+    g.put(tensor(b_out, new_b, [channels], w_proto.data_type))
     del prod.input[:]
     prod.input.extend([x_in, w_out, b_out])
     prod.output[0] = bn.output[0]

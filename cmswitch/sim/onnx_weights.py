@@ -23,7 +23,7 @@ from xdsl.ir import Operation
 
 from cmswitch.dialects.cim import NODE_ATTR
 from cmswitch.errors import CMSwitchError
-from cmswitch.frontend.onnx_util import constants, node_name
+from cmswitch.frontend.onnx_util import CONTROL_FLOW_OPS, VALUE_VIEWS, constants, node_name
 
 
 
@@ -68,17 +68,28 @@ class OnnxWeights:
         self.inputs = [vi.name for vi in graph.input if vi.name not in inits]
         self.tensors: dict[str, TensorProto] = constants(graph)
         self.users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        #: tensors known at compile time: constants and what the importer folds from
+        #: them (every input constant, or a Shape / Size)
+        self.folded: set[str] = set(self.tensors)
         for node in graph.node:
             for pos, name in enumerate(node.input):
-                if name in self.tensors:
+                if name:
                     self.users.setdefault(name, []).append((node, pos))
+            if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW_OPS and (
+                    node.op_type in ("Shape", "Size")
+                    or all(i in self.folded for i in node.input if i)):
+                self.folded.update(o for o in node.output if o)
         self._arrays: dict[str, np.ndarray] = {}
         self._matrices: dict[str, WeightMatrix] = {}
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "OnnxWeights":
-        """Read an ONNX file (external data only when needed).  Raises CMSwitchError
-        if it cannot be read."""
+    def load(cls, path: str | os.PathLike,
+             bindings: tuple[dict[str, int], int | None, int | None] | None = None,
+             prepare: bool = True) -> "OnnxWeights":
+        """Read an ONNX file (external data only when needed) as the importer prepares
+        it (`prepare_model`, dynamic dims bound by `bindings` = ``(dims, batch, seq)``
+        as the compile bound them), or as written (``prepare=False``).  Raises
+        CMSwitchError if it cannot be read or prepared."""
         from cmswitch.frontend.onnx_importer import _default_opset, prepare_model
 
         path = Path(path)
@@ -86,9 +97,10 @@ class OnnxWeights:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError, OSError, ...
             raise CMSwitchError(f"{path}: cannot read ONNX model ({str(exc).splitlines()[0]})") from None
-        # the importer's graph: BatchNormalization folded into the weights it scales
-        return cls(prepare_model(model, str(path)), path.resolve().parent, str(path),
-                   _default_opset(model))
+        # the importer's graph: BatchNormalization folded into the weights it scales,
+        # fused operators decomposed
+        prepared = prepare_model(model, str(path), bindings) if prepare else model
+        return cls(prepared, path.resolve().parent, str(path), _default_opset(model))
 
     def array(self, name: str) -> np.ndarray:
         """The constant tensor `name` as numpy.  Raises CMSwitchError when its data is
@@ -220,13 +232,12 @@ class OnnxWeights:
         """The whole (unsliced) `WeightMatrix` of weight `name`."""
         if name in self._matrices:
             return self._matrices[name]
-        readers = [(n, p) for n, p in self.users.get(name, ())
-                   if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+        readers = self._weight_readers(name)
         if not readers:
             raise CMSwitchError(
-                f"{self.label}: no Conv/Gemm/MatMul node reads weight '{name}' directly; "
-                "functional mode cannot rebuild weights computed by constant folding")
-        found = [self._read(node, pos, name) for node, pos in readers]
+                f"{self.label}: no Conv/Gemm/MatMul node reads weight '{name}' (directly or "
+                "through reshapes, transposes and casts); functional mode cannot rebuild it")
+        found = [self._read(node, pos, tensor) for node, pos, tensor in readers]
         first = found[0]
         for other in found[1:]:
             same_bias = (first.bias is None) == (other.bias is None) and (
@@ -237,16 +248,34 @@ class OnnxWeights:
         self._matrices[name] = first
         return first
 
+    def _weight_readers(self, name: str) -> list[tuple[onnx.NodeProto, int, str]]:
+        """The weight-operator nodes reading `name`, or a tensor the importer names
+        after it (one computed from it by `VALUE_VIEWS` nodes at compile time): each
+        with the input position and the tensor it reads."""
+        found, todo, seen = [], [name], set()
+        while todo:
+            tensor = todo.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            for node, pos in self.users.get(tensor, ()):
+                if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+                    found.append((node, pos, tensor))
+                elif node.op_type in VALUE_VIEWS and pos == 0 and node.output and \
+                        node.output[0] in self.folded:
+                    todo.append(node.output[0])
+        return found
+
     def _bias(self, node: onnx.NodeProto, index: int) -> np.ndarray | None:
         if len(node.input) <= index or not node.input[index]:
             return None
         name = node.input[index]
-        if name not in self.tensors:
+        if name not in self.folded:
             return None  # an activation bias is a separate `add` in the module
-        return self.array(name).astype(np.float32)
+        return self.constant(name).astype(np.float32)
 
     def _read(self, node: onnx.NodeProto, pos: int, name: str) -> WeightMatrix:
-        w = self.array(name).astype(np.float32)
+        w = self.constant(name).astype(np.float32)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Conv":
             if pos != 1 or w.ndim not in (3, 4):  # 1-D: the module's conv of height 1

@@ -95,7 +95,7 @@ def require_onnx(model: str | os.PathLike) -> Path:
     path = Path(model)
     if path.suffix != ".onnx" or not path.is_file():
         raise CMSwitchError(f"{model}: functional mode needs an .onnx model file with weights")
-    weights = OnnxWeights.load(path)
+    weights = OnnxWeights.load(path, prepare=False)  # dims not bound yet
     for tensor in weights.tensors.values():
         where = next((e.value for e in tensor.external_data if e.key == "location"), None)
         if tensor.data_location == TensorProto.EXTERNAL and not (weights.base_dir / str(where)).is_file():
@@ -120,7 +120,8 @@ def compare(plan: Any, model: str | os.PathLike, seed: int = 0, flow: str | None
     if getattr(plan, "module", None) is None:
         raise CMSwitchError("functional mode needs the compiled module: "
                             "compile with keep_module=True")
-    weights = OnnxWeights.load(path)
+    weights = OnnxWeights.load(path, (getattr(plan, "dims", None) or {},
+                                      getattr(plan, "batch", None), getattr(plan, "seq", None)))
     operators = plan.flow_operators()
     values = random_inputs(operators, seed)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in weights.model.graph.input}
@@ -147,9 +148,14 @@ def compare(plan: Any, model: str | os.PathLike, seed: int = 0, flow: str | None
         if got.shape != ref.shape:
             raise CMSwitchError(f"output {name}: shape {list(got.shape)}, onnxruntime gives "
                                 f"{list(ref.shape)}")
-        diff = np.abs(got - ref)
+        # NaN where onnxruntime has NaN too matches; NaN on one side only is an
+        # infinite error (so the error figures never print nan)
+        both_nan = np.isnan(got) & np.isnan(ref)
+        diff = np.where(both_nan, 0.0, np.abs(got - ref))
+        diff = np.where(np.isnan(diff), np.inf, diff)
         abs_err = float(diff.max()) if diff.size else 0.0
-        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        finite = np.abs(ref[np.isfinite(ref)])
+        scale = float(finite.max()) if finite.size else 0.0
         rel_err = abs_err / scale if scale > 0 else abs_err
         close = bool(np.allclose(got, ref, rtol=rtol, atol=atol * max(1.0, scale),
                                  equal_nan=True))

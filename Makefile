@@ -32,7 +32,8 @@ test: install
 # simulated; prints "500 graphs tried, N violations" (reproducers in /tmp/fuzz-repro).
 # Flow fuzz: 1,000 mutants of the bundled models' flows, each rejected on one located
 # line or accepted and rule-abiding by an independent checker; prints its counts.
-# FUZZ_SEED=n varies both.
+# FUZZ_SEED=n varies both.  Then the DP against exhaustive search on 16 random graphs
+# of each shape (make test tries 4).
 FUZZ_GRAPHS ?= 500
 FUZZ_FLOWS ?= 1000
 FUZZ_SEED ?= 0
@@ -41,6 +42,7 @@ fuzz: install
 		$(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py -k keep_invariants
 	CMSWITCH_FLOW_FUZZ=$(FUZZ_FLOWS) CMSWITCH_FUZZ_SEED=$(FUZZ_SEED) \
 		$(BIN)/pytest -q -p no:cacheprovider tests/test_flow_fuzz.py -k mutants
+	CMSWITCH_DP_SEEDS=16 $(BIN)/pytest -q -p no:cacheprovider tests/test_segment_dp.py -k exhaustive
 
 # The evaluation table (DESIGN.md §7): every model under every strategy, simulated;
 # JSON and charts into out/bench.  Measured 11 min with 2 strategies on the loaded

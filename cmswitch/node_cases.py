@@ -16,8 +16,11 @@ initializers holding the case's data.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +124,7 @@ def run_case(case, folder: Path) -> Outcome:
         model, feeds = constant_inputs(case.model, inputs)
         path = folder / f"{case.name}.onnx"
         onnx.save(model, str(path))
-        plan = compile_model(path, keep_module=True)
+        plan = compile_model(path, keep_module=True, jobs=1)  # run_all parallelizes
         operators = plan.flow_operators()
         weights = OnnxWeights.load(path)
         values = {flow: np.asarray(feeds[name], dtype=operators.dtypes[flow])
@@ -168,12 +171,24 @@ def _reference(model: onnx.ModelProto, feeds: dict, output: str) -> np.ndarray |
         return None
 
 
-def run_all(ops: set[str] | None = None) -> list[Outcome]:
-    """`run_case` over `cases(ops)`, in case-name order."""
+def run_all(ops: set[str] | None = None, jobs: int | None = None) -> list[Outcome]:
+    """`run_case` over `cases(ops)`, in case-name order, on `jobs` processes (default:
+    one per core; each compiles with its MIPs in-process)."""
+    found = cases(ops)
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(found)))
+    if workers == 1:
+        return _run_cases(found)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = pool.map(_run_cases, [found[i::workers] for i in range(workers)])
+        return sorted((o for part in parts for o in part), key=lambda o: o.case)
+
+
+def _run_cases(chosen: list) -> list[Outcome]:
+    """`run_case` on each of `chosen`, in one process."""
     from cmswitch.progress import quiet
 
     with tempfile.TemporaryDirectory() as tmp, quiet(True):
-        return [run_case(c, Path(tmp)) for c in cases(ops)]
+        return [run_case(c, Path(tmp)) for c in chosen]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,15 @@ Each segment is priced by the full segment MIP (`solve_segment`, stage 2 include
 not the DP's cached stage-1 pricing), which tests/test_mip.py holds equal to a brute
 force over every placement of the segment's tensors; the boundary's two switches are
 added.  The DP must reach the exhaustive optimum over segmentations, holds and
-preloads."""
+preloads.
+
+`make test` tries `SEEDS` random graphs of each shape (chain, DAG) and half as many
+attention graphs; `make fuzz` sets ``CMSWITCH_DP_SEEDS=16`` (each seed is a few
+seconds of full segment MIPs)."""
 
 import itertools
 import math
+import os
 import random
 
 import pytest
@@ -29,6 +34,9 @@ from cmswitch.dialects.cim import DynMatmulOp, MatmulOp, VectorOp
 from cmswitch.solver.mip import solve_segment
 from cmswitch.transforms.cim_segment import dp_segments
 from cmswitch.transforms.segments import segment_starts
+
+SEEDS = int(os.environ.get("CMSWITCH_DP_SEEDS", "4"))
+"""Random graphs per shape the exhaustive comparisons try."""
 
 ARCH16 = arch_from_dict(dict(load_arch("dynaplasia").model_dump(), name="tiny16", arrays=16,
                              global_buffer_bytes=8192))
@@ -168,7 +176,7 @@ def exhaustive(graph, arch, preload: int = 1) -> float:
     return best
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(SEEDS))
 @pytest.mark.parametrize("dag", [False, True])
 def test_dp_equals_exhaustive_segmentation(seed, dag):
     rng = random.Random(seed * 2 + dag)
@@ -216,7 +224,7 @@ def test_holding_is_exercised():
     assert held_somewhere
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(max(1, SEEDS // 2)))
 def test_dp_equals_exhaustive_segmentation_of_attention(seed):
     """The DP prices the two-phase attention segments (`SegmentProblem.late`) exactly
     as the exhaustive search's full MIP does."""

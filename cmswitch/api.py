@@ -4,6 +4,7 @@ layers over it."""
 from __future__ import annotations
 
 import io
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class Plan:
     chunk_arrays: int = 0
     """Arrays per piece of the operators split by `cim-partition` (see
     `chunk_candidates`)."""
+    piece_shape: str = "full-k"
+    """How those pieces are shaped (`cmswitch.transforms.cim_partition.PIECE_SHAPES`)."""
     #: the allocated `cim` module the flow was lowered from (a copy, kept only when
     #: `compile(..., keep_module=True)`; functional mode reads operator semantics there)
     module: ModuleOp | None = None
@@ -82,7 +85,8 @@ class Plan:
                                            key=lambda k: self.lower_bound_terms[k])},
             "compile_seconds": round(self.compile_seconds, 3),
             "units": {"cycles": "clock cycles", "bytes": "bytes", "arrays": "arrays"},
-            "mip": self.mip, "chunk_arrays": self.chunk_arrays, "segments": self.segments,
+            "mip": self.mip, "chunk_arrays": self.chunk_arrays, "piece_shape": self.piece_shape,
+            "segments": self.segments,
             "operators": self.operators, "layers": split_layers(self.operators),
             **({"kv_cache": kv_cache(self.operators)} if self.options.phase == "decode" else {}),
         }
@@ -489,15 +493,19 @@ def compile(model: str | Path | ModuleOp, arch: str | Path | Arch | None = None,
             batch: int | None = None, seq: int | None = None,
             keep_module: bool = False, chunk_arrays: int | None = None,
             jobs: int = 0, layers: int | None = None, phase: str = "prefill",
-            kv_len: int | None = None, **overrides: Any) -> Plan:
+            kv_len: int | None = None, piece_shape: str | None = None,
+            **overrides: Any) -> Plan:
     """Compile a model (path to `.onnx`/`.mlir`, or a `cim` module) for a hardware
     preset, file or `Arch` object, with `overrides` of its fields (``arrays=48``;
     see `hardware`): cim-partition, cim-segment, cim-allocate, cim-to-metaop, assembly.
     `keep_module=True` keeps a copy of the allocated `cim` module in `Plan.module`.
     `chunk_arrays` pins the arrays per piece of split operators (default: the
     `cmswitch` and `dp-compute-only` strategies try `chunk_candidates`, the others use
-    half the chip).  Raises CMSwitchError for bad input, unknown strategy or hardware,
-    or a `chunk_arrays` outside 1..arrays.  `jobs`: worker processes for the chosen
+    half the chip); `piece_shape` pins how their pieces are shaped
+    (`cmswitch.transforms.cim_partition.PIECE_SHAPES`; default: those two strategies
+    try both, the others use ``full-k``).  Raises CMSwitchError for bad input,
+    unknown strategy or hardware, a `chunk_arrays` outside 1..arrays or an unknown
+    `piece_shape`.  `jobs`: worker processes for the chosen
     segments' MIPs (`cmswitch.solver.workers`; 0 = ``$CMSWITCH_JOBS`` or every core,
     1 = in-process); the plan does not depend on it.  `layers`, `phase`, `kv_len`: what
     to build of a published configuration (`ConfigOptions`; ``phase="decode"``: one
@@ -508,14 +516,15 @@ def compile(model: str | Path | ModuleOp, arch: str | Path | Arch | None = None,
     with fresh_cache() as cache:
         return _compile(model, arch, strategy, solver, dims, time_limit, batch, seq,
                         keep_module, chunk_arrays, cache, jobs, overrides,
-                        ConfigOptions(layers, phase, kv_len))
+                        ConfigOptions(layers, phase, kv_len), piece_shape)
 
 
 def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_module,
-             chunk_arrays, cache, jobs, overrides, options: ConfigOptions) -> Plan:
+             chunk_arrays, cache, jobs, overrides, options: ConfigOptions,
+             piece_shape: str | None = None) -> Plan:
     from cmswitch.asm.printer import print_flow
     from cmswitch.transforms.cim_allocate import CimAllocatePass
-    from cmswitch.transforms.cim_partition import CimPartitionPass
+    from cmswitch.transforms.cim_partition import PIECE_SHAPES, CimPartitionPass
     from cmswitch.transforms.cim_segment import CimSegmentPass
     from cmswitch.transforms.segments import predicted_cycles, write_segments
     from cmswitch.solver.workers import prestart
@@ -541,28 +550,35 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     _all_dialects(ctx)
     if chunk_arrays is not None and not 0 < chunk_arrays <= hw.arrays:
         raise CMSwitchError(f"chunk_arrays={chunk_arrays}: must be 1..{hw.arrays}")
+    if piece_shape is not None and piece_shape not in PIECE_SHAPES:
+        raise CMSwitchError(f"piece shape '{piece_shape}': must be one of "
+                            f"{', '.join(PIECE_SHAPES)}")
     chunk = chunk_arrays or hw.arrays // 2
+    shape = piece_shape or PIECE_SHAPES[0]
     if strategy in ("cmswitch", "dp-compute-only"):
         best = None
         segmenter = CimSegmentPass(memory_mode=strategy == "cmswitch")
-        for limit in (chunk_arrays,) if chunk_arrays else chunk_candidates(hw):
+        limits = (chunk_arrays,) if chunk_arrays else chunk_candidates(hw)
+        shapes = (piece_shape,) if piece_shape else PIECE_SHAPES
+        for limit, trial_shape in itertools.product(limits, shapes):
             trial = module.clone()
             before = _count_ops(trial)
-            CimPartitionPass(max_arrays=limit).apply(ctx, trial)
+            CimPartitionPass(max_arrays=limit, shape=trial_shape).apply(ctx, trial)
             split = _count_ops(trial) != before
-            # the DP's own prediction picks the chunk size; only the winner's segments
-            # are written into its IR and get the full MIP (cim-allocate)
+            # the DP's own prediction picks the chunk size and the piece shape; only
+            # the winner's segments are written into its IR and get the full MIP
+            # (cim-allocate)
             graph, plan = segmenter.plan(main_func(trial), hw)
             cycles = predicted_cycles(plan)
             if best is None or cycles < best[0]:
-                best = (cycles, trial, limit, graph, plan)
+                best = (cycles, trial, limit, trial_shape, graph, plan)
             if not split:
-                break  # nothing was split: the chunk size does not matter
-        _, module, chunk, graph, plan = best
+                break  # nothing was split: the chunk size and shape do not matter
+        _, module, chunk, shape, graph, plan = best
         write_segments(main_func(module), graph, plan)
         CimAllocatePass(solver=solver, time_limit=time_limit or 0.0, jobs=jobs).apply(ctx, module)
     else:
-        CimPartitionPass(max_arrays=chunk).apply(ctx, module)
+        CimPartitionPass(max_arrays=chunk, shape=shape).apply(ctx, module)
         _apply_plan(module, hw, strategy, solver, time_limit, jobs)
     func = main_func(module)
     graph = build_graph(func, hw)
@@ -581,7 +597,7 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
         predicted_cycles=predicted, lower_bound_cycles=bound, lower_bound_terms=terms,
         compile_seconds=time.perf_counter() - start, flow=text.getvalue(),
         mip={"solves": cache.priced, "cache_hits": cache.hits, "segment_mips": cache.mips},
-        chunk_arrays=chunk,
+        chunk_arrays=chunk, piece_shape=shape,
         module=kept, solver=solver, batch=batch, seq=seq, options=options,
         dims=dict(dims or {}),
     )

@@ -277,3 +277,32 @@ def test_lower_bound_terms_by_hand():
     report = plan.report()["lower_bound"]
     assert report == {"cycles": 445, "binding": "dram", "terms": plan.lower_bound_terms}
     assert plan.simulate()["cycles"] >= 445
+
+
+def test_the_compile_keeps_the_piece_shape_the_dp_predicts_fastest(tmp_path):
+    """x (1024 x 8192) @ W (8192 x 4096): full-k pieces (one 40-column tile each, 103
+    of them per chunk) re-read the 8 MB input from DRAM 103 times; balanced pieces
+    (filecheck/transforms/cim-partition.mlir: 1280 x 480) 9 times.  The default compile
+    tries both and keeps the faster prediction, and the simulator agrees it is faster."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cmswitch.frontend.rewrites import tensor
+    from cmswitch.sim.simulator import simulate
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 8192])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024, 4096])],
+        [tensor("w", None, [8192, 4096], TensorProto.FLOAT)])  # shapes only
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "wide.onnx"
+    onnx.save(model, path)
+    plans = {shape: compile_model(path, piece_shape=shape) for shape in ("full-k", "balanced")}
+    chosen = compile_model(path)
+    best = min(plans, key=lambda s: plans[s].predicted_cycles)
+    assert chosen.piece_shape == best == "balanced"
+    assert chosen.report()["piece_shape"] == "balanced"
+    assert chosen.flow == plans["balanced"].flow
+    simulated = {s: simulate(p.flow)["cycles"] for s, p in plans.items()}
+    assert simulated["balanced"] < simulated["full-k"] / 1.5

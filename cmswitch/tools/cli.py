@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from cmswitch.tools import arch_spec, console
 from cmswitch.api import STRATEGIES
+from cmswitch.transforms.cim_partition import PIECE_SHAPES
 from cmswitch.errors import CMSwitchError
 
 
@@ -230,6 +231,7 @@ def _compile(args: argparse.Namespace) -> int:
                              solver=args.solver, dims=dims,
                              time_limit=args.time_limit, batch=args.batch, seq=args.seq,
                              keep_module=args.functional, chunk_arrays=args.chunk_arrays,
+                             piece_shape=args.piece_shape,
                              jobs=args.jobs or 0, layers=args.layers, phase=args.phase,
                              kv_len=args.kv_len)
     _warn_unproven(plan)
@@ -365,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--chunk-arrays", type=_positive(int), default=None, metavar="N",
                    help="arrays per piece of operators split by cim-partition (default: "
                    "cmswitch tries half and whole chip, keeps the faster prediction)")
+    c.add_argument("--piece-shape", choices=PIECE_SHAPES, default=None,
+                   help="how cim-partition shapes those pieces: full-k (cut along N "
+                   "only) or balanced (cut along K too, fewest activation bytes moved); "
+                   "default: cmswitch tries both, keeps the faster prediction")
     c.add_argument("--jobs", type=_positive(int), default=None, metavar="N",
                    help="worker processes for the segment MIPs (default: $CMSWITCH_JOBS, "
                    "else every core; 1 = in-process); the plan does not depend on it")

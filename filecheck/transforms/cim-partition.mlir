@@ -1,5 +1,6 @@
 // RUN: cmswitch-opt %s --split-input-file --cim-partition | filecheck %s
 // RUN: cmswitch-opt %s --split-input-file --cim-partition=max-arrays=16 | filecheck %s --check-prefix=K16
+// RUN: cmswitch-opt %s --split-input-file --cim-partition=shape=balanced | filecheck %s --check-prefix=BAL
 
 // ResNet-18's layer4 3x3 conv, 512 -> 512 channels, at the default hardware (arrays of
 // 320 rows x 40 8-bit weights): K = 512*3*3 = 4608 -> 15 row tiles, N = 512 -> 13
@@ -47,3 +48,22 @@ func.func @small(%v: tensor<4x320xf32>) -> tensor<4x40xf32> {
   func.return %d : tensor<4x40xf32>
 }
 // CHECK: %d = cim.matmul %v {weight = "w"} : tensor<4x320xf32> -> tensor<4x40xf32>
+
+// -----
+
+// shape=balanced: K = 8192 (26 row tiles) x N = 4096 (103 column tiles), 48 arrays a
+// piece.  Activation elements moved per input vector by row tiles per piece kt:
+// full-k kt = 26 (1 column tile, 103 N groups each re-reading K): 103*8192 = 843,776;
+// kt = 4 (K ranges of 1280: 7 pieces; 12 column tiles = 480 columns: 9 N groups):
+// 9*8192 + 2*7*4096 (partial sums) + 2*8192 (slices) = 147,456, the fewest (kt = 3
+// ties; the taller piece wins).  So 7 slices of 1280 (the last 512), 9 x 7 pieces.
+func.func @wide(%v: tensor<64x8192xf32>) -> tensor<64x4096xf32> {
+  %w = cim.matmul %v {weight = "wide.weight"} : tensor<64x8192xf32> -> tensor<64x4096xf32>
+  func.return %w : tensor<64x4096xf32>
+}
+// BAL:      %w.in0 = cim.vector "slice" %v {axis = 1 : i64, start = 0 : i64, end = 1280 : i64}
+// BAL:      %w.in6 = cim.vector "slice" %v {axis = 1 : i64, start = 7680 : i64, end = 8192 : i64} : (tensor<64x8192xf32>) -> tensor<64x512xf32>
+// BAL-NEXT: %w.k0n0 = cim.matmul %w.in0 {weight = "wide.weight", weight_slice = array<i64: 0, 1280, 0, 480>} : tensor<64x1280xf32> -> tensor<64x480xf32>
+// BAL:      %w.k6n8 = cim.matmul %w.in6 {weight = "wide.weight", weight_slice = array<i64: 7680, 8192, 3840, 4096>} : tensor<64x512xf32> -> tensor<64x256xf32>
+// BAL-NEXT: %w.n8 = cim.vector "psum_add"
+// BAL-NEXT: %w = cim.vector "concat" %w.n0, %w.n1, %w.n2, %w.n3, %w.n4, %w.n5, %w.n6, %w.n7, %w.n8 {axis = 1 : i64}

@@ -321,10 +321,12 @@ def lower_bound_terms(graph: Graph, arch: Arch) -> dict[str, int]:
       outputs — at ``external_bw_bytes``;
     - weight_write: every weight and every run-time operand of a dynamic matmul (K^T
       and V of attention) is written into arrays once, at ``weight_write_bw_bytes``;
-    - digital: every digital-unit operation (softmax, GELU, norms, copying moves,
-      partial sums...) at ``vector_ops_per_cycle``.
+    - digital: every digital-unit operation (softmax, GELU, norms, copying moves...)
+      at ``vector_ops_per_cycle``.
 
-    Rounded up to whole cycles."""
+    `graph` is the model's before `cim-partition` (`compile` builds it so): the slices
+    and partial sums a split adds depend on how it is cut, which is a choice of the
+    schedule, so they are not in the bound.  Rounded up to whole cycles."""
     import math
 
     work = sum(o.cost.arrays * o.cost.compute for o in graph.ops if o.cost.arrays)
@@ -555,6 +557,9 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
                             f"{', '.join(PIECE_SHAPES)}")
     chunk = chunk_arrays or hw.arrays // 2
     shape = piece_shape or PIECE_SHAPES[0]
+    # the bound is the model's, before cim-partition: the same for every strategy,
+    # chunk size and piece shape (the partial sums a split adds are a choice)
+    terms = lower_bound_terms(build_graph(main_func(module), hw), hw)
     if strategy in ("cmswitch", "dp-compute-only"):
         best = None
         segmenter = CimSegmentPass(memory_mode=strategy == "cmswitch")
@@ -583,7 +588,6 @@ def _compile(model, arch, strategy, solver, dims, time_limit, batch, seq, keep_m
     func = main_func(module)
     graph = build_graph(func, hw)
     segments, operators = _segment_rows(graph, func, hw)
-    terms = lower_bound_terms(graph, hw)
     bound = max(terms.values())
     predicted = sum(s["predicted_cycles"] for s in segments)
     kept = module.clone() if keep_module else None

@@ -195,3 +195,26 @@ def test_resize_costs_its_neighbours_per_output_element(tmp_path, mode, scales, 
     plan = cms.compile(path, keep_module=True)
     (op,) = [op for op in plan.module.walk() if isinstance(op, VectorOp)]
     assert vector_ops(op) == int(np.prod(out)) * per_element
+
+
+@pytest.mark.parametrize("consts, attrs", [
+    ((), {"alpha": 0.5, "beta": 2.0}),                            # A, B, C activations
+    (("b",), {"alpha": 0.5, "beta": 3.0, "transA": 1, "transB": 1}),  # weight B, C activation
+    (("c",), {"alpha": 2.0, "beta": 0.25}),                       # activations A, B; bias C
+])
+def test_gemm_scales_the_arrays_cannot_take_become_multiplies(tmp_path, consts, attrs):
+    """Y = alpha op(A) op(B) + beta C with A 3x4 (4x3 under transA), B 4x5 (5x4 under
+    transB), C of 3x5 or 5: alpha on two activations and beta on an activation C become
+    Mul nodes (no Gemm is refused); a constant operand keeps taking its scale."""
+    rng = np.random.default_rng(9)
+    shapes = {"a": [4, 3] if attrs.get("transA") else [3, 4],
+              "b": [5, 4] if attrs.get("transB") else [4, 5], "c": [5] if consts else [3, 5]}
+    inits = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in consts}
+    nodes = [helper.make_node("Gemm", ["a", "b", "c"], ["y"], name="g", **attrs)]
+    path = _save(tmp_path / "gemm.onnx", nodes,
+                 [(n, shapes[n]) for n in "abc" if n not in consts], [("y", [3, 5])],
+                 inits, opset=17)
+    plan = cms.compile(path, keep_module=True)
+    kinds = Counter(op.kind.data for op in plan.module.walk() if isinstance(op, VectorOp))
+    assert kinds["mul"] == (0 if "b" in consts else 1) + (1 if "c" not in consts else 0)
+    assert check_against_onnxruntime(path)["ok"]

@@ -34,6 +34,10 @@ rewrite itself is checked against an independent implementation.
   per matrix of the batch (numpy broadcasting of the leading dims against ``A``'s),
   ``A`` split along its flattened leading dims, one `MatMul` per matrix, the products
   concatenated and reshaped to the output.
+* **Gemm** with ``alpha != 1`` on a product of two activations, or ``beta`` other
+  than 0 and 1 on an activation ``C`` (a constant operand takes its scale into the
+  stored weight or bias instead): the product (keeping ``alpha`` when a weight can
+  take it), a ``Mul`` by ``alpha``, ``C`` times ``beta`` (a ``Mul``) added.
 
 Every rewrite needs the shapes it reads (ranks, heads, sequence lengths) static after
 the dims are bound; it raises CMSwitchError (one line naming the node) otherwise, and
@@ -467,6 +471,35 @@ def _flat_index(idx: tuple[int, ...], dims: Sequence[int]) -> int:
     return flat
 
 
+# --------------------------------------------------------------------------- Gemm
+
+
+def _scaled_gemm(b: _Builder, node: onnx.NodeProto, where: str) -> None:
+    """Gemm ``alpha * op(A) op(B) + beta * C`` whose scales the arrays cannot take
+    (module docstring): the product without them, times ``alpha`` (when neither A nor
+    B is a constant weight to scale), plus ``beta * C``."""
+    a, w = node.input[0], node.input[1]
+    c = _input(node, 2)
+    alpha = float(_attr(node, "alpha", 1.0))
+    beta = float(_attr(node, "beta", 1.0))
+    weighted = a in b.consts or w in b.consts
+    dtype = helper.tensor_dtype_to_np_dtype(b.elem(a))
+    keep = {k: _attr(node, k, 0) for k in ("transA", "transB")}
+    if weighted:
+        keep["alpha"] = alpha
+    out = node.output[0]
+    last = not (c and beta != 0.0) and (weighted or alpha == 1.0)
+    y = b.node("Gemm", [a, w], "product", out if last else None, **keep)
+    if not weighted and alpha != 1.0:
+        last = not (c and beta != 0.0)
+        y = b.node("Mul", [y, b.const(np.asarray(alpha, dtype=dtype), "alpha")], "alpha",
+                   out if last else None)
+    if c and beta != 0.0:
+        cs = c if beta == 1.0 else b.node(
+            "Mul", [c, b.const(np.asarray(beta, dtype=dtype), "beta")], "beta")
+        b.node("Add", [y, cs], "bias", out)
+
+
 # --------------------------------------------------------------------------- entry
 
 
@@ -480,6 +513,13 @@ def _target(b: _Builder, node: onnx.NodeProto) -> str | None:
         rank = len(b.types.get(node.input[1], (0, []))[1] or [])
         if rank == 3 or (rank == 4 and int(_attr(node, "group", 1)) != 1):
             return "conv_transpose"
+    if node.op_type == "Gemm" and len(node.input) > 1:
+        weighted = node.input[0] in b.consts or node.input[1] in b.consts
+        c = _input(node, 2)
+        beta = float(_attr(node, "beta", 1.0))
+        if (not weighted and float(_attr(node, "alpha", 1.0)) != 1.0) or \
+                (c and c not in b.consts and beta not in (0.0, 1.0)):
+            return "gemm"
     if node.op_type == "MatMul" and node.input[1] in b.consts and \
             node.input[0] not in b.consts:
         dims = list(b.consts[node.input[1]].dims)
@@ -489,13 +529,14 @@ def _target(b: _Builder, node: onnx.NodeProto) -> str | None:
 
 
 _REWRITES = {"attention": _attention, "conv_transpose": _conv_transpose,
-             "matmul": _batched_matmul}
+             "matmul": _batched_matmul, "gemm": _scaled_gemm}
 
 
 def decompose(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     """`model` with the module docstring's rewrites applied (a copy; `model` itself if
     none applies).  Raises CMSwitchError as the module docstring says."""
-    if not any(n.op_type in ("Attention", "ConvTranspose", "MatMul") for n in model.graph.node):
+    if not any(n.op_type in ("Attention", "ConvTranspose", "MatMul", "Gemm")
+               for n in model.graph.node):
         return model
     probe = _Builder(model, label)
     if not any(_target(probe, n) for n in model.graph.node):

@@ -953,9 +953,10 @@ def _lower_gemm(node: onnx.NodeProto, ctx: _Ctx, label: str) -> None:
     """Gemm ``Y = alpha * op(A) @ op(B) + beta * C`` (ONNX spec).  ``beta = 0`` drops
     C.  With a constant operand, ``alpha`` scales the stored weight and ``beta`` the
     constant bias: the matrix op records both (attributes ``alpha`` / ``beta``, read
-    by functional mode with the weights); the cost is the unscaled product's.  Raises
-    CMSwitchError for ``alpha != 1`` on a product of two activations or ``beta != 1``
-    on an activation C (no scaling op is emitted for them)."""
+    by functional mode with the weights); the cost is the unscaled product's.
+    ``alpha != 1`` on a product of two activations and ``beta != 1`` on an activation C
+    arrive rewritten into multiplies (`cmswitch.frontend.decompose`); CMSwitchError
+    if one is left."""
     alpha = float(_get_attr(node, "alpha", 1.0))
     beta = float(_get_attr(node, "beta", 1.0))
     if len(node.input) > 2 and node.input[2] and beta == 0.0:

@@ -59,7 +59,7 @@ from onnx import TensorProto, helper, numpy_helper
 from cmswitch.errors import CMSwitchError
 from cmswitch.frontend.onnx_util import constants, node_name
 from cmswitch.frontend.onnx_util import get_attr as _attr
-from cmswitch.frontend.rewrites import has_data, tensor
+from cmswitch.frontend.rewrites import constant_array, fresh_name, tensor
 
 DECOMPOSED_OPS = frozenset({"Attention"})
 """Operators only ever imported through `decompose` (the others it rewrites —
@@ -101,11 +101,7 @@ class _Builder:
         self.prefix = ""
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
+        return fresh_name(self.names, base)
 
     def shape(self, name: str, where: str) -> list[int]:
         dims = self.types.get(name, (0, None))[1]
@@ -118,8 +114,7 @@ class _Builder:
         return self.types.get(name, (TensorProto.FLOAT, None))[0] or TensorProto.FLOAT
 
     def array(self, name: str) -> np.ndarray | None:
-        t = self.consts.get(name)
-        return None if t is None or not has_data(t) else numpy_helper.to_array(t)
+        return constant_array(self.consts, name)
 
     def node(self, op: str, inputs: Sequence[str], part: str, out: str | None = None,
              **attrs) -> str:

@@ -64,6 +64,21 @@ def tensor(name: str, value: np.ndarray | None, dims, data_type: int) -> TensorP
                                    name)
 
 
+def constant_array(consts: dict[str, TensorProto], name: str) -> np.ndarray | None:
+    """The data of constant `name` as numpy, or None (not a constant, or no data)."""
+    t = consts.get(name)
+    return None if t is None or not has_data(t) else numpy_helper.to_array(t)
+
+
+def fresh_name(names: set[str], base: str) -> str:
+    """`base`, or ``base_1``, ``base_2``... : the first not in `names` (added to it)."""
+    name, k = base, 1
+    while name in names:
+        name, k = f"{base}_{k}", k + 1
+    names.add(name)
+    return name
+
+
 class _Graph:
     """Use counts and constants of one graph, updated as nodes are rewritten."""
 
@@ -76,15 +91,10 @@ class _Graph:
         self.names = set(self.consts) | {o for n in graph.node for o in n.output}
 
     def array(self, name: str) -> np.ndarray | None:
-        t = self.consts.get(name)
-        return None if t is None or not has_data(t) else numpy_helper.to_array(t)
+        return constant_array(self.consts, name)
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
+        return fresh_name(self.names, base)
 
     def own(self, name: str) -> bool:
         """Whether `name` is an initializer no other node reads (its data may change)."""

@@ -30,6 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from cmswitch.errors import CMSwitchError
+from cmswitch.sim.reference import LOW_PRECISION
 
 CONSTANT_OPERANDS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
@@ -44,11 +45,6 @@ CONSTANT_OPERANDS: dict[str, tuple[int, ...]] = {
 an output shape, Attention's ``nonpad_kv_seqlen`` (which keys are valid: the
 decomposition builds its padding mask at compile time), and CastLike's type-only
 target (an empty tensor in the cases)."""
-
-LOW_PRECISION = {onnx.TensorProto.FLOAT16: 1e-2, onnx.TensorProto.BFLOAT16: 2e-2}
-"""Relative tolerance for cases whose expected outputs are float16 / bfloat16: the
-flow computes in float32, the expected values were rounded to the narrow type
-(bfloat16 keeps 8 significant bits: a relative step of 2^-7)."""
 
 RTOL, ATOL = 1e-4, 1e-5
 """Tolerances of the comparison (functional mode's, `cmswitch.functional`)."""

@@ -218,3 +218,96 @@ def test_gemm_scales_the_arrays_cannot_take_become_multiplies(tmp_path, consts, 
     kinds = Counter(op.kind.data for op in plan.module.walk() if isinstance(op, VectorOp))
     assert kinds["mul"] == (0 if "b" in consts else 1) + (1 if "c" not in consts else 0)
     assert check_against_onnxruntime(path)["ok"]
+
+
+def _attention_model(path: Path, q, k, v, extra_inputs=(), inits=None, opset=23,
+                     elem=TensorProto.FLOAT, **attrs) -> Path:
+    names = ["q", "k", "v", *[n for n, _, _ in extra_inputs]]
+    node = helper.make_node("Attention", names, ["y"], name="attn", **attrs)
+    inputs = [helper.make_tensor_value_info(n, elem, s) for n, s in zip("qkv", (q, k, v))]
+    inputs += [helper.make_tensor_value_info(n, t, s) for n, t, s in extra_inputs
+               if n and n not in (inits or {})]
+    graph = helper.make_graph(
+        [node], path.stem, inputs, [helper.make_tensor_value_info("y", elem, None)],
+        [numpy_helper.from_array(a, n) for n, a in (inits or {}).items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("mask", "attn_mask of shape [2, 4] does not broadcast"),
+    ("window", "left_window_size / right_window_size must be -1 or nonnegative"),
+    ("nonpad", "nonpad_kv_seqlen [9] must give one length in 0..4"),
+    ("heads", "do not match Q"),
+    ("const_kv", "attention to a fixed memory"),
+])
+def test_attention_mistakes_are_one_line_naming_the_node(tmp_path, case, message):
+    from cmswitch.errors import CMSwitchError
+
+    q, kv = [1, 2, 3, 8], [1, 2, 4, 8]
+    extra, inits, attrs, opset = (), {}, {}, 23
+    if case == "mask":
+        extra, inits = [("m", TensorProto.FLOAT, [2, 4])], {"m": np.zeros((2, 4), np.float32)}
+    elif case == "window":
+        attrs, opset = {"left_window_size": -3}, 25
+    elif case == "nonpad":
+        extra = [("", 0, []), ("", 0, []), ("", 0, []), ("n", TensorProto.INT64, [1])]
+        inits, opset = {"n": np.array([9], np.int64)}, 24
+    elif case == "heads":
+        kv = [1, 1, 4, 8]
+    path = _attention_model(tmp_path / f"{case}.onnx", q, [1, 2, 4, 8], kv, extra, inits,
+                            opset, **attrs)
+    if case == "const_kv":
+        model = onnx.load(path)
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.zeros((1, 2, 4, 8), np.float32), "k"))
+        del model.graph.input[1]
+        onnx.save(model, path)
+    with pytest.raises(CMSwitchError) as err:
+        cms.compile(path)
+    text = str(err.value)
+    assert message in text and "Attention node 'attn'" in text and "\n" not in text
+
+
+def test_weights_folded_at_compile_time_reach_the_rewrites(tmp_path):
+    """An Identity between an initializer and a grouped ConvTranspose, and a Transpose
+    making a MatMul's constant batch of matrices: both are folded on import, and the
+    rewrites slice them with nodes the importer folds too."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Identity", ["w0"], ["w"], name="id"),
+             helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", group=2)]
+    path = _save(tmp_path / "ct.onnx", nodes, [("x", [1, 4, 5, 5])], [("y", [1, 6, 7, 7])],
+                 {"w0": _weights(rng, 4, 3, 3, 3)}, opset=17)
+    assert check_against_onnxruntime(path)["ok"]
+    nodes = [helper.make_node("Transpose", ["b0"], ["b"], name="t", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["a", "b"], ["y"], name="bmm")]
+    path = _save(tmp_path / "bmm_t.onnx", nodes, [("a", [4, 8])], [("y", [3, 4, 5])],
+                 {"b0": _weights(rng, 3, 5, 8)}, opset=17)
+    plan = cms.compile(path, keep_module=True)
+    assert len([op for op in plan.module.walk() if isinstance(op, MatmulOp)]) == 3
+    assert check_against_onnxruntime(path)["ok"]
+
+
+def test_a_run_time_conv_transpose_weight_is_refused_naming_the_node(tmp_path):
+    from cmswitch.errors import CMSwitchError
+
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", group=2)]
+    path = _save(tmp_path / "rt.onnx", nodes, [("x", [1, 4, 5, 5]), ("w", [4, 3, 3, 3])],
+                 [("y", [1, 6, 7, 7])], {}, opset=17)
+    with pytest.raises(CMSwitchError, match="ConvTranspose node 'up' has a run-time weight"):
+        cms.compile(path)
+
+
+def test_float16_attention_is_compared_at_float16_tolerances(tmp_path):
+    """The flow computes in float32, onnxruntime in float16: errors of a few 1e-4
+    relative are float16's rounding; the report says which tolerance applied."""
+    from cmswitch.functional import format_report
+
+    path = _attention_model(tmp_path / "fp16.onnx", [1, 2, 3, 8], [1, 2, 4, 8],
+                            [1, 2, 4, 8], elem=TensorProto.FLOAT16)
+    report = check_against_onnxruntime(path)
+    assert report["ok"], report
+    assert report["outputs"][0]["rtol"] == 1e-2
+    assert "float16/bfloat16 outputs at rtol 0.01" in format_report(report)

@@ -57,9 +57,9 @@ import onnx.shape_inference
 from onnx import TensorProto, helper, numpy_helper
 
 from cmswitch.errors import CMSwitchError
-from cmswitch.frontend.onnx_util import constants, node_name
+from cmswitch.frontend.onnx_util import CONTROL_FLOW_OPS, constants, node_name
 from cmswitch.frontend.onnx_util import get_attr as _attr
-from cmswitch.frontend.rewrites import constant_array, fresh_name, tensor
+from cmswitch.frontend.rewrites import constant_array, fresh_name
 
 DECOMPOSED_OPS = frozenset({"Attention"})
 """Operators only ever imported through `decompose` (the others it rewrites —
@@ -97,6 +97,14 @@ class _Builder:
             self.types[t.name] = (t.data_type, list(t.dims))
         for name, t in self.consts.items():
             self.types.setdefault(name, (t.data_type, list(t.dims)))
+        #: tensors known at compile time: constants and what the importer folds from
+        #: them (every input such a tensor, or Shape / Size)
+        self.folded: set[str] = set(self.consts)
+        for node in model.graph.node:
+            if node.domain in _DEFAULT and node.op_type not in CONTROL_FLOW_OPS and (
+                    node.op_type in ("Shape", "Size")
+                    or all(i in self.folded for i in node.input if i)):
+                self.folded.update(o for o in node.output if o)
         self.nodes: list[onnx.NodeProto] = []
         self.prefix = ""
 
@@ -133,17 +141,6 @@ class _Builder:
     def ints(self, values: Sequence[int], base: str) -> str:
         return self.const(np.asarray(values, dtype=np.int64), base)
 
-    def weight(self, value: np.ndarray | None, dims: Sequence[int], data_type: int,
-               base: str) -> str:
-        """A new initializer holding `value` (or a no-data marker, as folded weights of a
-        weight-stripped model get)."""
-
-
-        name = self.fresh(base)
-        self.graph.initializer.append(tensor(name, value, dims, data_type))
-        self.consts[name] = self.graph.initializer[-1]
-        return name
-
 
 def _input(node: onnx.NodeProto, index: int) -> str:
     return node.input[index] if len(node.input) > index else ""
@@ -166,6 +163,10 @@ def _attention(b: _Builder, node: onnx.NodeProto, where: str) -> None:
     if nonpad and past_k:
         raise CMSwitchError(f"{b.label}: {where}: nonpad_kv_seqlen cannot be combined with "
                             "past_key / past_value")
+    for name in (k, v):
+        if name in b.folded:
+            raise CMSwitchError(f"{b.label}: {where}: '{name}' is a constant; attention to "
+                                "a fixed memory (constant K / V) is not supported")
     q_shape, k_shape, v_shape = (b.shape(n, where) for n in (q, k, v))
     rank = len(q_shape)
     if rank not in (3, 4) or len(k_shape) != rank or len(v_shape) != rank:
@@ -185,6 +186,10 @@ def _attention(b: _Builder, node: onnx.NodeProto, where: str) -> None:
         v_shape = [batch, hkv, v_shape[1], v_shape[2] // hkv]
     hq, sq, d = q_shape[1], q_shape[2], q_shape[3]
     hkv = k_shape[1]
+    if v_shape[1] != hkv or v_shape[2] != k_shape[2] or v_shape[0] != batch or \
+            k_shape[0] != batch or k_shape[3] != d:
+        raise CMSwitchError(f"{b.label}: {where}: K {k_shape} and V {v_shape} do not match "
+                            f"Q {q_shape} (batch, key/value heads, keys, head size)")
     if hq != hkv and (hkv == 0 or hq % hkv):
         raise CMSwitchError(f"{b.label}: {where}: {hq} query heads cannot share {hkv} "
                             "key/value heads")
@@ -259,6 +264,9 @@ def _attention_bias(b: _Builder, node: onnx.NodeProto, where: str, dtype, batch:
     causal = bool(_attr(node, "is_causal", 0))
     left = int(_attr(node, "left_window_size", -1))
     right = int(_attr(node, "right_window_size", -1))
+    if left < -1 or right < -1:
+        raise CMSwitchError(f"{b.label}: {where}: left_window_size / right_window_size must "
+                            f"be -1 or nonnegative, got {left} / {right}")
     nonpad_name = _input(node, 6)
     nonpad = None
     if nonpad_name:
@@ -267,6 +275,10 @@ def _attention_bias(b: _Builder, node: onnx.NodeProto, where: str, dtype, batch:
             raise CMSwitchError(f"{b.label}: {where}: nonpad_kv_seqlen '{nonpad_name}' is "
                                 "not a constant with data; only a constant one is supported")
         nonpad = nonpad.astype(np.int64).reshape(-1)
+        if nonpad.size != batch or nonpad.min() < 0 or nonpad.max() > skv:
+            raise CMSwitchError(f"{b.label}: {where}: nonpad_kv_seqlen {nonpad.tolist()} "
+                                f"must give one length in 0..{skv} per batch entry "
+                                f"({batch})")
     # compile-time part: causal frontier, sliding window, padding (reference order)
     offset: np.ndarray | int = past_len
     if nonpad is not None:
@@ -293,7 +305,16 @@ def _attention_bias(b: _Builder, node: onnx.NodeProto, where: str, dtype, batch:
     if mask:
         constant = b.array(mask)
         if constant is not None:
-            mask_value = _mask_bias(constant, skv)
+            try:
+                if constant.ndim < 2 or constant.shape[-1] > skv:
+                    raise ValueError
+                mask_value = _mask_bias(constant, skv)
+                np.broadcast_shapes(mask_value.shape, (batch, 1, sq, skv) if per_batch
+                                    else (sq, skv))
+            except ValueError:
+                raise CMSwitchError(f"{b.label}: {where}: attn_mask of shape "
+                                    f"{list(constant.shape)} does not broadcast to the "
+                                    f"scores' {sq} queries x {skv} keys") from None
             mask = ""
     if mask_value is not None:
         fixed = fixed + mask_value
@@ -350,15 +371,25 @@ def _masked_rows(b: _Builder, p: str, bias: str | None, runtime: bool, dtype) ->
 
 
 def _conv_transpose(b: _Builder, node: onnx.NodeProto, where: str) -> None:
-    """A 1-D or grouped ConvTranspose as 2-D group-1 ones (module docstring)."""
+    """A 1-D or grouped ConvTranspose as 2-D group-1 ones (module docstring).  The
+    weight's and bias's views and slices are nodes the importer folds at compile time
+    (Unsqueeze, Slice), so a weight computed from constants works as an initializer
+    does."""
     x, w = node.input[0], node.input[1]
     bias = _input(node, 2)
+    for name, what in ((w, "weight"), (bias, "bias")):
+        if name and name not in b.folded:
+            raise CMSwitchError(f"{b.label}: {where} has a run-time {what} '{name}'; it "
+                                "must be a constant")
     x_shape, w_shape = b.shape(x, where), b.shape(w, where)
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     out = node.output[0]
     if len(x_shape) == 3:
+        if len(attrs.get("pads", [0, 0])) != 2:
+            raise CMSwitchError(f"{b.label}: {where}: a 1-D ConvTranspose takes 2 pads, got "
+                                f"{len(attrs['pads'])}")
         x2 = b.node("Unsqueeze", [x, b.ints([2], "axes")], "to_2d")
-        w2 = _reshaped_weight(b, w, [*w_shape[:2], 1, w_shape[2]])
+        w2 = b.node("Unsqueeze", [w, b.ints([2], "w_axes")], "weight_2d")
         for key, first in (("kernel_shape", 1), ("strides", 1), ("dilations", 1),
                            ("output_padding", 0), ("output_shape", 1)):
             if key in attrs:
@@ -373,11 +404,10 @@ def _conv_transpose(b: _Builder, node: onnx.NodeProto, where: str) -> None:
     _grouped(b, x, w, bias, attrs, x_shape, w_shape, out)
 
 
-def _reshaped_weight(b: _Builder, w: str, dims: list[int]) -> str:
-    t = b.consts[w]
-    value = b.array(w)
-    return b.weight(None if value is None else value.reshape(dims), dims, t.data_type,
-                    f"{w}_2d")
+def _slice0(b: _Builder, x: str, start: int, end: int, part: str) -> str:
+    """``x[start:end]`` along axis 0 (a Slice node on a constant: folded on import)."""
+    return b.node("Slice", [x, b.ints([start], "starts"), b.ints([end], "ends"),
+                            b.ints([0], "axes0")], part)
 
 
 def _grouped(b: _Builder, x: str, w: str, bias: str, attrs: dict, x_shape: list[int],
@@ -387,25 +417,21 @@ def _grouped(b: _Builder, x: str, w: str, bias: str, attrs: dict, x_shape: list[
         b.node("ConvTranspose", [x, w, bias] if bias else [x, w], "conv", out, **attrs)
         return
     cin, cout_g = w_shape[0], w_shape[1]
-    if cin % groups or x_shape[1] != cin:
+    if x_shape[1] != cin:
+        raise CMSwitchError(f"{b.label}: ConvTranspose '{b.prefix}': the input has "
+                            f"{x_shape[1]} channels, the weight {cin}")
+    if cin % groups:
         raise CMSwitchError(f"{b.label}: ConvTranspose '{b.prefix}': {cin} input channels "
                             f"do not split into {groups} groups")
     cin_g = cin // groups
     splits = [b.fresh(f"{x}_g{g}") for g in range(groups)]
     b.nodes.append(helper.make_node("Split", [x, b.ints([cin_g] * groups, "split")], splits,
                                     name=f"{b.prefix}/split", axis=1))
-    w_value, t = b.array(w), b.consts[w]
-    b_value = b.array(bias) if bias else None
     parts = []
     for g in range(groups):
-        wg = b.weight(None if w_value is None else w_value[g * cin_g:(g + 1) * cin_g],
-                      [cin_g, *w_shape[1:]], t.data_type, f"{w}_g{g}")
-        inputs = [splits[g], wg]
+        inputs = [splits[g], _slice0(b, w, g * cin_g, (g + 1) * cin_g, f"weight{g}")]
         if bias:
-            bt = b.consts[bias]
-            inputs.append(b.weight(None if b_value is None else
-                                   b_value[g * cout_g:(g + 1) * cout_g],
-                                   [cout_g], bt.data_type, f"{bias}_g{g}"))
+            inputs.append(_slice0(b, bias, g * cout_g, (g + 1) * cout_g, f"bias{g}"))
         parts.append(b.node("ConvTranspose", inputs, f"group{g}", **attrs))
     b.node("Concat", parts, "concat", out, axis=1)
 
@@ -430,8 +456,9 @@ def _batched_matmul(b: _Builder, node: onnx.NodeProto, where: str) -> None:
                             "broadcast") from None
     count = math.prod(lead)
     if count > MAX_BATCH_MATRICES:
-        raise CMSwitchError(f"{b.label}: {where}: a batch of {count} constant matrices "
-                            f"(more than {MAX_BATCH_MATRICES}, each its own weight)")
+        raise CMSwitchError(f"{b.label}: {where}: {count} products with a constant batch "
+                            f"of matrices (more than {MAX_BATCH_MATRICES}, each its own "
+                            "weight operator)")
     a_count = math.prod(a_lead)
     if a_count == 1:
         pieces = [b.node("Reshape", [a, b.ints([1, m, kdim], "a_shape")], "a_one")]
@@ -440,16 +467,16 @@ def _batched_matmul(b: _Builder, node: onnx.NodeProto, where: str) -> None:
         pieces = [b.fresh(f"{a}_b{i}") for i in range(a_count)]
         b.nodes.append(helper.make_node("Split", [flat, b.ints([1] * a_count, "split")],
                                         pieces, name=f"{b.prefix}/split", axis=0))
-    w_value, t = b.array(w), b.consts[w]
-    w_flat = None if w_value is None else w_value.reshape(-1, *kn)
+    w_flat = b.node("Reshape", [w, b.ints([-1, *kn], "w_shape")], "weights")
     matrices: dict[int, str] = {}
     products = []
     for idx in np.ndindex(*lead):
         a_idx = _flat_index(idx, a_lead)
         w_idx = _flat_index(idx, w_lead)
-        if w_idx not in matrices:
-            matrices[w_idx] = b.weight(None if w_flat is None else w_flat[w_idx], kn,
-                                       t.data_type, f"{w}_{w_idx}")
+        if w_idx not in matrices:  # one Gather per matrix: folded on import
+            matrices[w_idx] = b.node("Gather", [w_flat, b.const(np.asarray(w_idx, np.int64),
+                                                                 "index")],
+                                     f"weight{w_idx}", axis=0)
         products.append(b.node("MatMul", [pieces[a_idx], matrices[w_idx]],
                                f"matmul{len(products)}"))
     stacked = products[0] if len(products) == 1 else \
@@ -477,7 +504,7 @@ def _scaled_gemm(b: _Builder, node: onnx.NodeProto, where: str) -> None:
     c = _input(node, 2)
     alpha = float(_attr(node, "alpha", 1.0))
     beta = float(_attr(node, "beta", 1.0))
-    weighted = a in b.consts or w in b.consts
+    weighted = a in b.folded or w in b.folded
     dtype = helper.tensor_dtype_to_np_dtype(b.elem(a))
     keep = {k: _attr(node, k, 0) for k in ("transA", "transB")}
     if weighted:
@@ -509,15 +536,15 @@ def _target(b: _Builder, node: onnx.NodeProto) -> str | None:
         if rank == 3 or (rank == 4 and int(_attr(node, "group", 1)) != 1):
             return "conv_transpose"
     if node.op_type == "Gemm" and len(node.input) > 1:
-        weighted = node.input[0] in b.consts or node.input[1] in b.consts
+        weighted = node.input[0] in b.folded or node.input[1] in b.folded
         c = _input(node, 2)
         beta = float(_attr(node, "beta", 1.0))
         if (not weighted and float(_attr(node, "alpha", 1.0)) != 1.0) or \
-                (c and c not in b.consts and beta not in (0.0, 1.0)):
+                (c and c not in b.folded and beta not in (0.0, 1.0)):
             return "gemm"
-    if node.op_type == "MatMul" and node.input[1] in b.consts and \
-            node.input[0] not in b.consts:
-        dims = list(b.consts[node.input[1]].dims)
+    if node.op_type == "MatMul" and node.input[1] in b.folded and \
+            node.input[0] not in b.folded:
+        dims = b.types.get(node.input[1], (0, None))[1] or []
         if len(dims) > 2 and any(d != 1 for d in dims[:-2]):
             return "matmul"
     return None

@@ -21,6 +21,11 @@ from cmswitch.sim.flow import (
 
 RTOL = 1e-4
 """Relative tolerance of the comparison with onnxruntime (float32 sums in another order)."""
+LOW_PRECISION = {onnx.TensorProto.FLOAT16: 1e-2, onnx.TensorProto.BFLOAT16: 2e-2}
+"""Relative tolerance for float16 / bfloat16 outputs (and a tenth of it as the
+absolute one, relative to the output's magnitude like `ATOL`): the flow computes in
+float32, the reference rounds every step to the narrow type (float16 keeps 11
+significant bits, bfloat16 8: a relative step of 2^-7)."""
 ATOL = 1e-5
 """Absolute tolerance, relative to the output's magnitude: element ``a`` matches ``b``
 when ``|a-b| <= ATOL*max(1, max|B|) + RTOL*|b|`` (``B`` the whole output).  float32
@@ -110,7 +115,8 @@ def compare(plan: Any, model: str | os.PathLike, seed: int = 0, flow: str | None
 
     `plan` must come from ``cmswitch.api.compile(model, keep_module=True)``.  Returns
     the report: ``ok`` (every output element has ``|a-b| <= atol*max(1, max|b|) +
-    rtol*|b|``),
+    rtol*|b|``; float16 / bfloat16 outputs with `LOW_PRECISION`'s tolerances, each
+    output row says which),
     ``max_abs_error``, ``max_rel_error`` (max ``|a-b|`` over max ``|b|`` of that output),
     ``outputs`` (per output: name, shape, errors), ``rtol``, ``atol``, ``seed``,
     ``statements`` executed.  Raises CMSwitchError as `run_flow` does, or when the
@@ -140,7 +146,10 @@ def compare(plan: Any, model: str | os.PathLike, seed: int = 0, flow: str | None
     reference = _reference_outputs(path, weights, feeds)
     rows = []
     ok = True
-    for name, ref in zip(operators.outputs, reference):
+    out_types = [vi.type.tensor_type.elem_type for vi in weights.model.graph.output]
+    for name, ref, elem in zip(operators.outputs, reference, out_types):
+        low = LOW_PRECISION.get(elem, 0.0)  # float16 / bfloat16: their rounding
+        out_rtol, out_atol = max(rtol, low), max(atol, low / 10)
         if name not in ours:
             raise CMSwitchError(f"output {name} is not an output tensor of the flow")
         got = ours[name].astype(np.float64)
@@ -157,11 +166,12 @@ def compare(plan: Any, model: str | os.PathLike, seed: int = 0, flow: str | None
         finite = np.abs(ref[np.isfinite(ref)])
         scale = float(finite.max()) if finite.size else 0.0
         rel_err = abs_err / scale if scale > 0 else abs_err
-        close = bool(np.allclose(got, ref, rtol=rtol, atol=atol * max(1.0, scale),
+        close = bool(np.allclose(got, ref, rtol=out_rtol, atol=out_atol * max(1.0, scale),
                                  equal_nan=True))
         ok = ok and close
         rows.append({"name": name, "shape": list(ref.shape), "max_abs_error": abs_err,
-                     "max_rel_error": rel_err, "ok": close})
+                     "max_rel_error": rel_err, "rtol": out_rtol, "atol": out_atol,
+                     "ok": close})
     return {
         "model": plan.model, "arch": plan.arch.name, "seed": seed, "rtol": rtol, "atol": atol,
         "statements": machine.statements, "ok": ok,
@@ -176,7 +186,11 @@ def compare(plan: Any, model: str | os.PathLike, seed: int = 0, flow: str | None
 def format_report(report: dict) -> str:
     """One line: the errors, the tolerance and the verdict."""
     verdict = "matches onnxruntime" if report["ok"] else "DIFFERS from onnxruntime"
+    looser = sorted({(r["rtol"], r["atol"]) for r in report["outputs"]
+                     if r.get("rtol", report["rtol"]) != report["rtol"]})
+    extra = ("; float16/bfloat16 outputs at " + " or ".join(
+        f"rtol {r:g}, atol {a:g}" for r, a in looser)) if looser else ""
     return (f"functional: {report['statements']} statements, max abs error "
             f"{report['max_abs_error']:.3g}, max rel error {report['max_rel_error']:.3g} "
-            f"(rtol {report['rtol']:g}, atol {report['atol']:g}, seed {report['seed']}): "
-            f"{verdict}\n")
+            f"(rtol {report['rtol']:g}, atol {report['atol']:g}{extra}, seed "
+            f"{report['seed']}): {verdict}\n")

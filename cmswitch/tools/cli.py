@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from cmswitch.tools import arch_spec, console
-from cmswitch.api import STRATEGIES
+from cmswitch.api import STRATEGIES, split_layers
 from cmswitch.transforms.cim_partition import PIECE_SHAPES
 from cmswitch.errors import CMSwitchError
 
@@ -85,6 +85,10 @@ def print_summary(plan, out=sys.stdout, rows: int = 12, sim: dict | None = None)
         where = ", ".join(f"{n} B in {p}" for p, n in places.items())
         tokens = f"{options.kv_len} token" + ("s" if options.kv_len != 1 else "")
         out.write(f"decode step, KV cache of {tokens}: {where}\n")
+    split = len(split_layers(plan.operators)) if plan.operators else 0
+    if split:
+        out.write(f"split operators: {split}, in pieces of at most {plan.chunk_arrays} arrays, "
+                  f"shaped {getattr(plan, 'piece_shape', 'full-k')}\n")
     if plan.lower_bound_terms:
         terms = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in plan.lower_bound_terms.items())
         out.write(f"lower bound terms (cycles): {terms}\n")

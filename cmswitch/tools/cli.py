@@ -85,7 +85,7 @@ def print_summary(plan, out=sys.stdout, rows: int = 12, sim: dict | None = None)
         where = ", ".join(f"{n} B in {p}" for p, n in places.items())
         tokens = f"{options.kv_len} token" + ("s" if options.kv_len != 1 else "")
         out.write(f"decode step, KV cache of {tokens}: {where}\n")
-    split = len(split_layers(plan.operators)) if plan.operators else 0
+    split = len(split_layers(plan.operators)) if getattr(plan, "operators", None) else 0
     if split:
         out.write(f"split operators: {split}, in pieces of at most {plan.chunk_arrays} arrays, "
                   f"shaped {getattr(plan, 'piece_shape', 'full-k')}\n")

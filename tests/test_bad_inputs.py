@@ -220,10 +220,11 @@ ONNX_CASES = {
                                      [("weight", 4, 8, 16, 1)]),
     "gemm_beta_scales_the_bias": (gemm([4, 8], [8, 16], bias=True, beta=0.5), [],
                                   [("weight", 4, 8, 16, 1)]),
-    "gemm_alpha_on_two_activations_refused": (
+    # alpha on two activations: the dynamic product, then a multiply (decompose)
+    "gemm_alpha_on_two_activations": (
         model([helper.make_node("Gemm", ["a", "b"], ["y"], name="g", alpha=2.0)],
               [vi("a", [4, 8]), vi("b", [8, 16])], [vi("y", [4, 16])]), [],
-        r"Gemm node 'g': alpha=2, beta=1 on a product of two activations is not supported"),
+        [("dynamic", 4, 8, 16, 1)]),
     # [2,5,8] @ [8,16]: 10 vectors
     "matmul_rank3_weight": (matmul_weight([2, 5, 8], [8, 16]), [], [("weight", 10, 8, 16, 1)]),
     # [2,1,4,8] @ [3,8,5] -> [2,3,4,5]: six 4x8 @ 8x5 instances, priced per instance

@@ -57,7 +57,7 @@ import onnx.shape_inference
 from onnx import TensorProto, helper, numpy_helper
 
 from cmswitch.errors import CMSwitchError
-from cmswitch.frontend.onnx_util import CONTROL_FLOW_OPS, constants, node_name
+from cmswitch.frontend.onnx_util import constants, folded_tensors, node_name
 from cmswitch.frontend.onnx_util import get_attr as _attr
 from cmswitch.frontend.rewrites import constant_array, fresh_name
 
@@ -97,14 +97,8 @@ class _Builder:
             self.types[t.name] = (t.data_type, list(t.dims))
         for name, t in self.consts.items():
             self.types.setdefault(name, (t.data_type, list(t.dims)))
-        #: tensors known at compile time: constants and what the importer folds from
-        #: them (every input such a tensor, or Shape / Size)
-        self.folded: set[str] = set(self.consts)
-        for node in model.graph.node:
-            if node.domain in _DEFAULT and node.op_type not in CONTROL_FLOW_OPS and (
-                    node.op_type in ("Shape", "Size")
-                    or all(i in self.folded for i in node.input if i)):
-                self.folded.update(o for o in node.output if o)
+        #: tensors known at compile time (what the importer folds)
+        self.folded: set[str] = folded_tensors(model.graph)
         self.nodes: list[onnx.NodeProto] = []
         self.prefix = ""
 

@@ -52,6 +52,19 @@ def constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
     return found
 
 
+def folded_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Tensors known at compile time, as the importer classifies them: the constants
+    (`constants`) and the outputs of default-domain nodes, other than control flow,
+    whose every input is such a tensor, or that are a Shape / Size."""
+    folded = set(constants(graph))
+    for node in graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW_OPS and (
+                node.op_type in ("Shape", "Size")
+                or all(i in folded for i in node.input if i)):
+            folded.update(o for o in node.output if o)
+    return folded
+
+
 def node_name(node: onnx.NodeProto, index: int) -> str:
     """The node's name, or ``<OpType>_<index>`` (its position in the graph) when it has
     none: what the importer records as ``onnx_node``."""

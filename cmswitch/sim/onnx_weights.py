@@ -23,7 +23,7 @@ from xdsl.ir import Operation
 
 from cmswitch.dialects.cim import NODE_ATTR
 from cmswitch.errors import CMSwitchError
-from cmswitch.frontend.onnx_util import CONTROL_FLOW_OPS, VALUE_VIEWS, constants, node_name
+from cmswitch.frontend.onnx_util import VALUE_VIEWS, constants, folded_tensors, node_name
 
 
 
@@ -68,17 +68,12 @@ class OnnxWeights:
         self.inputs = [vi.name for vi in graph.input if vi.name not in inits]
         self.tensors: dict[str, TensorProto] = constants(graph)
         self.users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-        #: tensors known at compile time: constants and what the importer folds from
-        #: them (every input constant, or a Shape / Size)
-        self.folded: set[str] = set(self.tensors)
+        #: tensors known at compile time (what the importer folds)
+        self.folded: set[str] = folded_tensors(graph)
         for node in graph.node:
             for pos, name in enumerate(node.input):
                 if name:
                     self.users.setdefault(name, []).append((node, pos))
-            if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW_OPS and (
-                    node.op_type in ("Shape", "Size")
-                    or all(i in self.folded for i in node.input if i)):
-                self.folded.update(o for o in node.output if o)
         self._arrays: dict[str, np.ndarray] = {}
         self._matrices: dict[str, WeightMatrix] = {}
 

@@ -181,7 +181,9 @@ def operators_of(module: ModuleOp):
     return Operators(
         ops={g.name: g.op for g in graph.ops}, shapes=shapes, dtypes=dtypes,
         inputs=[graph.tensors[graph.value_ids[a]].name for a in func.body.block.args],
-        outputs=[graph.tensors[graph.value_ids[v]].name for v in ret.operands])
+        outputs=[graph.tensors[graph.value_ids[v]].name for v in ret.operands],
+        names={v: graph.tensors[i].name for v, i in graph.value_ids.items()},
+        views=dict(graph.views))
 
 
 _SUMMED = ("arrays_per_copy", "weight_bytes", "feed_bytes", "compute_cycles_one_copy",

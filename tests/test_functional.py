@@ -257,10 +257,10 @@ def test_mvm_reading_where_its_input_is_not_is_an_error(cnn):
         compare(plan, path, flow=flow)
 
 
-def test_dropped_mem_load_is_an_error(mlp):
-    path, plan = mlp
+def test_dropped_mem_load_is_an_error(cnn):
+    path, plan = cnn
     flow = _mutate(plan.flow, r"^\s*MEM\.load x@dram -> (\S+) .*\n", "")
-    with pytest.raises(CMSwitchError, match=r"line \d+: VEC\.slice h1\.in0 reads x@gb, "
+    with pytest.raises(CMSwitchError, match=r"line \d+: CIM\.mvm w1 reads x@gb, "
                                             r"but x is not there \(it is at dram\)"):
         compare(plan, path, flow=flow)
 

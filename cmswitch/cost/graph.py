@@ -21,6 +21,7 @@ from xdsl.ir import Operation, SSAValue
 from cmswitch.arch import Arch
 from cmswitch.names import flow_name
 from cmswitch.cost.model import OpCost, op_cost, tensor_bytes
+from cmswitch.cost.views import Chain, find_views
 from cmswitch.dialects.cim import (
     Conv2dOp,
     DynMatmulOp,
@@ -43,17 +44,29 @@ class Tensor:
     producer: int | None
     consumers: list[int] = field(default_factory=list)
     is_output: bool = False
+    shape: tuple[int, ...] = ()
+    """The tensor's own shape (its readers may see it through a view of another)."""
 
 
 @dataclass
 class GraphOp:
-    """One operator: the IR op, its cost, and its input/output tensor ids."""
+    """One operator: the IR op, its cost, and its input/output tensor ids.
+
+    `slots[p]` is the operand of `op` that input `p` feeds: an operand read through a
+    concat view (`cmswitch.cost.views`) is several inputs, one per part; `whole` holds
+    the input positions read through a view that reorders rows (no streaming)."""
 
     index: int
     op: Operation
     cost: OpCost
     inputs: list[int]
     outputs: list[int]
+    slots: tuple[int, ...] = ()
+    whole: frozenset[int] = frozenset()
+
+    def operand(self, position: int) -> SSAValue:
+        """The IR operand input `position` feeds."""
+        return self.op.operands[self.slots[position] if self.slots else position]
 
     @property
     def name(self) -> str:
@@ -68,6 +81,11 @@ class Graph:
     tensors: list[Tensor]
     value_ids: dict[SSAValue, int]
     arch: Arch
+    views: dict[SSAValue, Operation] = field(default_factory=dict)
+    """Results of the view ops (`cmswitch.cost.views`, not in `ops`) -> the view op,
+    segment results included: what functional mode evaluates."""
+    position: dict[Operation, int] = field(default_factory=dict)
+    """Program-order position of every `cim` operator, views included."""
     memo: dict = field(default_factory=dict, repr=False, compare=False)
     """Results of `working_set` and of `segment_problem`'s tensor pricing, computed
     once per graph (the DP asks for the same spans many times)."""
@@ -92,12 +110,15 @@ class Graph:
     def _working_set(self, tensor: int, consumer: int) -> int:
         gop = self.ops[consumer]
         op, t = gop.op, self.tensors[tensor]
+        positions = [p for p, u in enumerate(gop.inputs) if u == tensor]
+        if any(p in gop.whole for p in positions):
+            return t.bytes
         if isinstance(op, Conv2dOp):
             h = tensor_shape(op.input)[2]
             kh = op.kernel.get_values()[0]
             rows = op.dilations.get_values()[0] * (kh - 1) + 1 + op.strides.get_values()[0] - 1
             return min(t.bytes, -(-t.bytes * min(rows, h) // h))
-        operand = op.operands[gop.inputs.index(tensor)]
+        operand = gop.operand(positions[0])
         shape = tensor_shape(operand)
         if not shape or not _row_streams(op, operand):
             return t.bytes
@@ -134,22 +155,17 @@ class Graph:
             op = gop.op
             if isinstance(op, VectorOp) and op.kind.data in ROW_KINDS:
                 out = tensor_shape(op.results[gop.outputs.index(tensor)])
-                for u, operand in zip(gop.inputs, op.operands):
-                    if tensor_shape(operand) == out and u != tensor:
+                for p, u in enumerate(gop.inputs):
+                    single = gop.slots.count(gop.slots[p]) == 1 if gop.slots else True
+                    if (single and p not in gop.whole and tensor_shape(gop.operand(p)) == out
+                            and u != tensor):
                         return (u,)
         shape = self._shape_of(tensor)
         elements = max(1, math.prod(shape)) if shape else 1
         return max(1, -(-t.bytes * (shape[-1] if shape else 1) // elements))
 
     def _shape_of(self, tensor: int) -> tuple:
-        t = self.tensors[tensor]
-        for consumer in t.consumers:
-            gop = self.ops[consumer]
-            return tuple(tensor_shape(gop.op.operands[gop.inputs.index(tensor)]))
-        if t.producer is not None:
-            gop = self.ops[t.producer]
-            return tuple(tensor_shape(gop.op.results[gop.outputs.index(tensor)]))
-        return ()
+        return self.tensors[tensor].shape
 
 
 STREAM_ROWS = 64
@@ -242,8 +258,17 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
     def new_tensor(v: SSAValue, producer: int | None) -> int:
         ids[v] = len(tensors)
         name = _unique(flow_name(v.name_hint or f"t{len(tensors)}"), names)
-        tensors.append(Tensor(name, tensor_bytes(v, arch), producer))
+        tensors.append(Tensor(name, tensor_bytes(v, arch), producer,
+                              shape=tuple(tensor_shape(v))))
         return ids[v]
+
+    flat = flatten_ops(func)
+    steps = _view_steps(func, flat, arch)
+    views: dict[SSAValue, tuple[tuple[int, ...], Chain]] = {}
+    view_ops: dict[SSAValue, Operation] = {}
+
+    def resolve(v: SSAValue) -> tuple[tuple[int, ...], Chain]:
+        return views[v] if v in views else ((ids[v],), Chain())
 
     for arg in func.body.block.args:
         new_tensor(arg, None)
@@ -254,22 +279,57 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
         for op in inner:
             if isinstance(op, YieldOp) or op.dialect_name() != "cim":
                 continue
+            if op in steps:  # a view: its readers read its sources in place
+                sources, chain = (), steps[op]
+                for v in op.operands:
+                    part, c = resolve(v)
+                    sources, chain = sources + part, chain.then(c)
+                views[op.results[0]] = (sources, chain)
+                view_ops[op.results[0]] = op
+                continue
             index = len(ops)
-            ins = [ids[v] for v in op.operands]
+            ins, slots, whole = [], [], set()
+            for slot, v in enumerate(op.operands):
+                part, chain = resolve(v)
+                for t in part:
+                    if chain.unordered:
+                        whole.add(len(ins))
+                    ins.append(t)
+                    slots.append(slot)
             outs = [new_tensor(r, index) for r in op.results]
             for t in ins:
                 tensors[t].consumers.append(index)
-            ops.append(GraphOp(index, op, op_cost(op, _op_name(op, index, used), arch), ins, outs))
+            ops.append(GraphOp(index, op, op_cost(op, _op_name(op, index, used), arch), ins, outs,
+                               tuple(slots), frozenset(whole)))
         if isinstance(top, SegmentOp):
             yielded = top.body.block.last_op
             for res, val in zip(top.outs, yielded.operands, strict=True):
-                ids[res] = ids[val]
+                if val in views:
+                    views[res], view_ops[res] = views[val], view_ops[val]
+                else:
+                    ids[res] = ids[val]
     if not ops:
         raise CMSwitchError(f"{where} has no cim operator to compile")
     ret = func.body.block.last_op
     for v in ret.operands if ret is not None else ():
         tensors[ids[v]].is_output = True
-    return Graph(ops, tensors, ids, arch)
+    return Graph(ops, tensors, ids, arch, view_ops, {op: k for k, op in enumerate(flat)})
+
+
+def _view_steps(func: FuncOp, flat: list[Operation], arch: Arch) -> dict[Operation, Chain]:
+    """`find_views` over the function's operators, looking through segments: each
+    value's readers by operand slot, segment results taken as the values they yield."""
+    inner: dict[SSAValue, SSAValue] = {}
+    for top in func.body.block.ops:
+        if isinstance(top, SegmentOp):
+            inner.update(zip(top.outs, top.body.block.last_op.operands, strict=True))
+    readers: dict[SSAValue, list[tuple[Operation, int]]] = {}
+    for op in flat:
+        for slot, v in enumerate(op.operands):
+            readers.setdefault(inner.get(v, v), []).append((op, slot))
+    ret = func.body.block.last_op
+    returned = {inner.get(v, v) for v in (ret.operands if ret is not None else ())}
+    return find_views(flat, readers, returned, arch)
 
 
 PLACES = ("pool", "gb", "dram")

@@ -21,7 +21,7 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, TensorType, f32, i64
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
-from cmswitch.dialects.cim import DynMatmulOp, MatmulOp, VectorOp
+from cmswitch.dialects.cim import DynMatmulOp, MatmulOp, VectorOp, array_prop
 from cmswitch.errors import CMSwitchError
 
 
@@ -68,8 +68,10 @@ class _Builder:
         return op.results[0]
 
     def vec(self, kind: str, inputs: list[SSAValue], shape: tuple[int, ...], name: str,
-            **attrs: int) -> SSAValue:
-        extra: dict[str, Attribute] = {k: IntegerAttr(v, i64) for k, v in attrs.items()}
+            **attrs: int | list[int]) -> SSAValue:
+        extra: dict[str, Attribute] = {
+            k: array_prop(v) if isinstance(v, list) else IntegerAttr(v, i64)
+            for k, v in attrs.items()}
         return self.add(VectorOp(kind, inputs, [self.t(*shape)], extra), name)
 
     def linear(self, x: SSAValue, n: int, weight: str, name: str) -> SSAValue:
@@ -85,16 +87,17 @@ def _attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str) -> SSAV
     for proj in ("q", "k", "v"):
         y = b.linear(x, h, f"{p}.self_attn.{proj}_proj.weight", f"{p}.{proj}")
         y = b.vec("reshape", [y], (bs, s, nh, d), f"{p}.{proj}.heads")
-        y = b.vec("transpose", [y], (bs, nh, s, d), f"{p}.{proj}.t")
+        y = b.vec("transpose", [y], (bs, nh, s, d), f"{p}.{proj}.t",
+                  perm=[0, 2, 1, 3])
         if cfg.style == "llama" and proj in ("q", "k"):  # rotary: x*cos + rotate(x)*sin
             y = b.vec("mul", [y], (bs, nh, s, d), f"{p}.{proj}.rope")
         heads.append(y)
     q, k, v = heads
-    kt = b.vec("transpose", [k], (bs, nh, d, s), f"{p}.kT")
+    kt = b.vec("transpose", [k], (bs, nh, d, s), f"{p}.kT", perm=[0, 1, 3, 2])
     scores = b.add(DynMatmulOp(q, kt, b.t(bs, nh, s, s)), f"{p}.scores")
     probs = b.vec("softmax", [scores], (bs, nh, s, s), f"{p}.probs", axis=-1)
     ctx = b.add(DynMatmulOp(probs, v, b.t(bs, nh, s, d)), f"{p}.context")
-    ctx = b.vec("transpose", [ctx], (bs, s, nh, d), f"{p}.context.t")
+    ctx = b.vec("transpose", [ctx], (bs, s, nh, d), f"{p}.context.t", perm=[0, 2, 1, 3])
     ctx = b.vec("reshape", [ctx], (bs, s, h), f"{p}.context.flat")
     return b.linear(ctx, h, f"{p}.self_attn.o_proj.weight", f"{p}.attn_out")
 
@@ -132,12 +135,13 @@ def _decode_attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str,
     for proj in ("q", "k", "v"):
         y = b.linear(x, h, f"{p}.self_attn.{proj}_proj.weight", f"{p}.{proj}")
         y = b.vec("reshape", [y], (bs, 1, nh, d), f"{p}.{proj}.heads")
-        y = b.vec("transpose", [y], (bs, nh, 1, d), f"{p}.{proj}.t")
+        y = b.vec("transpose", [y], (bs, nh, 1, d), f"{p}.{proj}.t",
+                  perm=[0, 2, 1, 3])
         if cfg.style == "llama" and proj in ("q", "k"):
             y = b.vec("mul", [y], (bs, nh, 1, d), f"{p}.{proj}.rope")
         heads.append(y)
     q, k, v = heads
-    k_new = b.vec("transpose", [k], (bs, nh, d, 1), f"{p}.kT.new")
+    k_new = b.vec("transpose", [k], (bs, nh, d, 1), f"{p}.kT.new", perm=[0, 1, 3, 2])
     parts = [b.add(DynMatmulOp(q, kt, b.t(bs, nh, 1, n)), f"{p}.scores.past.{j}")
              for j, ((kt, _), n) in enumerate(zip(cache, sizes))]
     parts.append(b.add(DynMatmulOp(q, k_new, b.t(bs, nh, 1, 1)), f"{p}.scores.new"))
@@ -152,7 +156,7 @@ def _decode_attention(b: _Builder, cfg: TransformerConfig, x: SSAValue, p: str,
     p_new = b.vec("slice", [probs], (bs, nh, 1, 1), f"{p}.probs.new")
     c_new = b.vec("mul", [p_new, v], (bs, nh, 1, d), f"{p}.context.new")
     ctx = b.vec("add", [ctx, c_new], (bs, nh, 1, d), f"{p}.context")
-    ctx = b.vec("transpose", [ctx], (bs, 1, nh, d), f"{p}.context.t")
+    ctx = b.vec("transpose", [ctx], (bs, 1, nh, d), f"{p}.context.t", perm=[0, 2, 1, 3])
     ctx = b.vec("reshape", [ctx], (bs, 1, h), f"{p}.context.flat")
     return b.linear(ctx, h, f"{p}.self_attn.o_proj.weight", f"{p}.attn_out"), k_new, v
 

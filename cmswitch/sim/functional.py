@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from xdsl.ir import Operation
@@ -62,6 +62,11 @@ class Operators:
     dtypes: dict[str, type]
     inputs: list[str]
     outputs: list[str]
+    names: dict = field(default_factory=dict)
+    """IR value -> the flow tensor that holds it."""
+    views: dict = field(default_factory=dict)
+    """IR value -> the view op whose result it is: no flow tensor holds it; a reader
+    evaluates the view on the tensors the view reads (`cmswitch.cost.views`)."""
 
 
 
@@ -266,7 +271,7 @@ class FunctionalMachine:
         op = self.operator(st.op, st)
         if not isinstance(op, DynMatmulOp):
             self.fail(f"CIM.write_operand: {st.op} is not a dynamic matmul")
-        value = self.read(st.reads[0], st)
+        value = self.operands(op, [op.rhs], st)[0]
         span = self.program_range(st)
         per_copy = st.tiles[0] * st.tiles[1]
         for i in span:
@@ -288,7 +293,7 @@ class FunctionalMachine:
 
         op = self.operator(st.op, st)
         copies = self.copies(st)
-        x = self.read(st.reads[0], st)
+        x = self.operands(op, [op.operands[0]], st)[0]
         in_shape = tensor_shape(op.lhs if isinstance(op, DynMatmulOp) else op.input)
         if tuple(x.shape) != in_shape:
             self.fail(f"CIM.mvm {st.op}: input {st.reads[0]} has shape {list(x.shape)}, "
@@ -337,7 +342,7 @@ class FunctionalMachine:
         if not isinstance(op, VectorOp) or op.kind.data != kind:
             what = op.kind.data if isinstance(op, VectorOp) else op.name
             self.fail(f"{st.opcode} {st.op}: the module's operator is {what}")
-        ins = [self.read(ref, st) for ref in st.reads]
+        ins = self.operands(op, list(op.operands), st)
         want = [tensor_shape(v) for v in op.inputs]
         if [tuple(v.shape) for v in ins] != want:
             self.fail(f"{st.opcode} {st.op}: inputs of shapes {[list(v.shape) for v in ins]}, "
@@ -345,10 +350,22 @@ class FunctionalMachine:
         if len(st.writes) != len(op.outputs):
             self.fail(f"{st.opcode} {st.op}: {len(st.writes)} outputs, the operator has "
                       f"{len(op.outputs)}")
+        outs = self.vector(op, ins, st)
+        if len(outs) != len(st.writes):
+            self.fail(f"{st.opcode} {st.op}: functional mode computes {len(outs)} of the "
+                      f"operator's {len(st.writes)} outputs")
+        for ref, value, result in zip(st.writes, outs, op.outputs):
+            self.write(ref, np.ascontiguousarray(value, dtype=np_dtype(result.type)), st)
+
+    def vector(self, op: Operation, ins: list[np.ndarray], st: Statement) -> list[np.ndarray]:
+        """The outputs of vector op `op` on `ins`, each checked against the module's
+        shape."""
+        from cmswitch.dialects.cim import tensor_shape
+
         shapes = [tensor_shape(r) for r in op.outputs]
         dtypes = [np_dtype(r.type) for r in op.outputs]
         try:
-            if kind in REFERENCE_KINDS:
+            if op.kind.data in REFERENCE_KINDS:
                 outs = self.weights.run_node(op, ins)
             else:
                 ins = with_constants(op, ins, self.weights.constant)
@@ -356,14 +373,40 @@ class FunctionalMachine:
                     outs = vector_kernel(op, ins, shapes, dtypes, self.weights.array)
         except CMSwitchError as error:
             self.fail(f"{st.opcode} {st.op}: {error}")
-        if len(outs) != len(st.writes):
-            self.fail(f"{st.opcode} {st.op}: functional mode computes {len(outs)} of the "
-                      f"operator's {len(st.writes)} outputs")
-        for ref, value, shape, dtype in zip(st.writes, outs, shapes, dtypes):
+        for value, shape in zip(outs, shapes):
             if value.shape != shape:
                 self.fail(f"{st.opcode} {st.op}: computed shape {list(value.shape)}, the "
                           f"module says {list(shape)}")
-            self.write(ref, np.ascontiguousarray(value, dtype=dtype), st)
+        return outs
+
+    def sources(self, value) -> list[str]:
+        """The flow tensors an operand reads: its own, or those of the view it is
+        (`Operators.views`), in order."""
+        view = self.operators.views.get(value)
+        if view is None:
+            return [self.operators.names.get(value, "?")]
+        return [name for v in view.operands for name in self.sources(v)]
+
+    def operands(self, op: Operation, values: list, st: Statement) -> list[np.ndarray]:
+        """The values of `op`'s operands `values` from what the statement reads: its
+        ``in=`` tensors in order, one per operand, or one per source of an operand
+        that is a view (data the hardware addresses in place, `cmswitch.cost.views`:
+        the view is evaluated on them).  The values are whatever the named copies
+        hold, so a flow reading the wrong tensor computes a wrong result.  Fails when
+        the statement reads another number of tensors."""
+        counts = [len(self.sources(v)) for v in values]
+        if len(st.reads) != sum(counts):
+            self.fail(f"{st.opcode} {st.op}: reads {len(st.reads)} tensors, the operator "
+                      f"reads {sum(counts)} ({', '.join(self.sources(v)[0] for v in values)}...)")
+        reads = iter(st.reads)
+        return [self.value(v, reads, st) for v in values]
+
+    def value(self, value, reads, st: Statement) -> np.ndarray:
+        view = self.operators.views.get(value)
+        if view is None:
+            return self.read(next(reads), st)
+        ins = [self.value(v, reads, st) for v in view.operands]
+        return self.vector(view, ins, st)[0]
 
     def do_MEM_load(self, st: Statement) -> None:
         self.do_MEM(st)

@@ -77,11 +77,18 @@ def segment_starts(graph: Graph) -> list[int]:
 
 def wrap_segments(func: FuncOp, graph: Graph, plan: list[SegmentChoice]) -> list[SegmentOp]:
     """Move each segment's operators into a `cim.segment` region op, yielding the values
-    used after it; returns the new segment ops in order."""
+    used after it; returns the new segment ops in order.  The view ops the graph leaves
+    out (`cmswitch.cost.views`) go with the segment of the next operator after them
+    in program order (their sources were made before, their readers come after)."""
+    order = sorted(graph.position, key=graph.position.get)
     segments: list[SegmentOp] = []
+    begin = 0
     for seg_id, choice in enumerate(plan):
-        ops = [graph.ops[i].op for i in range(choice.first, choice.last + 1)]
-        segments.append(_wrap(ops, seg_id))
+        end = graph.position[graph.ops[choice.last].op] + 1
+        if seg_id == len(plan) - 1:
+            end = len(order)
+        segments.append(_wrap(order[begin:end], seg_id))
+        begin = end
     return segments
 
 
@@ -128,7 +135,7 @@ def segment_ranges(graph: Graph, segments: list[SegmentOp]) -> list[tuple[int, i
     index = {o.op: o.index for o in graph.ops}
     ranges = []
     for seg in segments:
-        members = [index[o] for o in seg.body.block.ops if not isinstance(o, YieldOp)]
+        members = [index[o] for o in seg.body.block.ops if o in index]
         if not members:
             raise CMSwitchError(f"cim.segment {seg.id.value.data} is empty")
         ranges.append((min(members), max(members)))

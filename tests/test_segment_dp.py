@@ -254,11 +254,13 @@ def _partitioned_graph(model, arch_name: str = "dynaplasia", chunk: int = 0, **k
     return build_graph(main_func(module), arch), arch
 
 
-@pytest.mark.parametrize("model, kw", [
-    ("llama2-7b", {"batch": 1, "seq": 16, "layers": 2}),
-    ("models/resnet18.onnx", {}),
+@pytest.mark.parametrize("model, kw, shared", [
+    ("llama2-7b", {"batch": 1, "seq": 16, "layers": 2}, 10),
+    # ResNet-18 repeats little: its split layer4 convolutions are read through
+    # concat views whose part counts differ between blocks (cmswitch.cost.views)
+    ("models/resnet18.onnx", {}, 1),
 ])
-def test_equal_span_signatures_give_equal_problems(model, kw):
+def test_equal_span_signatures_give_equal_problems(model, kw, shared):
     """`span_signature` (the DP's key for sharing built candidates between repeated
     blocks and between the chunk sizes' graphs) is sound: over every candidate span
     of the DP window, with its held tensors in and out, spans of equal keys have equal
@@ -289,7 +291,7 @@ def test_equal_span_signatures_give_equal_problems(model, kw):
                         merged += 1
                         assert seen[key] == problem, graph.span(first, last)
                     seen[key] = problem
-    assert merged > 10
+    assert merged > shared
 
 
 def test_the_dp_window_contains_cim_mlcs_segments():

@@ -122,7 +122,10 @@ class Graph:
         shape = tensor_shape(operand)
         if not shape or not _row_streams(op, operand):
             return t.bytes
-        return min(t.bytes, STREAM_ROWS * self.row_bytes(tensor))
+        row = self.row_bytes(tensor)
+        if tuple(shape) != t.shape:  # read through a view: a row is what the reader reads
+            row = max(row, -(-shape[-1] * self.arch.act_bits // 8))
+        return min(t.bytes, STREAM_ROWS * row)
 
     def row_bytes(self, tensor: int) -> int:
         """Bytes of one streamed row of a tensor: one output vector of the `CIM.mvm`

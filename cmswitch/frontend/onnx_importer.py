@@ -73,7 +73,7 @@ from cmswitch.dialects.cim import (
     conv_output_size,
 )
 from cmswitch.errors import CMSwitchError
-from cmswitch.frontend.onnx_util import CONTROL_FLOW_OPS, VALUE_VIEWS
+from cmswitch.frontend.onnx_util import VALUE_VIEWS, folds
 from cmswitch.frontend.onnx_util import constant_value as _constant_value
 from cmswitch.frontend.onnx_util import get_attr as _get_attr
 from cmswitch.frontend.onnx_util import node_name
@@ -125,9 +125,6 @@ VARIANT_OF: dict[str, str] = {
 
 #: Operators with a dedicated lowering (weight or dynamic matrix ops).
 MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-
-#: Operators whose output is a compile-time constant whenever shapes are static.
-SHAPE_OPS = frozenset({"Shape", "Size"})
 
 #: Constant inputs worth recording on a `cim.vector` as attributes (input index ->
 #: attribute name), read when the data is small and stored in the model.
@@ -413,12 +410,8 @@ def _classify(graph: onnx.GraphProto, ctx: _Ctx) -> list[bool]:
 
 
 def _node_is_constant(node: onnx.NodeProto, ctx: _Ctx) -> bool:
-    """All inputs constant (vacuously for `Constant`), or a `Shape`/`Size` node."""
-    if node.op_type in CONTROL_FLOW_OPS or not _is_default_domain(node):
-        return False
-    if node.op_type in SHAPE_OPS:
-        return True
-    return all(name in ctx.consts for name in node.input if name)
+    """Folded at compile time (`onnx_util.folds`: the rule functional mode shares)."""
+    return folds(node, ctx.consts)
 
 
 def _check_in_opset(node: onnx.NodeProto, label: str, ctx: _Ctx) -> None:

@@ -3,11 +3,16 @@ share, so they agree on what a node's attribute, a constant and a node's name ar
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import onnx
 from onnx import TensorProto
 
 #: Operators never folded nor mapped: they carry subgraphs.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+#: Operators whose output is a compile-time constant whenever shapes are static.
+SHAPE_OPS = frozenset({"Shape", "Size"})
 
 #: Operators whose output holds its first input's values, re-viewed: a weight the
 #: importer folds through them keeps that input's name (functional mode follows
@@ -58,11 +63,18 @@ def folded_tensors(graph: onnx.GraphProto) -> set[str]:
     whose every input is such a tensor, or that are a Shape / Size."""
     folded = set(constants(graph))
     for node in graph.node:
-        if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW_OPS and (
-                node.op_type in ("Shape", "Size")
-                or all(i in folded for i in node.input if i)):
+        if folds(node, folded):
             folded.update(o for o in node.output if o)
     return folded
+
+
+def folds(node: onnx.NodeProto, known: Container[str]) -> bool:
+    """Whether the importer computes `node` at compile time, given the tensors already
+    `known` then: a default-domain node other than control flow whose every input is
+    known (vacuously for `Constant`), or a Shape / Size (static shapes)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type in CONTROL_FLOW_OPS:
+        return False
+    return node.op_type in SHAPE_OPS or all(i in known for i in node.input if i)
 
 
 def node_name(node: onnx.NodeProto, index: int) -> str:

@@ -84,8 +84,8 @@ class Graph:
     views: dict[SSAValue, Operation] = field(default_factory=dict)
     """Results of the view ops (`cmswitch.cost.views`, not in `ops`) -> the view op,
     segment results included: what functional mode evaluates."""
-    position: dict[Operation, int] = field(default_factory=dict)
-    """Program-order position of every `cim` operator, views included."""
+    order: list[Operation] = field(default_factory=list)
+    """Every `cim` operator in program order, views included."""
     memo: dict = field(default_factory=dict, repr=False, compare=False)
     """Results of `working_set` and of `segment_problem`'s tensor pricing, computed
     once per graph (the DP asks for the same spans many times)."""
@@ -163,12 +163,9 @@ class Graph:
                     if (single and p not in gop.whole and tensor_shape(gop.operand(p)) == out
                             and u != tensor):
                         return (u,)
-        shape = self._shape_of(tensor)
+        shape = t.shape
         elements = max(1, math.prod(shape)) if shape else 1
         return max(1, -(-t.bytes * (shape[-1] if shape else 1) // elements))
-
-    def _shape_of(self, tensor: int) -> tuple:
-        return self.tensors[tensor].shape
 
 
 STREAM_ROWS = 64
@@ -316,7 +313,7 @@ def build_graph(func: FuncOp, arch: Arch) -> Graph:
     ret = func.body.block.last_op
     for v in ret.operands if ret is not None else ():
         tensors[ids[v]].is_output = True
-    return Graph(ops, tensors, ids, arch, view_ops, {op: k for k, op in enumerate(flat)})
+    return Graph(ops, tensors, ids, arch, view_ops, flat)
 
 
 def _view_steps(func: FuncOp, flat: list[Operation], arch: Arch) -> dict[Operation, Chain]:

@@ -57,7 +57,7 @@ import onnx.shape_inference
 from onnx import TensorProto, helper, numpy_helper
 
 from cmswitch.errors import CMSwitchError
-from cmswitch.frontend.onnx_util import constants, folded_tensors, node_name
+from cmswitch.frontend.onnx_util import DEFAULT_DOMAINS, constants, folded_tensors, node_name
 from cmswitch.frontend.onnx_util import get_attr as _attr
 from cmswitch.frontend.rewrites import constant_array, fresh_name
 
@@ -68,9 +68,6 @@ ConvTranspose, MatMul — also have direct lowerings)."""
 MAX_BATCH_MATRICES = 1024
 """Most matrices a constant batch operand of a MatMul may hold: each becomes its own
 weight operator and arrays (beyond that the model is not a weight-stationary fit)."""
-
-_DEFAULT = ("", "ai.onnx")
-
 
 class _Builder:
     """Shapes, constants and fresh names of the graph being rewritten."""
@@ -521,7 +518,7 @@ def _scaled_gemm(b: _Builder, node: onnx.NodeProto, where: str) -> None:
 
 def _target(b: _Builder, node: onnx.NodeProto) -> str | None:
     """Which rewrite `node` needs, if any."""
-    if node.domain not in _DEFAULT:
+    if node.domain not in DEFAULT_DOMAINS:
         return None
     if node.op_type == "Attention":
         return "attention"

@@ -73,7 +73,7 @@ from cmswitch.dialects.cim import (
     conv_output_size,
 )
 from cmswitch.errors import CMSwitchError
-from cmswitch.frontend.onnx_util import VALUE_VIEWS, folds
+from cmswitch.frontend.onnx_util import DEFAULT_DOMAINS, VALUE_VIEWS, folds
 from cmswitch.frontend.onnx_util import constant_value as _constant_value
 from cmswitch.frontend.onnx_util import get_attr as _get_attr
 from cmswitch.frontend.onnx_util import node_name
@@ -177,7 +177,6 @@ _ELEM_TYPES: dict[int, Attribute] = {
     TensorProto.UINT64: IntegerType(64, Signedness.UNSIGNED),
 }
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 #: Oldest default-domain opset imported as is; an older model is converted to it first
 #: (Slice took its starts/ends as inputs from opset 10, Clip and Pad from 11, Split,
@@ -267,7 +266,7 @@ def _read_model(source: str | bytes | os.PathLike, label: str) -> onnx.ModelProt
 def _default_opset(model: onnx.ModelProto) -> int | None:
     """The model's opset of the default ONNX domain, or None if it imports none."""
     for imp in model.opset_import:
-        if imp.domain in _DEFAULT_DOMAINS:
+        if imp.domain in DEFAULT_DOMAINS:
             return imp.version
     return None
 
@@ -368,7 +367,7 @@ def _infer(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
 
 
 def _is_default_domain(node: onnx.NodeProto) -> bool:
-    return node.domain in _DEFAULT_DOMAINS
+    return node.domain in DEFAULT_DOMAINS
 
 
 def _classify(graph: onnx.GraphProto, ctx: _Ctx) -> list[bool]:
@@ -1106,7 +1105,7 @@ def import_onnx(source: str | bytes | os.PathLike, dims: dict[str, int] | None =
     for index, node in enumerate(graph.node):
         if folded[index]:
             continue
-        if node.op_type in _VIEWS and node.domain in ("", "ai.onnx"):
+        if node.op_type in _VIEWS and node.domain in DEFAULT_DOMAINS:
             _check_view(ctx, node, _node_label(node, index))
         mark = len(ctx.ops)
         _lower_node(node, ctx, _node_label(node, index))

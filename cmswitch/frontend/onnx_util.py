@@ -8,6 +8,9 @@ from collections.abc import Container
 import onnx
 from onnx import TensorProto
 
+#: The default ONNX operator set's domain names.
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
 #: Operators never folded nor mapped: they carry subgraphs.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
@@ -72,7 +75,7 @@ def folds(node: onnx.NodeProto, known: Container[str]) -> bool:
     """Whether the importer computes `node` at compile time, given the tensors already
     `known` then: a default-domain node other than control flow whose every input is
     known (vacuously for `Constant`), or a Shape / Size (static shapes)."""
-    if node.domain not in ("", "ai.onnx") or node.op_type in CONTROL_FLOW_OPS:
+    if node.domain not in DEFAULT_DOMAINS or node.op_type in CONTROL_FLOW_OPS:
         return False
     return node.op_type in SHAPE_OPS or all(i in known for i in node.input if i)
 

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from cmswitch.frontend.onnx_util import DEFAULT_DOMAINS
 from cmswitch.frontend.onnx_util import constants as _constants
 from cmswitch.frontend.onnx_util import get_attr as _attr
 
@@ -126,7 +127,7 @@ def _fold_batchnorm(g: _Graph, bn: onnx.NodeProto) -> bool:
         return False
     prod = g.producer.get(x)
     if prod is None or g.uses[x] != 1 or prod.op_type not in ("Conv", "Gemm") or \
-            prod.domain not in ("", "ai.onnx"):
+            prod.domain not in DEFAULT_DOMAINS:
         return False
     if len(prod.input) < 2 or prod.input[1] not in g.consts or prod.input[0] in g.consts:
         return False
@@ -224,7 +225,7 @@ def fold_for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
     g = _Graph(model.graph)
     keep, folded = [], []
     for node in list(model.graph.node):
-        default = node.domain in ("", "ai.onnx")
+        default = node.domain in DEFAULT_DOMAINS
         if default and node.op_type == "BatchNormalization" and _fold_batchnorm(g, node) or \
                 default and node.op_type == "Pad" and _fold_pad(g, node):
             folded.append(node)

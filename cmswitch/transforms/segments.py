@@ -80,11 +80,12 @@ def wrap_segments(func: FuncOp, graph: Graph, plan: list[SegmentChoice]) -> list
     used after it; returns the new segment ops in order.  The view ops the graph leaves
     out (`cmswitch.cost.views`) go with the segment of the next operator after them
     in program order (their sources were made before, their readers come after)."""
-    order = sorted(graph.position, key=graph.position.get)
+    order = graph.order
+    position = {op: k for k, op in enumerate(order)}
     segments: list[SegmentOp] = []
     begin = 0
     for seg_id, choice in enumerate(plan):
-        end = graph.position[graph.ops[choice.last].op] + 1
+        end = position[graph.ops[choice.last].op] + 1
         if seg_id == len(plan) - 1:
             end = len(order)
         segments.append(_wrap(order[begin:end], seg_id))

@@ -425,6 +425,8 @@ def _operator_row(graph: Graph, g, seg_id: int, places: dict[str, str],
     port_bytes: dict[str, float] = {}
     for tensor, nbytes in moved:
         place = row["tensor_places"][tensor.name]
+        if place == "stream":  # handed from producer to the digital unit: no port
+            continue
         port_bytes[place] = port_bytes.get(place, 0.0) + nbytes
     row["port_bytes"] = {place: round(v) for place, v in sorted(port_bytes.items())}
     load, run = alone_cycles(g.cost, copies, port_bytes, bandwidth, arch)

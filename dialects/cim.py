@@ -116,7 +116,9 @@ holding the tensors it keeps on chip for the next segment (§9.3)."""
 
 PLACES_ATTR = "places"
 """Segment attribute (`cim-allocate`): tensor name -> "pool" | "gb" | "dram" |
-"hold_in" | "hold_out", where the segment's flow keeps each tensor it touches."""
+"hold_in" | "hold_out" | "stream", where the segment's flow keeps each tensor it
+touches ("stream": handed from its writer to the vector op reading it, DESIGN.md
+§9.13)."""
 
 SWITCH_ATTR = "switch_cycles"
 """Segment attribute (`cim-allocate`): cycles of its `CM.switch` statements, part of
@@ -568,7 +570,7 @@ class SegmentOp(IRDLOperation):
                                       "array<i64: lo, hi> with 0 <= lo <= hi")
         attr = self.attributes.get(PLACES_ATTR)
         if attr is not None:
-            allowed = ("pool", "gb", "dram", "hold_in", "hold_out")
+            allowed = ("pool", "gb", "dram", "hold_in", "hold_out", "stream")
             if not isinstance(attr, DictionaryAttr) or not all(
                     isinstance(v, StringAttr) and v.data in allowed for v in attr.data.values()):
                 raise VerifyException(f"cim.segment {seg}: '{PLACES_ATTR}' maps tensor names "

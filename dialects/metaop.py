@@ -6,7 +6,8 @@ LLM flow stays small.  Ops have no SSA values: they are statements executed in o
 Three typed attributes carry the flow's vocabulary, each with its own syntax:
 
 - `LocationAttr` ``#metaop.loc<a[LO:HI]>`` (memory-mode arrays LO..HI-1), ``<gb>``
-  (global buffer) or ``<dram>``;
+  (global buffer), ``<dram>`` or ``<stream>`` (handed by its writer straight to the
+  digital unit, no port: element-wise fusion, DESIGN.md §9.13);
 - `TensorRefAttr` ``#metaop.ref<"NAME", a[LO:HI]>``: a tensor at a location (``NAME@LOC``
   in the `.cmsasm` text);
 - `ModeAttr` ``#metaop<mode TOM>`` / ``TOC``: the target mode of a switch.
@@ -60,6 +61,8 @@ OUTPUTS_ATTR = "metaop.outputs"
 """Module attribute (`cim-to-metaop`): names of the tensors the flow must store to DRAM."""
 
 _RANGE_TEXT = re.compile(r"a\[(\d+):(\d+)\]\Z")
+_NAMED = ("dram", "gb", "stream")
+"""The locations without an array range."""
 _I64_MAX = (1 << 63) - 1
 
 
@@ -82,10 +85,12 @@ class ModeAttr(EnumAttribute[SwitchMode], SpacedOpaqueSyntaxAttribute):
 
 @irdl_attr_definition
 class LocationAttr(ParametrizedAttribute):
-    """Where data lives: ``dram``, ``gb`` (the global buffer) or ``a[LO:HI]``
-    (memory-mode arrays LO..HI-1, LO < HI).  Example: ``#metaop.loc<a[88:96]>``;
-    `str()` gives the `.cmsasm` text (``a[88:96]``).  `kind` is "dram", "gb" or "a";
-    `lo` / `hi` are 0 unless kind is "a"."""
+    """Where data lives: ``dram``, ``gb`` (the global buffer), ``stream`` (an MVM's or
+    vector op's output handed row by row to the one `VEC` statement that reads it,
+    through no port and no buffer: DESIGN.md §9.13) or ``a[LO:HI]`` (memory-mode arrays
+    LO..HI-1, LO < HI).  Example: ``#metaop.loc<a[88:96]>``; `str()` gives the
+    `.cmsasm` text (``a[88:96]``).  `kind` is "dram", "gb", "stream" or "a"; `lo` /
+    `hi` are 0 unless kind is "a"."""
 
     name = "metaop.loc"
     kind: StringAttr
@@ -98,18 +103,18 @@ class LocationAttr(ParametrizedAttribute):
 
     @staticmethod
     def of(kind: str) -> LocationAttr:
-        """``dram`` or ``gb``."""
+        """``dram``, ``gb`` or ``stream``."""
         return LocationAttr(StringAttr(kind), IntAttr(0), IntAttr(0))
 
     @staticmethod
     def from_text(text: str) -> LocationAttr:
-        """``dram``, ``gb`` or ``a[LO:HI]``.  Raises VerifyException otherwise (also for
-        LO >= HI or a bound beyond int64)."""
-        if text in ("dram", "gb"):
+        """``dram``, ``gb``, ``stream`` or ``a[LO:HI]``.  Raises VerifyException
+        otherwise (also for LO >= HI or a bound beyond int64)."""
+        if text in _NAMED:
             return LocationAttr.of(text)
         match = _RANGE_TEXT.match(text)
         if match is None:
-            raise VerifyException(f"bad location '{text}': expected dram, gb or a[LO:HI]")
+            raise VerifyException(f"bad location '{text}': expected dram, gb, stream or a[LO:HI]")
         lo, hi = int(match.group(1)), int(match.group(2))
         if not lo < hi or hi > _I64_MAX:
             raise VerifyException(f"bad location '{text}': need LO < HI")
@@ -117,7 +122,7 @@ class LocationAttr(ParametrizedAttribute):
 
     @property
     def range(self) -> tuple[int, int] | None:
-        """(LO, HI) of an array location, None for dram / gb."""
+        """(LO, HI) of an array location, None for dram / gb / stream."""
         return (self.lo.data, self.hi.data) if self.kind.data == "a" else None
 
     def __str__(self) -> str:
@@ -130,8 +135,8 @@ class LocationAttr(ParametrizedAttribute):
         if kind == "a":
             if not 0 <= lo < hi:
                 raise VerifyException(f"bad location 'a[{lo}:{hi}]': empty array range")
-        elif kind not in ("dram", "gb") or lo or hi:
-            raise VerifyException(f"bad location kind '{kind}': expected dram, gb or a")
+        elif kind not in _NAMED or lo or hi:
+            raise VerifyException(f"bad location kind '{kind}': expected dram, gb, stream or a")
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
@@ -140,11 +145,11 @@ class LocationAttr(ParametrizedAttribute):
 
     @staticmethod
     def parse_body(parser: AttrParser) -> LocationAttr:
-        """``dram`` | ``gb`` | ``a[LO:HI]`` at the parser's position."""
-        for kind in ("dram", "gb"):
+        """``dram`` | ``gb`` | ``stream`` | ``a[LO:HI]`` at the parser's position."""
+        for kind in _NAMED:
             if parser.parse_optional_keyword(kind):
                 return LocationAttr.of(kind)
-        parser.parse_keyword("a", " (a location is dram, gb or a[LO:HI])")
+        parser.parse_keyword("a", " (a location is dram, gb, stream or a[LO:HI])")
         parser.parse_punctuation("[")
         lo = parser.parse_integer(allow_negative=False, allow_boolean=False)
         parser.parse_punctuation(":")
@@ -328,6 +333,7 @@ class WriteOperandOp(IRDLOperation):
     def verify_(self) -> None:
         check_placement(self)
         _positive("instances", self.instances)
+        _not_stream(self.input, "its operand")
 
 
 @irdl_op_definition
@@ -367,6 +373,7 @@ class MvmOp(IRDLOperation):
         check_range("arrays", self.arrays)
         for name in ("vectors", "k", "n"):
             _positive(name, getattr(self, name))
+        _not_stream(self.input, "its input")
 
 
 @irdl_op_definition
@@ -409,6 +416,13 @@ class VecOp(IRDLOperation):
             raise VerifyException("'outputs' lists no tensor")
 
 
+def _not_stream(ref: TensorRefAttr, what: str) -> None:
+    """Only a `VEC` statement reads a ``stream`` (DESIGN.md §9.13)."""
+    if ref.loc.kind.data == "stream":
+        raise VerifyException(f"{what} {ref.tensor.data}@stream: only a VEC statement "
+                              f"reads a stream")
+
+
 class _TransferOp(IRDLOperation):
     """Shared shape of MEM.load / MEM.store / MEM.move: ``tensor`` moves from location
     ``source`` to location ``dest``, ``bytes`` moved, optional streaming ``window``
@@ -446,6 +460,9 @@ class _TransferOp(IRDLOperation):
             raise VerifyException(f"{self.name} writes to dram, not '{dest}'")
         if src_need == "chip" and "dram" in (source, dest):
             raise VerifyException(f"{self.name} moves data on chip only")
+        if "stream" in (source, dest):
+            raise VerifyException(f"{self.name} cannot move a stream (only the VEC "
+                                  f"statement fused to its writer reads it)")
 
 
 @irdl_op_definition

@@ -28,7 +28,7 @@ from cmswitch.sim.simulator import simulate
 _LOCATED = r"(:\d+:|: line \d+:|:) \S"
 _NUMBER = re.compile(r"(?<=[=\[:x])[0-9]+")
 _RANGE = re.compile(r"a\[([0-9]+):([0-9]+)\]")
-_REF = re.compile(r"([A-Za-z0-9_.:/-]+)@(a\[[0-9]+:[0-9]+\]|gb|dram)")
+_REF = re.compile(r"([A-Za-z0-9_.:/-]+)@(a\[[0-9]+:[0-9]+\]|gb|dram|stream)")
 _KEYVAL = re.compile(r"\b[a-z_]+=\S+")
 
 # odd numbers and spellings: zero, huge, signs, separators, non-ASCII digits, floats
@@ -96,7 +96,7 @@ def _range(rng: random.Random, text: str, arrays: int) -> str:
     lo, hi = int(m.group(1)), int(m.group(2))
     lo, hi = rng.choice([(lo + 1, hi), (lo, hi - 1), (lo, hi + 1), (max(0, lo - 1), hi),
                          (hi, lo), (0, arrays), (0, arrays + 1), (lo + 1, hi + 1)])
-    new = rng.choice([f"a[{lo}:{hi}]", f"a[{lo}:{hi}]", "gb", "dram"])
+    new = rng.choice([f"a[{lo}:{hi}]", f"a[{lo}:{hi}]", "gb", "dram", "stream"])
     return text[:m.start()] + new + text[m.end():]
 
 
@@ -109,7 +109,7 @@ def _reference(rng: random.Random, text: str, names: list) -> str:
     if rng.random() < 0.5:
         tensor = rng.choice(names)
     else:
-        loc = rng.choice(["gb", "dram", "a[0:1]", loc])
+        loc = rng.choice(["gb", "dram", "stream", "a[0:1]", loc])
     return text[:m.start()] + f"{tensor}@{loc}" + text[m.end():]
 
 

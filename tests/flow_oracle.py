@@ -16,6 +16,9 @@ its timing:
   arrays, an mvm only on whole copies of its operator's tiles programmed with at least
   `max(k, n)` weights, its `k x n` within the tiles; one operator per array per block, a
   block's CM.switch owning its arrays;
+- streams: a `stream` copy is written once by a `CIM.mvm` or `VEC` statement of a
+  `parallel` block and read once, whole, by a later `VEC` statement of that block;
+  nothing else touches it and it holds no capacity;
 - grammar: ASCII tokens, decimal integers at most 10^15, names `[A-Za-z0-9_.:/-]+`.
 
 `check(text)` returns None for a flow that obeys them, else raises `Violation`.
@@ -34,7 +37,7 @@ _NAME_RE = re.compile(_NAME + r"\Z")
 _INT_RE = re.compile(r"[0-9]+\Z")
 _DEC_RE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 _RANGE_RE = re.compile(r"a\[([0-9]+):([0-9]+)\]\Z")
-_REF_RE = re.compile(r"(" + _NAME + r")@(a\[[0-9]+:[0-9]+\]|gb|dram)\Z")
+_REF_RE = re.compile(r"(" + _NAME + r")@(a\[[0-9]+:[0-9]+\]|gb|dram|stream)\Z")
 _TILES_RE = re.compile(r"([0-9]+)x([0-9]+)\Z")
 
 
@@ -56,8 +59,8 @@ def _int(text: str, line: int, least: int = 0) -> int:
 
 
 def _loc(text: str, line: int):
-    """'gb' | 'dram' | (lo, hi)."""
-    if text in ("gb", "dram"):
+    """'gb' | 'dram' | 'stream' | (lo, hi)."""
+    if text in ("gb", "dram", "stream"):
         return text
     m = _RANGE_RE.match(text)
     if not m:
@@ -198,7 +201,7 @@ class Stmt:
         ok = {"MEM.load": src[1] == "dram" and on_chip(dst),
               "MEM.store": on_chip(src[1]) and dst == "dram",
               "MEM.move": on_chip(src[1]) and on_chip(dst) and src[1] != dst}[kind]
-        if not ok:
+        if not ok or "stream" in (src[1], dst):
             raise Violation(self.line, f"{kind} between the wrong locations")
 
     _MEM_load = _MEM_store = _MEM_move = _mem
@@ -316,7 +319,7 @@ def check(text: str) -> None:
         for st in unit:
             keys_read = {r for r in st.reads if r[1] != "dram"}
             for key in dict.fromkeys([*st.reads, *st.writes]):
-                if key[1] != "dram":
+                if key[1] not in ("dram", "stream"):
                     accesses.setdefault(key, []).append((u, key in keys_read))
 
     def live_after(key, u: int) -> bool:
@@ -384,9 +387,26 @@ def check(text: str) -> None:
                     and k[1][0] < hi and lo < k[1][1]]:
             del copies[key]
 
+    def hand(key, nbytes: float, st: Stmt, in_block: bool) -> None:
+        if not in_block or not (st.opcode == "CIM.mvm" or st.opcode.startswith("VEC.")):
+            raise Violation(st.line, f"{key[0]}@stream written outside a block or by {st.opcode}")
+        if key[0] in handed:
+            raise Violation(st.line, f"{key[0]}@stream written twice")
+        handed[key[0]] = [nbytes, False]
+
+    def take(key, st: Stmt) -> None:
+        entry = handed.get(key[0])
+        if not st.opcode.startswith("VEC.") or entry is None or entry[1]:
+            raise Violation(st.line, f"{key[0]}@stream: not a VEC, not written before in "
+                                     f"the block, or read twice")
+        if entry[0] < tensors[key[0]][0]:
+            raise Violation(st.line, f"{key[0]}@stream holds {entry[0]:g} bytes, not all")
+        entry[1] = True
+
     for u, (in_block, unit) in enumerate(units):
         owner: dict = {}            # array -> operator (or "switch") inside this block
         fresh_windowed: list = []
+        handed: dict = {}           # tensor -> [bytes written, read] of this block's streams
         for st in unit:
             line = st.line
             if st.opcode == "CM.switch":
@@ -420,6 +440,8 @@ def check(text: str) -> None:
                 if part > per_copy * array_bytes:
                     raise Violation(line, "bytes per copy exceed the tiles")
                 if st.reads:
+                    if st.reads[0][1] == "stream":
+                        take(st.reads[0], st)
                     read(st.reads[0], tensors[st.reads[0][0]][0], line)
                 if in_block:
                     _own(owner, rng, st.op, line)
@@ -431,8 +453,13 @@ def check(text: str) -> None:
                 if in_block:
                     _own(owner, rng, st.op, line)
                 _check_mvm(st, rng, compute, weights, arch)
+                if st.reads[0][1] == "stream":
+                    take(st.reads[0], st)
                 read(st.reads[0], tensors[st.reads[0][0]][0], line)
                 key = st.writes[0]
+                if key[1] == "stream":
+                    hand(key, st.vectors * st.n * act, st, in_block)
+                    continue
                 if in_block and key not in copies and key[1] != "dram" and st.window:
                     fresh_windowed.append(key)
                 write(key, st.vectors * st.n * act, st.window, in_block, line)
@@ -443,8 +470,14 @@ def check(text: str) -> None:
                         raise Violation(line, f"window {c.window} of {ref[0]} < one vector")
             elif st.opcode.startswith("VEC."):
                 for key in st.reads:
-                    read(key, tensors[key[0]][0], line)
+                    if key[1] == "stream":
+                        take(key, st)
+                    else:
+                        read(key, tensors[key[0]][0], line)
                 for key in st.writes:
+                    if key[1] == "stream":
+                        hand(key, tensors[key[0]][0], st, in_block)
+                        continue
                     if in_block and key not in copies and key[1] != "dram" and st.window:
                         fresh_windowed.append(key)
                     write(key, tensors[key[0]][0], st.window, in_block, line)
@@ -454,13 +487,17 @@ def check(text: str) -> None:
                 if in_block and key not in copies and key[1] != "dram" and st.window:
                     fresh_windowed.append(key)
                 write(key, st.nbytes, st.window, in_block, line)
-        # end of the unit: streamed copies are gone, others freed unless read next
+        # end of the unit: streams read, streamed copies gone, others freed unless read next
+        for tensor, (_nbytes, taken) in handed.items():
+            if not taken:
+                raise Violation(unit[-1].line, f"{tensor}@stream is never read in its block")
         for key in fresh_windowed:
             copies.pop(key, None)
             later = [read for unit_, read in accesses[key] if unit_ > u]
             if later and later[0]:
                 raise Violation(later_line(units, key, u), f"{key[0]} read after its stream")
-        touched = {k for st in unit for k in [*st.reads, *st.writes] if k[1] != "dram"}
+        touched = {k for st in unit for k in [*st.reads, *st.writes]
+                   if k[1] not in ("dram", "stream")}
         for key in touched:
             if key in copies and not live_after(key, u):
                 del copies[key]

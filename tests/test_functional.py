@@ -153,6 +153,8 @@ def test_cnn_with_residual_and_grouped_conv_matches_onnxruntime(cnn):
     assert groups == [1, 1, 2]
     assert [op.kind.data for op in _ops(plan, VectorOp)] == [
         "relu", "relu", "add", "global_avgpool", "flatten"]
+    # each conv hands its output to the ReLU / add reading it (DESIGN.md §9.13)
+    assert plan.flow.count("@stream") == 6
     report = compare(plan, path)
     assert report["ok"], report
     assert report["max_rel_error"] < 1e-5

@@ -412,6 +412,18 @@ def test_syntax_errors_name_file_and_line(old, new, words):
     assert words in str(info.value)
 
 
+def test_a_vec_kind_and_an_integer_field_follow_the_grammar():
+    """Found by the flow fuzzer: the kind after `VEC.` is a name like any other, and an
+    integer `.arch` field is not written as a decimal (docs/cmsasm.md, lexical rules)."""
+    body = "  VEC.re$lu r ops=64 in=a@dram out=b@dram"
+    tensors = ".tensor a bytes=64 input\n.tensor b bytes=64 output"
+    text = one_segment(body, tensors)
+    with pytest.raises(CMSwitchError, match=rf"<flow>:{line_of(text, 're$lu')}: bad VEC kind"):
+        parse_flow(text)
+    text = one_segment(body.replace("re$lu", "relu"), tensors).replace("arrays=96", "arrays=96.0")
+    rejected(text, 1, "'arrays'", "valid integer")
+
+
 def test_structure_errors():
     with pytest.raises(CMSwitchError, match=r"<flow>:2: CM.switch outside a segment"):
         parse_flow(f"{ARCH}\nCM.switch TOM a[0:1]\n")

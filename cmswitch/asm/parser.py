@@ -121,8 +121,8 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def _location(text: str) -> metaop.LocationAttr:
-    """``dram``, ``gb`` or ``a[LO:HI]`` (read by `metaop.LocationAttr`)."""
-    if text in ("dram", "gb"):
+    """``dram``, ``gb``, ``stream`` or ``a[LO:HI]`` (read by `metaop.LocationAttr`)."""
+    if text in ("dram", "gb", "stream"):
         return metaop.LocationAttr.of(text)
     return metaop.LocationAttr.arrays(*_range(text))
 

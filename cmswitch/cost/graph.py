@@ -25,6 +25,7 @@ from cmswitch.cost.views import Chain, find_views
 from cmswitch.dialects.cim import (
     Conv2dOp,
     DynMatmulOp,
+    VECTOR_KINDS,
     MatmulOp,
     SegmentOp,
     VectorOp,
@@ -126,6 +127,31 @@ class Graph:
         if tuple(shape) != t.shape:  # read through a view: a row is what the reader reads
             row = max(row, -(-shape[-1] * self.arch.act_bits // 8))
         return min(t.bytes, STREAM_ROWS * row)
+
+    def fusable(self, tensor: int) -> bool:
+        """Whether `tensor` can be handed to its reader as a stream (DESIGN.md §9.13):
+        an operator writes it (a `CIM.mvm` or a `VEC`), exactly one operator reads it,
+        once, and that reader is a computing vector op that consumes it row by row in
+        the order it is written (`ROW_KINDS`, not through a view that reorders rows),
+        and it is no model output.  Whether it is handed then depends only on both
+        ends sitting in one segment's same pipeline phase (`_tensor_uses`).
+        Memoized."""
+        key = ("fusable", tensor)
+        if key not in self.memo:
+            self.memo[key] = self._fusable(tensor)
+        return self.memo[key]
+
+    def _fusable(self, tensor: int) -> bool:
+        t = self.tensors[tensor]
+        if t.producer is None or t.is_output or len(t.consumers) != 1:
+            return False
+        gop = self.ops[t.consumers[0]]
+        positions = [p for p, u in enumerate(gop.inputs) if u == tensor]
+        if len(positions) != 1 or positions[0] in gop.whole:
+            return False
+        op = gop.op
+        return (isinstance(op, VectorOp) and VECTOR_KINDS[op.kind.data] == "compute"
+                and _row_streams(op, gop.operand(positions[0])))
 
     def row_bytes(self, tensor: int) -> int:
         """Bytes of one streamed row of a tensor: one output vector of the `CIM.mvm`
@@ -355,7 +381,9 @@ class TensorUse:
     - `fixed`: "" when the MIP chooses the place among `PLACES`; "dram" for a tensor
       no statement of the segment reads (written straight to DRAM); "hold_in" /
       "hold_out" for a tensor held on chip across the segment's start / end (it sits
-      in that boundary's hold arrays, `hold_arrays`);
+      in that boundary's hold arrays, `hold_arrays`); "stream" for a tensor its
+      writer hands straight to the one vector op reading it in the same pipeline phase
+      (`Graph.fusable`, DESIGN.md §9.13): no port, no window, no bytes;
     - `late_onchip`, `late_dram_onchip`, `late_dram_direct`: the part of `onchip`,
       `dram_onchip`, `dram_direct` moved by the segment's late statements
       (`SegmentProblem.late`: they start only once the run-time operand writes are
@@ -596,8 +624,9 @@ def _op_signature(graph: Graph, index: int) -> tuple:
     """Everything `segment_problem` reads about op `index` and its tensors, with
     every op position relative to `index`: its stripped cost; per input slot the
     tensor's bytes, producer (offset and output slot; a graph input by its id),
-    consumers (offsets), whether it is a model output, and the working set this op
-    needs of it; the same per output.  Ops of a repeated block (LLaMA's 32 decoder
+    consumers (offsets), whether it is a model output, the working set this op
+    needs of it and whether it can be handed to this op as a stream (`fusable`); the
+    same per output.  Ops of a repeated block (LLaMA's 32 decoder
     layers) get equal signatures."""
     gop = graph.ops[index]
 
@@ -611,7 +640,8 @@ def _op_signature(graph: Graph, index: int) -> tuple:
                 tensor.is_output)
 
     return (_stripped(graph, index, False),
-            tuple((desc(t), graph.working_set(t, index)) for t in gop.inputs),
+            tuple((desc(t), graph.working_set(t, index), graph.fusable(t))
+                  for t in gop.inputs),
             tuple(desc(t) for t in gop.outputs))
 
 
@@ -710,6 +740,9 @@ def _tensor_uses(graph: Graph, first: int, last: int, held_in: tuple[int, ...],
             continue
         if not readers:
             uses.append(TensorUse(tensor.bytes, 0, 0, 0, write, "dram", 0, 0, late_write))
+            continue
+        if inside and graph.fusable(t) and readers and (readers[0] in late) == produced_late:
+            uses.append(TensorUse(tensor.bytes, 0, 0, 0, 0, "stream"))
             continue
         if inside:
             producer = graph.ops[tensor.producer]

@@ -38,7 +38,8 @@ ARCH_FIELDS = (
 
 
 class Loc(NamedTuple):
-    """A location: kind "a" (memory-mode arrays lo..hi-1), "gb" or "dram"."""
+    """A location: kind "a" (memory-mode arrays lo..hi-1), "gb", "dram" or "stream"
+    (handed from its writer to the digital unit, no port)."""
 
     kind: str
     lo: int = 0
@@ -383,7 +384,7 @@ def _number(text: str, key: str) -> int | float:
     return value
 
 
-_LOCS: dict = {"gb": Loc("gb"), "dram": Loc("dram")}
+_LOCS: dict = {"gb": Loc("gb"), "dram": Loc("dram"), "stream": Loc("stream")}
 
 
 def _loc(text: str) -> Loc:
@@ -398,7 +399,7 @@ def _loc(text: str) -> Loc:
 
 def _parse_loc(text: str) -> Loc:
     if not (text.startswith("a[") and text.endswith("]")):
-        raise _Fail(f"bad location {text!r} (expected a[LO:HI], gb or dram)")
+        raise _Fail(f"bad location {text!r} (expected a[LO:HI], gb, dram or stream)")
     lo_text, colon, hi_text = text[2:-1].partition(":")
     if not colon:
         raise _Fail(f"bad array range {text!r} (expected a[LO:HI])")
@@ -596,6 +597,7 @@ def _parse_mvm(st: Statement, positional: list, raw: dict) -> Statement:
 def _parse_vec(st: Statement, positional: list, raw: dict) -> Statement:
     fields = _Fields(raw, st.opcode, ("ops", "in", "out", "window"))
     _expect(positional, 1, st.opcode, "VEC.KIND NAME ops=E in=T@LOC,... out=T@LOC,...")
+    _name(st.opcode[4:], "VEC kind")
     st.op = _name(positional[0], "VEC")
     st.ops = fields.get("ops", _int)
     st.reads = fields.get("in", _refs, default=(), required=False)

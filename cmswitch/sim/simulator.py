@@ -555,6 +555,7 @@ class _Block:
         self.data: set = set()
         self.touched: set = set()
         self.records: list = []   # its statements, kept only when tracing
+        self.handed: dict = {}    # tensor -> [writer line, bytes, reader line] of a stream
 
 
 class _Machine:
@@ -623,9 +624,6 @@ class _Machine:
             fields.update({k: self.override[k] for k in ARCH_FIELDS if k in self.override})
             energy = {k: self.override[k] for k in ENERGY_FIELDS if k in self.override}
             name = str(self.override.get("name", name))
-        for key, value in fields.items():
-            if isinstance(value, float) and value.is_integer():
-                fields[key] = int(value)
         self.check_arch({**fields, **energy})
         self.arch = fields
         self.energy = {k: float(v) for k, v in energy.items()} or None
@@ -717,6 +715,10 @@ class _Machine:
                     self.trace_span(st, origin + start, origin + end, block.line)
             kind = _attribute(streams, self.capacity)
             self.charge(cycles, kind, sum(stream.array_cycles for stream in streams))
+        for tensor, (line, _, reader) in block.handed.items():
+            if reader is None:
+                self.fail(f"{tensor}@stream is read by no later VEC statement of its "
+                          f"parallel block (line {block.line})", line)
         for key in list(self.streamed):
             self.release(key, f"was only streamed (window=) in the parallel block "
                               f"at line {block.line}")
@@ -1022,6 +1024,9 @@ class _Machine:
         """Rule 3: the copy ref must exist and hold `need` bytes (default: the whole
         tensor) written there; in a block, depend on its earlier writers."""
         decl = self.tensor(ref, st)
+        if ref.loc.kind == "stream":
+            self.read_stream(ref, st, stream, decl)
+            return
         stream.add(self.port(ref.loc), nbytes)
         need = decl.nbytes if need is None else need
         if ref.loc.kind == "dram":
@@ -1040,6 +1045,35 @@ class _Machine:
             self.fail(f"{st.opcode} reads {ref}, which {why}")
         self.check_filled(st, ref, need)
         self.depend_on_writers(stream, ref)
+
+    def read_stream(self, ref: Ref, st: Statement, stream: _Stream, decl: TensorDecl) -> None:
+        """Rule 6 (docs/cmsasm.md, "Streams"): one later VEC statement of the writer's
+        block reads a stream, whole; no port carries it."""
+        handed = self.block.handed.get(ref.tensor) if self.block is not None else None
+        if st.kind != "VEC":
+            self.fail(f"{st.opcode} reads {ref}: only a VEC statement reads a stream")
+        if handed is None:
+            self.fail(f"{st.opcode} reads {ref}, which no earlier statement of this "
+                      f"parallel block wrote")
+        if handed[2] is not None:
+            self.fail(f"{st.opcode} reads {ref}, which line {handed[2]} already read "
+                      f"(a stream has one reader)")
+        if math.ceil(handed[1] - _EPS) < decl.nbytes:
+            self.fail(f"{st.opcode} reads {decl.nbytes:g} bytes of {ref}, but only "
+                      f"{handed[1]:g} bytes of it were written there")
+        handed[2] = st.line
+        self.depend_on_writers(stream, ref)
+
+    def write_stream(self, ref: Ref, st: Statement) -> None:
+        """Rule 6: a CIM.mvm or VEC statement of a parallel block writes a stream once."""
+        if self.block is None:
+            self.fail(f"{st.opcode} writes {ref} outside a parallel block (a stream "
+                      f"lives in one block)")
+        if st.kind not in ("CIM.mvm", "VEC"):
+            self.fail(f"{st.opcode} writes {ref}: only CIM.mvm and VEC write a stream")
+        if ref.tensor in self.block.handed:
+            self.fail(f"{st.opcode} writes {ref}, which line "
+                      f"{self.block.handed[ref.tensor][0]} already wrote in this block")
 
     def check_window(self, st: Statement, ref: Ref, elements: int, what: str) -> None:
         """A copy streamed through `window=` holds at least one whole vector of each mvm
@@ -1071,9 +1105,15 @@ class _Machine:
     def write(self, ref: Ref, st: Statement, stream: _Stream, nbytes: float, touched: set) -> None:
         """Rules 2 and 4: data goes to memory-mode arrays and must fit."""
         decl = self.tensor(ref, st)
-        stream.add(self.port(ref.loc), nbytes)
+        if ref.loc.kind == "stream":
+            self.write_stream(ref, st)
+            self.block.handed[ref.tensor] = [st.line, nbytes, None]
+        else:
+            stream.add(self.port(ref.loc), nbytes)
         if self.block is not None:
             self.block.writers.setdefault((ref.tensor, ref.loc), []).append(len(self.block.streams))
+        if ref.loc.kind == "stream":
+            return
         if ref.loc.kind == "dram":
             self.dram[ref.tensor] = self.dram.get(ref.tensor, 0) + nbytes
             return

@@ -88,7 +88,8 @@ class Allocation:
 
     copies[i]: weight copies of op i (0 for vector ops); pool: memory-mode arrays the
     segment's streamed tensors are striped over; places[t]: where tensor t of
-    `SegmentProblem.tensors` lives ("pool", "gb", "dram", "hold_in", "hold_out").
+    `SegmentProblem.tensors` lives ("pool", "gb", "dram", "hold_in", "hold_out",
+    "stream").
     latency: steady-state pipeline cycles (``S/T``); load: cycles to program the
     weights before it runs; cycles: ``load + latency + fill``.
     """
@@ -888,12 +889,12 @@ def port_loads(problem: SegmentProblem, places: tuple[str, ...], arch: Arch,
     """Bytes each shared port carries in the segment's pipeline for a placement
     (`places` per `SegmentProblem.tensors`): "pool", "gb", "dram", "hold_in",
     "hold_out" — the rows of the MIP, evaluated; with `late`, only the late
-    statements' bytes (the second phase's rows)."""
+    statements' bytes (the second phase's rows).  A "stream" tensor loads none."""
     loads = dict.fromkeys(("pool", "gb", "hold_in", "hold_out"), 0.0)
     loads["dram"] = problem.late_fixed_dram() if late else \
         problem.fixed_dram() + problem.prefetch
     for use, place in zip(problem.tensors, places):
-        if use.fixed == "dram":
+        if use.fixed in ("dram", "stream"):
             continue
         if place == "dram":
             loads["dram"] += use.late_dram_direct if late else use.dram_direct

@@ -90,6 +90,7 @@ class _Places:
         pool = seg.array_range(POOL_ATTR)
         hold_out = seg.array_range(HOLD_RANGE_ATTR)
         where = {"gb": metaop.LocationAttr.of("gb"), "dram": metaop.LocationAttr.of("dram"),
+                 "stream": metaop.LocationAttr.of("stream"),
                  "pool": _loc(pool) if pool else None,
                  "hold_in": _loc(hold_in) if hold_in[1] > hold_in[0] else None,
                  "hold_out": _loc(hold_out) if hold_out else None}
@@ -219,7 +220,8 @@ def lower_segment(graph: Graph, ctx: SegmentContext, arch: Arch, modes: list[str
     uses = dict(zip(segment_tensor_ids(graph, first, last), ctx.problem(graph).tensors))
     pipeline = _mem_loads(graph, first, uses, places)
     for g in gops:
-        window = None if places.held.intersection(g.outputs) else (
+        handed = all(places.loc[t].kind.data == "stream" for t in g.outputs)
+        window = None if handed or places.held.intersection(g.outputs) else (
             op_window(graph, g, first, last) or None)
         pipeline += _lower_op(g, graph, places, window, arch)
         pipeline += _mem_stores(g, graph, last, places)

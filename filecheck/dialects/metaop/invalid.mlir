@@ -22,7 +22,7 @@ metaop.mvm "conv1" [0, 8] {vectors = 0 : i64, k = 147 : i64, n = 64 : i64, input
 // -----
 
 metaop.mvm "conv1" [0, 8] {vectors = 4 : i64, k = 147 : i64, n = 64 : i64, input = #metaop.ref<"x", sram>, output = #metaop.ref<"y", gb>}
-// CHECK: Expected 'a' (a location is dram, gb or a[LO:HI])
+// CHECK: Expected 'a' (a location is dram, gb, stream or a[LO:HI])
 
 // -----
 
@@ -60,3 +60,13 @@ metaop.parallel {
   metaop.switch TOM [0, 8]
 }
 // CHECK: 'metaop.switch' cannot appear inside metaop.parallel
+
+// -----
+
+metaop.mvm "fc" [0, 8] {vectors = 4 : i64, k = 64 : i64, n = 64 : i64, input = #metaop.ref<"x", stream>, output = #metaop.ref<"y", gb>}
+// CHECK: its input x@stream: only a VEC statement reads a stream
+
+// -----
+
+metaop.mem_store "x" <stream> <dram> {bytes = 16 : i64}
+// CHECK: metaop.mem_store cannot move a stream (only the VEC statement fused to its writer reads it)

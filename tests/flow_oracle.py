@@ -330,6 +330,7 @@ def check(text: str) -> None:
     weights: list = [None] * arch.arrays    # (op, tk, tn, load line, copy, tile, part bytes)
     copies: dict = {}                       # (tensor, loc) -> _Copy (on-chip)
     dram = {name: (t[0] if t[1] else 0) for name, t in tensors.items()}
+    stored = {name for name, t in tensors.items() if t[1]}  # inputs, or written to dram
 
     def arrays_of(lo_hi, line):
         lo, hi = lo_hi
@@ -347,7 +348,7 @@ def check(text: str) -> None:
         have = dram[tensor] if loc == "dram" else (copies[key].bytes if key in copies else None)
         if have is None:
             raise Violation(line, f"{tensor}@{_show(loc)} does not exist")
-        if have < need:
+        if math.ceil(have - 1e-9) < need:  # whole bytes: 1.5 written fill 2
             raise Violation(line, f"{tensor}@{_show(loc)} holds {have:g} of the {need:g} bytes read")
 
     def write(key, nbytes: float, window, in_block: bool, line: int) -> None:
@@ -356,6 +357,7 @@ def check(text: str) -> None:
         need_data_mode(loc, line)
         if loc == "dram":
             dram[tensor] = min(size, dram[tensor] + nbytes)
+            stored.add(tensor)
             return
         if key not in copies:
             copies[key] = _Copy(size, window if in_block and window is not None else None)
@@ -399,7 +401,7 @@ def check(text: str) -> None:
         if not st.opcode.startswith("VEC.") or entry is None or entry[1]:
             raise Violation(st.line, f"{key[0]}@stream: not a VEC, not written before in "
                                      f"the block, or read twice")
-        if entry[0] < tensors[key[0]][0]:
+        if math.ceil(entry[0] - 1e-9) < tensors[key[0]][0]:
             raise Violation(st.line, f"{key[0]}@stream holds {entry[0]:g} bytes, not all")
         entry[1] = True
 
@@ -459,10 +461,10 @@ def check(text: str) -> None:
                 key = st.writes[0]
                 if key[1] == "stream":
                     hand(key, st.vectors * st.n * act, st, in_block)
-                    continue
-                if in_block and key not in copies and key[1] != "dram" and st.window:
-                    fresh_windowed.append(key)
-                write(key, st.vectors * st.n * act, st.window, in_block, line)
+                else:
+                    if in_block and key not in copies and key[1] != "dram" and st.window:
+                        fresh_windowed.append(key)
+                    write(key, st.vectors * st.n * act, st.window, in_block, line)
                 for ref, elements in ((st.reads[0], st.k), (key, st.n)):
                     c = copies.get(ref)
                     if c is not None and c.window is not None and \
@@ -502,7 +504,7 @@ def check(text: str) -> None:
             if key in copies and not live_after(key, u):
                 del copies[key]
     for name, (size, _inp, out, number) in tensors.items():
-        if out and dram[name] < size:
+        if out and (name not in stored or math.ceil(dram[name] - 1e-9) < size):
             raise Violation(0, f"output {name} has {dram[name]} of {size} bytes in dram")
 
 

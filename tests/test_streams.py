@@ -147,3 +147,40 @@ def test_a_stream_needs_both_ends_in_one_segment_and_phase():
     assert whole[scores] == "stream" and whole[v] != "stream"
     assert _fixed(graph, 0, 2)[scores] != "stream"
     assert _fixed(graph, 3, 5)[v] == "stream"  # no late op in 3..5
+
+
+# flows a helper found where the simulator and the independent checker of the flow
+# fuzzer (tests/flow_oracle.py) disagreed; both now give the expected verdict
+
+
+@pytest.mark.parametrize("body, tensors, accepted", [
+    # an mvm writing a stream still needs an input window of one whole vector
+    ("  CIM.load_weight f1 tiles=1x1 copies=1 bytes=512 -> a[0:1]\n  parallel {\n"
+     "    MEM.load x@dram -> gb bytes=3200 window=8\n"
+     "    CIM.mvm f1 a[0:1] vectors=100 k=32 n=16 in=x@gb out=h@stream\n"
+     "    VEC.relu r ops=1600 in=h@stream out=y@dram\n  }",
+     ".tensor x bytes=3200 input\n.tensor h bytes=1600\n.tensor y bytes=1600 output", False),
+    # 4-bit activations: 1.5 bytes written fill a 2-byte tensor (whole bytes)
+    ("  CIM.load_weight f1 tiles=1x1 copies=1 bytes=512 -> a[0:1]\n  parallel {\n"
+     "    CIM.mvm f1 a[0:1] vectors=1 k=32 n=3 in=x@dram out=h@stream\n"
+     "    VEC.relu r ops=3 in=h@stream out=y@dram\n  }",
+     ".tensor x bytes=16 input\n.tensor h bytes=2\n.tensor y bytes=2 output", True),
+    # a 0-byte output must still be stored
+    ("  VEC.a b ops=1 in=x@dram out=x@gb", ".tensor x bytes=16 input\n.tensor e bytes=0 output",
+     False),
+])
+def test_the_simulator_and_the_checker_agree(body, tensors, accepted):
+    import flow_oracle
+    from cmswitch.errors import CMSwitchError
+
+    text = one_segment(body, tensors)
+    if "n=3" in body:
+        text = text.replace("act_bits=8", "act_bits=4")
+    verdicts = []
+    for judge, error in ((simulate, CMSwitchError), (flow_oracle.check, flow_oracle.Violation)):
+        try:
+            judge(text)
+            verdicts.append(True)
+        except error:
+            verdicts.append(False)
+    assert verdicts == [accepted, accepted]

@@ -16,7 +16,8 @@ its timing:
   arrays, an mvm only on whole copies of its operator's tiles programmed with at least
   `max(k, n)` weights, its `k x n` within the tiles; one operator per array per block, a
   block's CM.switch owning its arrays;
-- streams: a `stream` copy is written once by a `CIM.mvm` or `VEC` statement of a
+- streams (only when the header does not say `stream_fusion=0`): a `stream` copy is
+  written once by a `CIM.mvm` or `VEC` statement of a
   `parallel` block and read once, whole, by a later `VEC` statement of that block;
   nothing else touches it and it holds no capacity;
 - grammar: ASCII tokens, decimal integers at most 10^15, names `[A-Za-z0-9_.:/-]+`.
@@ -394,6 +395,8 @@ def check(text: str) -> None:
             raise Violation(st.line, f"{key[0]}@stream written outside a block or by {st.opcode}")
         if key[0] in handed:
             raise Violation(st.line, f"{key[0]}@stream written twice")
+        if not arch.stream_fusion:
+            raise Violation(st.line, f"{key[0]}@stream on hardware with stream_fusion=0")
         handed[key[0]] = [nbytes, False]
 
     def take(key, st: Stmt) -> None:

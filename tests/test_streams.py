@@ -184,3 +184,30 @@ def test_the_simulator_and_the_checker_agree(body, tensors, accepted):
         except error:
             verdicts.append(False)
     assert verdicts == [accepted, accepted]
+
+
+def test_hardware_without_stream_fusion():
+    """`stream_fusion=0`: the compiler hands no tensor over (every strategy's flow
+    names no stream and the prediction cannot be lower than with fusion: a stream only
+    removes port bytes), and the simulator and the checker refuse a stream on it."""
+    import flow_oracle
+    from cmswitch import api as cms
+    from cmswitch.errors import CMSwitchError
+
+    from test_functional import _cnn
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _cnn(Path(tmp) / "cnn.onnx")
+        fused = cms.compile(path)
+        plain = cms.compile(path, stream_fusion=0)
+    assert "@stream" in fused.flow and "@stream" not in plain.flow
+    assert "stream_fusion=0" in plain.flow.splitlines()[1]
+    assert plain.predicted_cycles >= fused.predicted_cycles
+    plain.simulate()
+    text = one_segment(FUSED, TENSORS).replace("clock_mhz=200", "clock_mhz=200 stream_fusion=0")
+    rejected(text, line_of(text, "out=h@stream"), "stream_fusion=0")
+    with pytest.raises(flow_oracle.Violation):
+        flow_oracle.check(text)

@@ -741,7 +741,8 @@ def _tensor_uses(graph: Graph, first: int, last: int, held_in: tuple[int, ...],
         if not readers:
             uses.append(TensorUse(tensor.bytes, 0, 0, 0, write, "dram", 0, 0, late_write))
             continue
-        if inside and graph.fusable(t) and readers and (readers[0] in late) == produced_late:
+        if (arch.stream_fusion and inside and graph.fusable(t) and readers
+                and (readers[0] in late) == produced_late):
             uses.append(TensorUse(tensor.bytes, 0, 0, 0, 0, "stream"))
             continue
         if inside:

@@ -33,6 +33,9 @@ ARCH_FIELDS = (
     "vector_ops_per_cycle", "clock_mhz",
 )
 """The `.arch` fields every flow gives."""
+OPTIONAL_FIELDS = ("stream_fusion",)
+"""The `.arch` fields a flow may leave out (besides the energy fields): `stream_fusion`
+(default 1)."""
 
 
 

@@ -122,6 +122,7 @@ from typing import Iterable
 from cmswitch.errors import CMSwitchError
 from cmswitch.sim.flow import (
     ARCH_FIELDS,
+    OPTIONAL_FIELDS,
     ENERGY_FIELDS,
     ArchDecl,
     FlowSource,
@@ -618,16 +619,19 @@ class _Machine:
         if self.arch is not None:
             self.fail("second `.arch` header")
         fields = {key: record.fields[key] for key in ARCH_FIELDS}
+        fields.update({k: record.fields[k] for k in OPTIONAL_FIELDS if k in record.fields})
         energy = {key: record.fields[key] for key in ENERGY_FIELDS if key in record.fields}
         name = record.name
         if self.override:
-            fields.update({k: self.override[k] for k in ARCH_FIELDS if k in self.override})
+            fields.update({k: self.override[k] for k in ARCH_FIELDS + OPTIONAL_FIELDS
+                           if k in self.override})
             energy = {k: self.override[k] for k in ENERGY_FIELDS if k in self.override}
             name = str(self.override.get("name", name))
         self.check_arch({**fields, **energy})
         self.arch = fields
         self.energy = {k: float(v) for k, v in energy.items()} or None
         self.arch_name = name
+        self.stream_fusion = fields.get("stream_fusion", 1)
         arrays = fields["arrays"]
         self.memory = bytearray(arrays)          # 1 = memory mode
         self.contents: list = [None] * arrays    # compute-mode tile or None
@@ -1071,6 +1075,9 @@ class _Machine:
                       f"lives in one block)")
         if st.kind not in ("CIM.mvm", "VEC"):
             self.fail(f"{st.opcode} writes {ref}: only CIM.mvm and VEC write a stream")
+        if not self.stream_fusion:
+            self.fail(f"{st.opcode} writes {ref}, but the hardware hands no stream to its "
+                      f"digital unit (stream_fusion=0 in .arch)")
         if ref.tensor in self.block.handed:
             self.fail(f"{st.opcode} writes {ref}, which line "
                       f"{self.block.handed[ref.tensor][0]} already wrote in this block")

@@ -188,6 +188,7 @@ def random_arches(draw, min_arrays: int = 2, min_rows: int = 16) -> dict:
         "weight_write_bw_bytes": draw(st.sampled_from([1, 4, 32, 128])),
         "vector_ops_per_cycle": draw(st.sampled_from([1, 16, 64, 1024])),
         "clock_mhz": 200,
+        "stream_fusion": draw(st.sampled_from([0, 1])),
     }
 
 

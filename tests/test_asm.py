@@ -29,7 +29,7 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 ARCH = (".arch dynaplasia arrays=96 rows=320 cols=320 cell_bits=1 weight_bits=8 act_bits=8 "
         "mvm_cycles=8 internal_bw_bits=32 external_bw_bytes=32 global_buffer_bytes=81920 "
         "global_buffer_bw_bytes=32 switch_cycles=1 weight_write_bw_bytes=32 "
-        "vector_ops_per_cycle=64 clock_mhz=200 stream_fusion=1 mvm_pj=457.1 array_access_pj_per_bit=0.16 "
+        "vector_ops_per_cycle=64 clock_mhz=200 stream_fusion=0 mvm_pj=457.1 array_access_pj_per_bit=0.16 "
         "buffer_pj_per_bit=0.31 dram_pj_per_bit=10 weight_write_pj_per_bit=0.16 switch_pj=10 "
         "vector_op_pj=0.5 array_static_mw=0.1")
 HEADER = "; CMSwitch meta-operator flow (grammar: docs/cmsasm.md)\n" + ARCH + "\n"

@@ -43,20 +43,23 @@ def test_rows_follow_the_default_pairing_and_the_json_contract(fake, tmp_path, c
     assert main(["bench", "--quick", "--json", str(out), "--no-progress"]) == 0
     doc = json.loads(out.read_text())
     rows = doc["rows"]
-    # resnet18 on the default hardware; bert-base on it and on prime (DESIGN.md §7)
+    # resnet18 on the default hardware and its fused variant; bert-base on both and on
+    # prime (DESIGN.md §7)
     assert [(r["model"], r["arch"], r["batch"], r["seq"]) for r in rows] == [
-        ("resnet18", "dynaplasia", 1, None),
-        ("bert-base", "dynaplasia", 4, 512), ("bert-base", "prime", 4, 512)]
+        ("resnet18", "dynaplasia", 1, None), ("resnet18", "dynaplasia-fused", 1, None),
+        ("bert-base", "dynaplasia", 4, 512), ("bert-base", "dynaplasia-fused", 4, 512),
+        ("bert-base", "prime", 4, 512)]
     for r in rows:
         assert ROW_KEYS <= set(r)
         assert set(r["cycles"]) == set(STRATEGIES) == set(r["compile_seconds"])
-    # speedups by hand: 2000/1000 = 2 and 4000/500 = 8; geomean of (2, 8, 8) = 128^(1/3)
-    assert [r["speedup_vs_cimmlc"] for r in rows] == [2.0, 8.0, 8.0]
-    assert doc["geomean_speedup_vs_cimmlc"] == pytest.approx(128 ** (1 / 3), abs=1e-4)
+    # speedups by hand: 2000/1000 = 2 and 4000/500 = 8; geomean of (2, 2, 8, 8, 8) =
+    # 2048^(1/5)
+    assert [r["speedup_vs_cimmlc"] for r in rows] == [2.0, 2.0, 8.0, 8.0, 8.0]
+    assert doc["geomean_speedup_vs_cimmlc"] == pytest.approx(2048 ** (1 / 5), abs=1e-4)
     assert rows[0]["latency_over_bound"] == 4.0  # 1000 / 250
     table = capsys.readouterr().out
     assert "| resnet18 | dynaplasia | 1 | - | 1000 | 2000 |" in table
-    assert "**5.04x**" in table  # 128^(1/3) = 5.0397
+    assert "**4.59x**" in table  # 2048^(1/5) = 4.5948
 
 
 def test_geomean_is_recomputed_from_the_rows_cycles(fake, tmp_path):
@@ -117,7 +120,7 @@ def test_bad_arguments(args, code, message):
 
 def test_resnet18_for_real(tmp_path):
     out = tmp_path / "b.json"
-    r = subprocess.run([str(BIN / "cmswitch"), "bench", "--models", "resnet18", "--json",
+    r = subprocess.run([str(BIN / "cmswitch"), "bench", "--models", "resnet18", "--arch", "dynaplasia", "--json",
                         str(out), "--plot", str(tmp_path / "pics")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())

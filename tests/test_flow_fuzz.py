@@ -27,9 +27,13 @@ SEED = int(os.environ.get("CMSWITCH_FUZZ_SEED", "0"))
 
 @pytest.fixture(scope="module")
 def flows() -> dict:
-    """Each bundled model's flow on the default hardware (two small ones for CI)."""
+    """Each bundled model's flow on the default hardware (two small ones for CI), and
+    ResNet-18's on `dynaplasia-fused`, whose flow hands tensors over as streams."""
     names = MODEL_NAMES if MUTANTS else ["resnet18", "mobilenet_v2"]
-    return {name: compile_model(MODELS / f"{name}.onnx", jobs=1).flow for name in names}
+    flows = {name: compile_model(MODELS / f"{name}.onnx", jobs=1).flow for name in names}
+    fused = compile_model(MODELS / "resnet18.onnx", arch="dynaplasia-fused", jobs=1).flow
+    assert "@stream" in fused
+    return flows | {"resnet18@dynaplasia-fused": fused}
 
 
 def test_the_checker_accepts_the_compilers_flows(flows):

@@ -117,7 +117,8 @@ def tiny_arch(work) -> str:
 @pytest.fixture(scope="module")
 def cnn(work):
     path = _cnn(work / "cnn.onnx")
-    return path, cms.compile(path, keep_module=True)
+    # on the fused chip: the flow hands each conv's output to its ReLU / add as a stream
+    return path, cms.compile(path, arch="dynaplasia-fused", keep_module=True)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from cmswitch.sim.simulator import simulate
-from test_sim import line_of, one_segment, rejected
+from test_sim import line_of, rejected
+from test_sim import one_segment as _unfused_segment
+
+
+def one_segment(body: str, tensors: str = "") -> str:
+    """`test_sim.one_segment` on hardware with element-wise fusion (stream_fusion=1)."""
+    return _unfused_segment(body, tensors).replace("clock_mhz=200", "clock_mhz=200 stream_fusion=1")
 
 TENSORS = (".tensor x bytes=3200 input\n.tensor h bytes=1600\n"
            ".tensor y bytes=1600 output")
@@ -79,7 +85,10 @@ def test_a_stream_read_before_it_is_written():
 
 from cmswitch.cost.graph import segment_problem, segment_tensor_ids  # noqa: E402
 from cmswitch.dialects.cim import DynMatmulOp, MatmulOp  # noqa: E402
+from cmswitch.arch import load_arch  # noqa: E402
 from test_views import _graph, _t, _vec  # noqa: E402
+
+FUSED_ARCH = load_arch("dynaplasia-fused")
 
 
 def _fixed(graph, first, last):
@@ -113,7 +122,7 @@ def test_fusable_tensors():
         return ops, [s.outputs[0], h.outputs[0], m.outputs[0], u.outputs[0],
                      v.outputs[0], e.output]
 
-    graph = _graph([(16, 8)], build)
+    graph = _graph([(16, 8)], build, FUSED_ARCH)
     fusable = [i for i in range(len(graph.tensors)) if graph.fusable(i)]
     producers = [graph.ops[graph.tensors[i].producer] for i in fusable]
     assert [g.cost.name for g in producers] == [graph.ops[i].cost.name for i in (0, 1, 4)]
@@ -138,7 +147,7 @@ def test_a_stream_needs_both_ends_in_one_segment_and_phase():
         y = _vec("add", [v.output, p.outputs[0]], (16, 16))
         return [q, k, kT, s, p, v, y], [y.outputs[0]]
 
-    graph = _graph([(16, 8)], build)
+    graph = _graph([(16, 8)], build, FUSED_ARCH)
     ops = [g.name for g in graph.ops]
     assert len(ops) == 6  # the transpose is a view
     scores, v = graph.ops[2].outputs[0], graph.ops[4].outputs[0]
@@ -147,6 +156,9 @@ def test_a_stream_needs_both_ends_in_one_segment_and_phase():
     assert whole[scores] == "stream" and whole[v] != "stream"
     assert _fixed(graph, 0, 2)[scores] != "stream"
     assert _fixed(graph, 3, 5)[v] == "stream"  # no late op in 3..5
+    # the same graph on the chip without fusion hands nothing over
+    plain = _graph([(16, 8)], build)
+    assert "stream" not in _fixed(plain, 0, 5).values()
 
 
 # flows a helper found where the simulator and the independent checker of the flow
@@ -187,9 +199,9 @@ def test_the_simulator_and_the_checker_agree(body, tensors, accepted):
 
 
 def test_hardware_without_stream_fusion():
-    """`stream_fusion=0`: the compiler hands no tensor over (every strategy's flow
-    names no stream and the prediction cannot be lower than with fusion: a stream only
-    removes port bytes), and the simulator and the checker refuse a stream on it."""
+    """`stream_fusion=0` (the default, and the frozen presets): the compiler hands no
+    tensor over (the flow names no stream; `dynaplasia-fused`, the same chip with
+    fusion, does), and the simulator and the checker refuse a stream on it."""
     import flow_oracle
     from cmswitch import api as cms
     from cmswitch.errors import CMSwitchError
@@ -201,13 +213,16 @@ def test_hardware_without_stream_fusion():
 
     with tempfile.TemporaryDirectory() as tmp:
         path = _cnn(Path(tmp) / "cnn.onnx")
-        fused = cms.compile(path)
-        plain = cms.compile(path, stream_fusion=0)
+        fused = cms.compile(path, arch="dynaplasia-fused")
+        plain = cms.compile(path)
+        assert plain.arch.model_dump() == cms.compile(
+            path, arch="dynaplasia-fused", stream_fusion=0).arch.model_dump() | {
+                "name": "dynaplasia"}
     assert "@stream" in fused.flow and "@stream" not in plain.flow
     assert "stream_fusion=0" in plain.flow.splitlines()[1]
-    assert plain.predicted_cycles >= fused.predicted_cycles
     plain.simulate()
-    text = one_segment(FUSED, TENSORS).replace("clock_mhz=200", "clock_mhz=200 stream_fusion=0")
+    fused.simulate()
+    text = _unfused_segment(FUSED, TENSORS)  # the header gives no stream_fusion: 0
     rejected(text, line_of(text, "out=h@stream"), "stream_fusion=0")
     with pytest.raises(flow_oracle.Violation):
         flow_oracle.check(text)

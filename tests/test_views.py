@@ -25,15 +25,16 @@ def _vec(kind, ins, shape, **attrs):
     return VectorOp(kind, ins, [_t(*shape)], extra)
 
 
-def _graph(arg_shapes, build):
-    """The graph of a function whose body `build(block) -> (ops, returned)` makes."""
+def _graph(arg_shapes, build, arch=ARCH):
+    """The graph of a function whose body `build(block) -> (ops, returned)` makes, on
+    `arch` (default: the `dynaplasia` preset)."""
     block = Block(arg_types=[_t(*s) for s in arg_shapes])
     ops, returned = build(block)
     block.add_ops(ops)
     block.add_op(func.ReturnOp(*returned))
     f = func.FuncOp("main", ([a.type for a in block.args], [v.type for v in returned]),
                     Region(block))
-    return build_graph(f, ARCH)
+    return build_graph(f, arch)
 
 
 def _kinds(graph):

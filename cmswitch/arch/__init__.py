@@ -83,9 +83,10 @@ class Arch(BaseModel):
     clock_mhz: Rate                     #: clock, for reporting seconds
     #: 1: the digital unit sits on the arrays' output path, so an MVM's or a vector op's
     #: output can be handed to the one vector op reading it as a stream, through no port
-    #: (element-wise fusion, DESIGN.md §9.13; [A] as in PUMA's and ISAAC's tiles); 0:
-    #: every tensor goes through memory-mode arrays, the global buffer or DRAM
-    stream_fusion: Annotated[int, Field(ge=0, le=1)] = 1
+    #: (element-wise fusion, DESIGN.md §9.13; as in PUMA's and ISAAC's tiles); 0 (the
+    #: default, and the frozen presets `dynaplasia` and `prime`): every tensor goes
+    #: through memory-mode arrays, the global buffer or DRAM
+    stream_fusion: Annotated[int, Field(ge=0, le=1)] = 0
     # -- energy per event (optional, all or none; see the presets for sources) --------
     mvm_pj: Energy = None               #: one input vector through one compute-mode array
     #: (DACs, cells, ADCs, shift-add: every one of its rows x cols), pJ

@@ -1,8 +1,9 @@
 """`cmswitch bench` (`make bench`): the evaluation table of DESIGN.md §7 and its charts.
 
 Compiles and simulates the paper's model set under every strategy of
-`cmswitch.api.STRATEGIES` (read at run time) on the default hardware, plus BERT,
-LLaMA2-7B and OPT-13B on `prime`; prints one Markdown row per model and hardware:
+`cmswitch.api.STRATEGIES` (read at run time) on the default hardware, plus ResNet-18,
+BERT-base and LLaMA2-7B on its fused variant (`dynaplasia-fused`) and BERT, LLaMA2-7B
+and OPT-13B on `prime`; prints one Markdown row per model and hardware:
 simulated cycles per strategy, speedup of cmswitch over each baseline (baseline cycles /
 cmswitch cycles), cmswitch's latency over the lower bound, its switch share, and the
 compile seconds per strategy; then the geometric mean of the speedups.  `--json FILE`
@@ -56,6 +57,10 @@ DEFAULT_ARCH = "dynaplasia"
 PRIME_ARCH = "prime"
 PRIME_MODELS = ("bert-base", "llama2-7b", "opt-13b")
 """Models also evaluated on the PRIME preset (the paper's second platform)."""
+FUSED_ARCH = "dynaplasia-fused"
+FUSED_MODELS = ("resnet18", "bert-base", "llama2-7b")
+"""Models also evaluated on the default chip with element-wise fusion (issue 17,
+DESIGN.md §9.13): every strategy's flow then hands element-wise inputs over as streams."""
 OURS = "cmswitch"
 MAIN_BASELINE = "cimmlc"
 
@@ -105,15 +110,18 @@ class Workload:
 def main_workloads(models: list[str | Model], archs: list[str] | None, batch: int,
                    seq: int) -> list[Workload]:
     """The main table's rows: each model (a name of `MODELS` or a `Model`) on the
-    default hardware and, for PRIME_MODELS, on prime; or, when `archs` is given, each
+    default hardware, for FUSED_MODELS on its fused variant and for PRIME_MODELS on
+    prime; or, when `archs` is given, each
     model on each of those.  Transformers run prefill at `batch` x `seq`, CNNs (and a
     user's ONNX file) at CNN_BATCH."""
     rows = []
     for model in models:
         model = MODELS[model] if isinstance(model, str) else model
         shape = (batch, seq) if model.transformer else (CNN_BATCH, None)
-        prime = [PRIME_ARCH] if model.name in PRIME_MODELS and model.name in MODELS else []
-        targets = archs or [DEFAULT_ARCH] + prime
+        known = model.name in MODELS
+        prime = [PRIME_ARCH] if model.name in PRIME_MODELS and known else []
+        fused = [FUSED_ARCH] if model.name in FUSED_MODELS and known else []
+        targets = archs or [DEFAULT_ARCH] + fused + prime
         rows.extend(Workload(model, arch, *shape) for arch in targets)
     return rows
 
@@ -420,6 +428,7 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
                    help="a small subset: " + ", ".join(QUICK_MODELS))
     b.add_argument("--arch", nargs="+", default=None, metavar="PRESET|FILE", type=arch_spec,
                    help=f"run every model on these hardware descriptions (default: {DEFAULT_ARCH}, "
+                        f"{FUSED_ARCH} for {', '.join(FUSED_MODELS)}, "
                         f"and {PRIME_ARCH} for {', '.join(PRIME_MODELS)})")
     b.add_argument("--batch", type=_positive, default=TRANSFORMER_BATCH,
                    help=f"transformer prefill batch (default {TRANSFORMER_BATCH})")

@@ -35,7 +35,7 @@ ARCH_FIELDS = (
 """The `.arch` fields every flow gives."""
 OPTIONAL_FIELDS = ("stream_fusion",)
 """The `.arch` fields a flow may leave out (besides the energy fields): `stream_fusion`
-(default 1)."""
+(default 0)."""
 
 
 

@@ -631,7 +631,7 @@ class _Machine:
         self.arch = fields
         self.energy = {k: float(v) for k, v in energy.items()} or None
         self.arch_name = name
-        self.stream_fusion = fields.get("stream_fusion", 1)
+        self.stream_fusion = fields.get("stream_fusion", 0)
         arrays = fields["arrays"]
         self.memory = bytearray(arrays)          # 1 = memory mode
         self.contents: list = [None] * arrays    # compute-mode tile or None

@@ -61,8 +61,8 @@ OUTPUTS_ATTR = "metaop.outputs"
 """Module attribute (`cim-to-metaop`): names of the tensors the flow must store to DRAM."""
 
 _RANGE_TEXT = re.compile(r"a\[(\d+):(\d+)\]\Z")
-_NAMED = ("dram", "gb", "stream")
-"""The locations without an array range."""
+NAMED_LOCATIONS = ("dram", "gb", "stream")
+"""The locations without an array range (`LocationAttr.of`)."""
 _I64_MAX = (1 << 63) - 1
 
 
@@ -110,7 +110,7 @@ class LocationAttr(ParametrizedAttribute):
     def from_text(text: str) -> LocationAttr:
         """``dram``, ``gb``, ``stream`` or ``a[LO:HI]``.  Raises VerifyException
         otherwise (also for LO >= HI or a bound beyond int64)."""
-        if text in _NAMED:
+        if text in NAMED_LOCATIONS:
             return LocationAttr.of(text)
         match = _RANGE_TEXT.match(text)
         if match is None:
@@ -135,7 +135,7 @@ class LocationAttr(ParametrizedAttribute):
         if kind == "a":
             if not 0 <= lo < hi:
                 raise VerifyException(f"bad location 'a[{lo}:{hi}]': empty array range")
-        elif kind not in _NAMED or lo or hi:
+        elif kind not in NAMED_LOCATIONS or lo or hi:
             raise VerifyException(f"bad location kind '{kind}': expected dram, gb, stream or a")
 
     @classmethod
@@ -146,7 +146,7 @@ class LocationAttr(ParametrizedAttribute):
     @staticmethod
     def parse_body(parser: AttrParser) -> LocationAttr:
         """``dram`` | ``gb`` | ``stream`` | ``a[LO:HI]`` at the parser's position."""
-        for kind in _NAMED:
+        for kind in NAMED_LOCATIONS:
             if parser.parse_optional_keyword(kind):
                 return LocationAttr.of(kind)
         parser.parse_keyword("a", " (a location is dram, gb, stream or a[LO:HI])")

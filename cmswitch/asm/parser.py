@@ -122,7 +122,7 @@ def _range(text: str) -> tuple[int, int]:
 
 def _location(text: str) -> metaop.LocationAttr:
     """``dram``, ``gb``, ``stream`` or ``a[LO:HI]`` (read by `metaop.LocationAttr`)."""
-    if text in ("dram", "gb", "stream"):
+    if text in metaop.NAMED_LOCATIONS:
         return metaop.LocationAttr.of(text)
     return metaop.LocationAttr.arrays(*_range(text))
 

@@ -23,9 +23,9 @@ from cmswitch.names import flow_name
 from cmswitch.cost.model import OpCost, op_cost, tensor_bytes
 from cmswitch.cost.views import Chain, find_views
 from cmswitch.dialects.cim import (
+    VECTOR_KINDS,
     Conv2dOp,
     DynMatmulOp,
-    VECTOR_KINDS,
     MatmulOp,
     SegmentOp,
     VectorOp,
@@ -741,7 +741,7 @@ def _tensor_uses(graph: Graph, first: int, last: int, held_in: tuple[int, ...],
         if not readers:
             uses.append(TensorUse(tensor.bytes, 0, 0, 0, write, "dram", 0, 0, late_write))
             continue
-        if (arch.stream_fusion and inside and graph.fusable(t) and readers
+        if (arch.stream_fusion and inside and graph.fusable(t)
                 and (readers[0] in late) == produced_late):
             uses.append(TensorUse(tensor.bytes, 0, 0, 0, 0, "stream"))
             continue

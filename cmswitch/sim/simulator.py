@@ -1062,14 +1062,13 @@ class _Machine:
         if handed[2] is not None:
             self.fail(f"{st.opcode} reads {ref}, which line {handed[2]} already read "
                       f"(a stream has one reader)")
-        if math.ceil(handed[1] - _EPS) < decl.nbytes:
-            self.fail(f"{st.opcode} reads {decl.nbytes:g} bytes of {ref}, but only "
-                      f"{handed[1]:g} bytes of it were written there")
+        self.check_filled(st, ref, decl.nbytes, have=handed[1])
         handed[2] = st.line
         self.depend_on_writers(stream, ref)
 
-    def write_stream(self, ref: Ref, st: Statement) -> None:
-        """Rule 6: a CIM.mvm or VEC statement of a parallel block writes a stream once."""
+    def write_stream(self, ref: Ref, st: Statement, nbytes: float) -> None:
+        """Rule 6: a CIM.mvm or VEC statement of a parallel block writes a stream once
+        (`nbytes`, through no port)."""
         if self.block is None:
             self.fail(f"{st.opcode} writes {ref} outside a parallel block (a stream "
                       f"lives in one block)")
@@ -1081,6 +1080,8 @@ class _Machine:
         if ref.tensor in self.block.handed:
             self.fail(f"{st.opcode} writes {ref}, which line "
                       f"{self.block.handed[ref.tensor][0]} already wrote in this block")
+        self.block.handed[ref.tensor] = [st.line, nbytes, None]
+        self.add_writer(ref)
 
     def check_window(self, st: Statement, ref: Ref, elements: int, what: str) -> None:
         """A copy streamed through `window=` holds at least one whole vector of each mvm
@@ -1093,15 +1094,23 @@ class _Machine:
             self.fail(f"CIM.mvm {st.op}: {ref.tensor}@{ref.loc} streams through window="
                       f"{window} bytes, less than one {what} vector ({need} bytes)")
 
-    def check_filled(self, st: Statement, ref: Ref, need: float) -> None:
+    def check_filled(self, st: Statement, ref: Ref, need: float,
+                     have: float | None = None) -> None:
         """Rule 3b: a read takes data that was written — the whole tensor for an mvm, a
         VEC or an operand write, `bytes=` for a MEM statement — into the copy `ref`
-        names (`dram`: since the start; on chip: since the copy was created)."""
-        have = self.dram[ref.tensor] if ref.loc.kind == "dram" else \
-            self.filled.get((ref.tensor, ref.loc), 0)
+        names (`dram`: since the start; on chip: since the copy was created; a stream:
+        `have`, what its writer wrote), counted in whole bytes."""
+        if have is None:
+            have = self.dram[ref.tensor] if ref.loc.kind == "dram" else \
+                self.filled.get((ref.tensor, ref.loc), 0)
         if math.ceil(have - _EPS) < need:
             self.fail(f"{st.opcode} reads {need:g} bytes of {ref}, but only {have:g} bytes "
                       f"of it were written there")
+
+    def add_writer(self, ref: Ref) -> None:
+        """In a block, the statement being built writes `ref` (its readers depend on it)."""
+        if self.block is not None:
+            self.block.writers.setdefault((ref.tensor, ref.loc), []).append(len(self.block.streams))
 
     def depend_on_writers(self, stream: _Stream, ref: Ref) -> None:
         if self.block is None:
@@ -1113,14 +1122,10 @@ class _Machine:
         """Rules 2 and 4: data goes to memory-mode arrays and must fit."""
         decl = self.tensor(ref, st)
         if ref.loc.kind == "stream":
-            self.write_stream(ref, st)
-            self.block.handed[ref.tensor] = [st.line, nbytes, None]
-        else:
-            stream.add(self.port(ref.loc), nbytes)
-        if self.block is not None:
-            self.block.writers.setdefault((ref.tensor, ref.loc), []).append(len(self.block.streams))
-        if ref.loc.kind == "stream":
+            self.write_stream(ref, st, nbytes)
             return
+        stream.add(self.port(ref.loc), nbytes)
+        self.add_writer(ref)
         if ref.loc.kind == "dram":
             self.dram[ref.tensor] = self.dram.get(ref.tensor, 0) + nbytes
             return
